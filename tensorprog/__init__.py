@@ -1,0 +1,11 @@
+"""tensorprog: a Tensor Programs calculator for infinite-width neural networks.
+
+model factory -> ``trace`` (width-annotated ATen graph) -> ``analyze`` (exponents, theorems,
+verdict) -> ``check`` (measured at growing widths) -> report.
+"""
+from .errors import CheckError, TensorprogError, TraceError
+from .trace import ParamInfo, ParamUse, WidthGraph, trace
+
+__version__ = "0.1.0"
+__all__ = ["trace", "WidthGraph", "ParamInfo", "ParamUse", "TensorprogError", "TraceError",
+           "CheckError"]

@@ -1,0 +1,559 @@
+"""The verdict: which parametrization a model is in, whether it trains stably, and the fix.
+
+Two views that must agree, both from the traced graph alone:
+
+1. **Per parameter** (TP5 Table 3, App J): the measured exponents a = -mult_exp, b = -init_exp,
+   c = -lr_exp give two invariants of the abc symmetry (TP4 Eq. 5, TP4b Prop 2.2.3):
+   the effective init scale ``A = a + b`` and the effective update scale ``U = 2a + c`` (SGD) or
+   ``U = a + c`` (Adam). Each class (SP, NTK, muP) fixes both as functions of the fan-in and
+   fan-out exponents; a parameter matches the classes whose rules it satisfies.
+2. **Dynamics** (``engine.propagate``): activation, logit and output sizes at init and after
+   three steps give stability, nontriviality, r per layer and the regime (TP4 Thms 3.3-3.8).
+
+The model's name is the class every parameter (and every attention op) matches; else "mixed".
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import sympy as sp
+
+from .engine import NEG, ZERO, HALF, Propagation, propagate
+from .exponents import fmt
+from .trace import VIEW_OPS, WidthGraph, scale_exp, trace
+
+CLASSES = ("muP", "SP", "NTK")
+INF = sp.oo
+
+
+# ----------------------------------------------------------------------------- class rules
+
+
+def expected(cls: str, role: str, ai, ao, optimizer: str):
+    """(init rule, update offset) of class ``cls`` for a parameter use.
+
+    init rule: ("eq", v) means A = v; ("ge", v) means A >= v (zero init allowed);
+    ("in", vs) means A in vs. Update: U = offset + c0, where c0 is a global LR exponent that
+    SP and NTK leave free and muP fixes at 0. ai, ao: fan-in and fan-out width exponents.
+    Sources: muP - TP5 Table 3; SP - PyTorch's 1/fan_in init or a constant std (GPT-2, BERT,
+    Llama's initializer_range), no multipliers, one global LR; NTK - TP4 §2: unit init with
+    multiplier fan_in^{-1/2}.
+    """
+    sgd = optimizer == "sgd"
+    if role in ("vector", "scalar"):
+        if cls == "muP":
+            return ("ge", ZERO), (-ao if sgd and role == "vector" else ZERO)
+        return ("ge", ZERO), ZERO
+    if cls == "muP":
+        return {
+            "input": (("eq", ai / 2), -ao if sgd else ZERO),
+            "hidden": (("eq", ai / 2), ZERO if sgd else ai),
+            "output": (("ge", ai), ai),
+        }[role]
+    if cls == "SP":
+        return ("in", (ai / 2, ZERO)), ZERO
+    if cls == "NTK":
+        return ("eq", ai / 2), (ai if sgd else ai / 2)
+    raise ValueError(cls)
+
+
+def _init_ok(rule, A) -> bool:
+    kind, v = rule
+    if kind == "eq":
+        return A == v
+    if kind == "ge":
+        return A >= v
+    return A in v
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass
+class UseVerdict:
+    node: str
+    op: str
+    role: str
+    fan_in_exp: Any
+    fan_out_exp: Any
+    mult_exp: Any
+    A: Any  # effective init exponent a + b (oo for zero init)
+    U: Any  # effective update exponent 2a + c (SGD) or a + c (Adam); None without LR
+    r: Any = None  # r_l of this layer: its own update moves its output by n^{-r}
+    classes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ParamVerdict:
+    name: str
+    role: str
+    shape: tuple
+    trainable: bool
+    fan_in_exp: Any
+    fan_out_exp: Any
+    init_exp: Any
+    mult_exp: Any
+    lr_exp: Any
+    uses: list[UseVerdict]
+    classes: list[str]
+    fixes: list[str]
+
+    @property
+    def abc(self):
+        """(a, b, c) of the primary use in TP4's convention."""
+        a = -self.mult_exp
+        b = INF if self.init_exp == "zero" else -self.init_exp
+        c = None if self.lr_exp in (None, "zero") else -self.lr_exp
+        return a, b, c
+
+
+@dataclass
+class AttentionVerdict:
+    node: str
+    module: str
+    d_head_exp: Any
+    scale_exp: Any
+    kind: str  # "1/d", "1/sqrt(d)", "fixed d_head", or "n^e"
+    logits_init: Any
+    logits_trained: Any
+
+
+@dataclass
+class Problem:
+    node: str
+    module: str
+    what: str  # "blows up" / "vanishes"
+    when: str  # "at init" / "after training"
+    exponent: Any
+
+
+@dataclass
+class Report:
+    """What ``analyze`` found. ``str(report)`` is a readable table; ``to_dict()`` is JSON-able."""
+
+    parametrization: str
+    stable: bool
+    stable_init: bool
+    nontrivial: bool
+    feature_learning: bool
+    kernel_regime: bool
+    regime: str
+    r: Any
+    every_layer_maximal: bool
+    optimizer: str
+    params: dict[str, ParamVerdict]
+    attention: list[AttentionVerdict]
+    constants: list[dict]
+    problems: list[Problem]
+    output_init: Any
+    output_change: Any
+    unknown_ops: dict[str, list[str]]
+    notes: list[str]
+    graph: WidthGraph = field(repr=False)
+    propagation: Propagation = field(repr=False)
+
+    def not_mup(self) -> list[ParamVerdict]:
+        return [p for p in self.params.values() if p.trainable and "muP" not in p.classes]
+
+    def to_dict(self) -> dict:
+        j = _jsonable
+        return {
+            "parametrization": self.parametrization, "optimizer": self.optimizer,
+            "stable": self.stable, "stable_init": self.stable_init, "nontrivial": self.nontrivial,
+            "feature_learning": self.feature_learning, "kernel_regime": self.kernel_regime,
+            "regime": self.regime, "r": j(self.r), "every_layer_maximal": self.every_layer_maximal,
+            "output": {"init": j(self.output_init), "change": j(self.output_change)},
+            "widths": list(self.graph.widths),
+            "params": {k: {
+                "role": p.role, "shape": list(p.shape), "trainable": p.trainable,
+                "fan_in_exp": j(p.fan_in_exp), "fan_out_exp": j(p.fan_out_exp),
+                "init_exp": j(p.init_exp), "mult_exp": j(p.mult_exp), "lr_exp": j(p.lr_exp),
+                "classes": p.classes, "fixes": p.fixes,
+                "uses": [{"node": u.node, "op": u.op, "role": u.role, "A": j(u.A), "U": j(u.U),
+                          "r": j(u.r), "mult_exp": j(u.mult_exp), "classes": u.classes}
+                         for u in p.uses]} for k, p in self.params.items()},
+            "attention": [{"node": a.node, "module": a.module, "d_head_exp": j(a.d_head_exp),
+                           "scale_exp": j(a.scale_exp), "kind": a.kind,
+                           "logits_init": j(a.logits_init), "logits_trained": j(a.logits_trained)}
+                          for a in self.attention],
+            "constants": j(self.constants),
+            "problems": [{"node": p.node, "module": p.module, "what": p.what, "when": p.when,
+                          "exponent": j(p.exponent)} for p in self.problems],
+            "unknown_ops": self.unknown_ops, "notes": self.notes,
+            "warnings": self.graph.warnings,
+        }
+
+    def to_json(self, path: str | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1)
+        if path:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    def __str__(self) -> str:
+        return format_report(self)
+
+
+def _jsonable(x):
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    if isinstance(x, sp.Basic):
+        return "inf" if x == INF else "-inf" if x == NEG else str(x)
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return str(x)
+
+
+# ----------------------------------------------------------------------------- analyze
+
+
+def analyze(
+    factory: Callable | WidthGraph,
+    widths: Sequence[int] = (64, 128, 256),
+    *,
+    example_inputs=None,
+    make_optimizer=None,
+    optimizer: str | None = None,
+    alignment="tp",
+    steps: int = 3,
+    device: str = "cpu",
+    init_widths=None,
+    verbose: bool = False,
+) -> Report:
+    """Trace ``factory`` (or take a traced ``WidthGraph``) and return the verdict.
+
+    optimizer: "sgd" or "adam" class; a plain string with no ``make_optimizer`` means one
+    global learning rate for every parameter. With ``make_optimizer`` the class is read from
+    the optimizer it builds (AdamW, RMSprop, Lion... are "adam"-like; SGD with momentum "sgd").
+    alignment: "tp" (Tensor Programs, default) or "everett" (Everett et al. 2024's full
+    alignment: W_0 dz is CLT-like for the readout too).
+    """
+    from .theory import optimizer_class
+
+    graph = factory if isinstance(factory, WidthGraph) else trace(
+        factory, widths, example_inputs=example_inputs, make_optimizer=make_optimizer,
+        device=device, init_widths=init_widths, verbose=verbose)
+    if graph.optimizer is not None:
+        opt = optimizer_class(graph.optimizer)
+        if optimizer is not None and optimizer_class(optimizer) != opt:
+            graph.warnings.append(
+                f"optimizer={optimizer!r} ignored: make_optimizer builds {graph.optimizer}.")
+    else:
+        opt = optimizer_class(optimizer or "adam")
+    prop = propagate(graph, opt, steps=steps, align=alignment)
+    return _verdict(graph, prop, opt)
+
+
+def _verdict(graph: WidthGraph, prop: Propagation, opt: str) -> Report:
+    init, final = prop.steps[0], prop.final
+    notes: list[str] = []
+    problems: list[Problem] = []
+
+    # --- layers: features, their r_l, and their sizes
+    params: dict[str, ParamVerdict] = {}
+    r_layers = []
+    for name, p in graph.params.items():
+        uses = []
+        for u in p.uses:
+            A = _A(p, u)
+            U = _U(p, u, opt)
+            uv = UseVerdict(node=u.node, op=u.op, role=u.role, fan_in_exp=p.dims_exp(u.fan_in),
+                            fan_out_exp=p.dims_exp(u.fan_out), mult_exp=u.mult_exp, A=A, U=U)
+            if u.kind == "matrix" and u.role in ("input", "hidden"):
+                feat = _chain_end(graph, u.node)
+                own = final[u.node].terms.get("dW z0", NEG)
+                shift = init[feat].x - init[u.node].x if init[u.node].x not in (NEG, INF) else ZERO
+                uv.r = -(own + shift) if own != NEG else INF
+                r_layers.append(uv.r)
+                _check_feature(graph, feat, init, final, p, problems)
+            uses.append(uv)
+        params[name] = ParamVerdict(
+            name=name, role=p.role, shape=p.shapes[graph.widths[-1]], trainable=p.trainable,
+            fan_in_exp=p.fan_in_exp, fan_out_exp=p.fan_out_exp, init_exp=p.init_exp,
+            mult_exp=p.mult_exp, lr_exp=p.lr_exp, uses=uses, classes=[], fixes=[])
+
+    # --- attention and width-dependent constants
+    attention = _attention(graph, prop, problems)
+    constants = _constants(graph)
+
+    # --- outputs
+    out = prop.outputs[0] if prop.outputs else None
+    out_x = init[out].x if out else ZERO
+    out_dx = final[out].dx if out else NEG
+    if out and out_x > 0:
+        problems.append(Problem(out, graph.node(out)["module"], "blows up", "at init", out_x))
+    if out and out_dx > 0:
+        problems.append(Problem(out, graph.node(out)["module"], "blows up", "after training", out_dx))
+    if out and graph.node(out)["dims"] and any(d != 0 for d in graph.node(out)["dims"] if d is not None):
+        notes.append("the model's output has a width-dependent dim: there is no finite readout, so "
+                     "nontriviality refers to the per-coordinate change of that output.")
+    if opt == "adam":
+        _adam_readout_check(graph, params, problems)
+
+    stable_init = not any(p.when == "at init" for p in problems)
+    stable = not problems
+    nontrivial = stable and out_dx == 0
+    r = min(r_layers) if r_layers else INF
+    feature_learning = stable and r == 0
+    kernel = nontrivial and r > 0
+    regime = ("unstable" if not stable else "feature learning" if feature_learning
+              else "kernel" if kernel else "trivial")
+    maximal = bool(r_layers) and all(x == 0 for x in r_layers)
+
+    # --- classes
+    name = _classify(graph, params, attention, opt, notes)
+    if prop.unknown:
+        notes.append("ops without a rule (treated as elementwise with a Theta(1) Jacobian): "
+                     + ", ".join(f"{k} ({len(v)}x)" for k, v in prop.unknown.items()))
+    return Report(parametrization=name, stable=stable, stable_init=stable_init,
+                  nontrivial=nontrivial, feature_learning=feature_learning, kernel_regime=kernel,
+                  regime=regime, r=r, every_layer_maximal=maximal, optimizer=opt, params=params,
+                  attention=attention, constants=constants, problems=problems,
+                  output_init=out_x, output_change=out_dx, unknown_ops=dict(prop.unknown),
+                  notes=notes, graph=graph, propagation=prop)
+
+
+def _A(p, u):
+    if p.init_exp == "zero":
+        return INF
+    b = -(p.init_exp if p.init_exp is not None else ZERO)
+    return -u.mult_exp + b
+
+
+def _U(p, u, opt):
+    if p.lr_exp == "zero" or not p.trainable:
+        return None
+    c = -(p.lr_exp if p.lr_exp is not None else ZERO)
+    a = -u.mult_exp
+    return (2 * a + c) if opt == "sgd" else (a + c)
+
+
+def _chain_end(graph, node):
+    """Follow single-user views and scalar multiplications: where the layer's output lands."""
+    while True:
+        outs = list(graph.nx.successors(node))
+        if len(outs) != 1 or graph.nx.number_of_edges(node, outs[0]) != 1:
+            return node
+        nxt = outs[0]
+        if graph.node(nxt)["op"] not in VIEW_OPS and scale_exp(graph, nxt) is None:
+            return node
+        node = nxt
+
+
+def _check_feature(graph, feat, init, final, p, problems):
+    """Features must be Theta(1) at init (TP4 Thm 3.3: a_l + b_l fixed) and stay O(1)."""
+    x, dx = init[feat].x, final[feat].dx
+    mod = graph.node(feat)["module"]
+    if p.init_exp != "zero" and x != 0:
+        problems.append(Problem(feat, mod, "blows up" if x > 0 else "vanishes", "at init", x))
+    if dx > 0:
+        problems.append(Problem(feat, mod, "blows up", "after training", dx))
+
+
+def _attention(graph, prop, problems):
+    out = []
+    for n in graph.order:
+        s = prop.steps[0].get(n)
+        if s is None or s.logits is None:
+            continue
+        lx, _ = s.logits
+        fx, fdx = prop.final[n].logits
+        d = (graph.node(graph.inputs(n)[0])["dims"] or (ZERO,))[-1] or ZERO
+        sc = graph.node(n)["scalars"].get("scale", {}).get("exp")
+        if sc is None:
+            sc = -d / 2
+        kind = ("fixed d_head" if d == 0 else "1/d" if sc == -d else "1/sqrt(d)" if sc == -d / 2
+                else f"n^{sc}")
+        trained = max(fx, fdx)
+        mod = graph.node(n)["module"]
+        out.append(AttentionVerdict(n, mod, d, sc, kind, lx, trained))
+        if lx > 0:
+            problems.append(Problem(n, mod, "attention logits blow up", "at init", lx))
+        if trained > 0:
+            problems.append(Problem(n, mod, "attention logits blow up", "after training", trained))
+    return out
+
+
+def _constants(graph):
+    out = []
+    for n in graph.order:
+        for pos, s in graph.node(n)["scalars"].items():
+            if len(set(s["values"])) > 1:
+                out.append({"node": n, "op": graph.node(n)["op"], "module": graph.node(n)["module"],
+                            "arg": pos, "values": s["values"], "exp": s["exp"]})
+    return out
+
+
+def _adam_readout_check(graph, params, problems):
+    """TP4b Thm 2.8.12: b_{L+1} <= c_{L+1} - the readout's update must not outgrow its init."""
+    for name, pv in params.items():
+        p = graph.params[name]
+        for u in pv.uses:
+            if u.role != "output" or p.init_exp == "zero" or u.U is None:
+                continue
+            b = -p.init_exp
+            c = -(p.lr_exp if p.lr_exp is not None else ZERO)
+            if b > c:
+                problems.append(Problem(u.node, graph.node(u.node)["module"],
+                                        "readout update outgrows its init (b > c, TP4b Thm 2.8.12)",
+                                        "after training", b - c))
+
+
+def _classify(graph, params, attention, opt, notes) -> str:
+    """Per-use and per-parameter classes, muP fixes, and the model's name."""
+    c0: dict[str, set] = {k: set() for k in CLASSES}
+    ok = {k: True for k in CLASSES}
+    for name, pv in params.items():
+        p = graph.params[name]
+        per_use = []
+        for u in pv.uses:
+            if u.role == "unknown" or u.fan_in_exp is None:
+                continue
+            matched = []
+            for cls in CLASSES:
+                rule, offset = expected(cls, u.role, u.fan_in_exp or ZERO, u.fan_out_exp or ZERO, opt)
+                good = _init_ok(rule, u.A)
+                if good and u.U is not None:
+                    c = u.U - offset
+                    if cls == "muP" and c != 0:
+                        good = False
+                    elif cls != "muP":
+                        c0[cls].add(c)
+                if good:
+                    matched.append(cls)
+            u.classes = matched
+            per_use.append(set(matched))
+        pv.classes = [k for k in CLASSES if all(k in s for s in per_use)] if per_use else list(CLASSES)
+        for k in CLASSES:
+            if p.trainable and k not in pv.classes:
+                ok[k] = False
+        if p.trainable and "muP" not in pv.classes:
+            pv.fixes = _mup_fixes(p, pv, opt)
+    for k in ("SP", "NTK"):
+        if len(c0[k]) > 1:
+            ok[k] = False
+    for a in attention:
+        if a.kind == "1/d":
+            ok["SP"] = ok["NTK"] = False
+        elif a.kind == "1/sqrt(d)":
+            ok["muP"] = False
+        elif a.kind != "fixed d_head":
+            ok["SP"] = ok["NTK"] = ok["muP"] = False
+    names = [k for k in CLASSES if ok[k]]
+    if not names:
+        return "mixed"
+    if names[0] == "muP" and not any(u.role == "hidden" for pv in params.values() for u in pv.uses):
+        notes.append("no hidden (width x width) weight: muP here coincides with the mean-field "
+                     "parametrization (MF; TP4 §2, one hidden layer).")
+    if "SP" in names and c0["SP"]:
+        (c,) = c0["SP"]
+        if c != 0:
+            notes.append(f"SP with a global learning rate ~ n^{-c}.")
+    return names[0]
+
+
+def _mup_fixes(p, pv, opt) -> list[str]:
+    """Concrete changes (TP5 Table 3 / Table 8) that put this parameter in muP."""
+    fixes = []
+    for u in pv.uses:
+        if "muP" in u.classes or u.role == "unknown" or u.fan_in_exp is None:
+            continue
+        ai, ao = u.fan_in_exp, u.fan_out_exp or ZERO
+        rule, offset = expected("muP", u.role, ai, ao, opt)
+        where = f"{pv.name} ({u.role}, used by {u.op})"
+        if not _init_ok(rule, u.A):
+            if u.role == "output":
+                fixes.append(
+                    f"{where}: readout output scales as n^{-u.A} per unit input, needs "
+                    f"n^{-ai} or smaller: multiply the readout by base_width/width (a 1/width "
+                    f"multiplier as mup's MuReadout, TP5 Table 8), or init its std ∝ 1/fan_in "
+                    f"(Table 3), or zero-init it.")
+            else:
+                fixes.append(
+                    f"{where}: effective init scale n^{-u.A} should be n^{-rule[1]} "
+                    f"(std ∝ fan_in^-1/2, TP5 Table 3); now init {fmt(p.init_exp)}, "
+                    f"multiplier {fmt(u.mult_exp)}.")
+        if u.U is not None and u.U != offset:
+            delta = u.U - offset  # LR exponent must rise by delta
+            want = (p.lr_exp if p.lr_exp not in (None, "zero") else ZERO) + delta
+            fixes.append(
+                f"{where}: learning rate should scale as {_describe_lr(want, ai, ao)} under "
+                f"{'SGD' if opt == 'sgd' else 'Adam'} (now {fmt(p.lr_exp or ZERO)}): multiply "
+                f"it by (width/base_width)^{delta}.")
+    return fixes
+
+
+def _describe_lr(e, ai, ao):
+    if e == 0:
+        return "a constant"
+    if ai and e == -ai:
+        return "1/fan_in"
+    if ao and e == ao:
+        return "fan_out"
+    return fmt(e)
+
+
+# ----------------------------------------------------------------------------- text report
+
+
+def format_report(rep: Report) -> str:
+    g = rep.graph
+    lines = [
+        f"tensorprog verdict: {rep.parametrization}   (optimizer class: {rep.optimizer}, "
+        f"widths {list(g.widths)})",
+        f"  regime: {rep.regime}; stable: {rep.stable} (at init: {rep.stable_init}); "
+        f"nontrivial: {rep.nontrivial}; r = {_s(rep.r)}; every layer maximal: "
+        f"{rep.every_layer_maximal}",
+        f"  output: {fmt(rep.output_init)} at init, change {fmt(rep.output_change)} after "
+        f"{len(rep.propagation.steps) - 1} steps",
+        "",
+        f"  {'parameter':40s} {'role':14s} {'fan_in':>7s} {'init':>8s} {'mult':>7s} {'lr':>7s} "
+        f"{'r':>5s}  class",
+    ]
+    for name, p in rep.params.items():
+        r = next((u.r for u in p.uses if u.r is not None), None)
+        lines.append(
+            f"  {name[:40]:40s} {p.role[:14]:14s} {fmt(_n(p.fan_in_exp)):>7s} {fmt(p.init_exp):>8s} "
+            f"{fmt(p.mult_exp):>7s} {fmt(p.lr_exp) if p.lr_exp is not None else '-':>7s} "
+            f"{_s(r) if r is not None else '':>5s}  {','.join(p.classes) or 'none'}")
+    if rep.attention:
+        lines.append("")
+        for a in rep.attention:
+            lines.append(f"  attention {a.module or a.node}: scale {a.kind} (d_head ~ {fmt(_n(a.d_head_exp))}); "
+                         f"logits {fmt(a.logits_init)} at init, {fmt(a.logits_trained)} after training")
+    if rep.problems:
+        lines += ["", "  problems:"]
+        for pr in rep.problems[:20]:
+            lines.append(f"    {pr.module or pr.node}: {pr.what} {pr.when} (~ n^{_s(pr.exponent)})")
+        if len(rep.problems) > 20:
+            lines.append(f"    ... {len(rep.problems) - 20} more")
+    fixes = [f for p in rep.params.values() for f in p.fixes]
+    if rep.parametrization != "muP" and (fixes or any(a.kind == "1/sqrt(d)" for a in rep.attention)):
+        lines += ["", "  to make it muP:"]
+        for a in rep.attention:
+            if a.kind == "1/sqrt(d)":
+                lines.append(f"    - attention {a.module or a.node}: use scale 1/d_head instead of "
+                             "1/sqrt(d_head) (e.g. scale=sqrt(base_d_head)/d_head; TP5 Def 4.1).")
+        for f in fixes:
+            lines.append(f"    - {f}")
+    for n in rep.notes + rep.graph.warnings:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)
+
+
+def _s(x):
+    if x is None:
+        return "-"
+    if x == INF:
+        return "inf"
+    if x == NEG:
+        return "-inf"
+    return str(x)
+
+
+def _n(x):
+    return ZERO if x is None else x

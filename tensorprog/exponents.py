@@ -1,0 +1,70 @@
+"""Width exponents: fit size ~ n^alpha across widths, exactly where the data are exact.
+
+Two kinds of fit, kept apart on purpose:
+
+* ``exact_exponent``: tensor dimensions and scalar constants are deterministic functions of the
+  width, so alpha must reproduce every measurement to rounding error; anything else is "no power
+  law" (for example ``n + 1`` or ``2 ** n``), reported rather than rounded.
+* ``noisy_exponent``: initial weight scales are random; the slope of log RMS against log width is
+  fitted by least squares and snapped to the nearest multiple of 1/4 (every parametrization in the
+  Tensor Programs papers uses halves; quarters leave room for mixed rules), with the raw slope kept.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Sequence
+
+import numpy as np
+import sympy as sp
+
+#: Largest denominator an exact exponent may have (n^{1/8} and finer are not parametrizations).
+MAX_DENOMINATOR = 8
+
+
+def _slope(widths: Sequence[float], values: Sequence[float]) -> float:
+    x = np.log(np.asarray(widths, dtype=float))
+    y = np.log(np.asarray(values, dtype=float))
+    if len(x) == 2:
+        return float((y[1] - y[0]) / (x[1] - x[0]))
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def exact_exponent(widths: Sequence[float], values: Sequence[float], rtol: float = 1e-6):
+    """alpha with |values| = C * width^alpha exactly (to ``rtol``), as a SymPy Rational.
+
+    Returns ``None`` when the values follow no power law of small denominator. A value that is
+    zero at every width returns ``None`` too; callers test for zero first where it matters.
+    """
+    vals = [abs(float(v)) for v in values]
+    if any(v == 0 or not math.isfinite(v) for v in vals):
+        return None
+    if all(v == vals[0] for v in vals):
+        return sp.Integer(0)
+    alpha = Fraction(_slope(widths, vals)).limit_denominator(MAX_DENOMINATOR)
+    a = float(alpha)
+    c = [v / w**a for v, w in zip(vals, widths)]
+    if max(c) - min(c) > rtol * max(c):
+        return None
+    return sp.Rational(alpha.numerator, alpha.denominator)
+
+
+def noisy_exponent(widths: Sequence[float], values: Sequence[float], step: Fraction = Fraction(1, 4)):
+    """(snapped Rational, fitted slope) for random-valued measurements such as init RMS."""
+    slope = _slope(widths, values)
+    snapped = Fraction(round(slope / step)) * step
+    return sp.Rational(snapped.numerator, snapped.denominator), slope
+
+
+def fmt(e) -> str:
+    """Readable exponent: 'n^-1/2', '1', 'zero', '?' (None)."""
+    if e is None:
+        return "?"
+    if e == "zero":
+        return "zero"
+    e = sp.nsimplify(e)
+    if e == 0:
+        return "1"
+    if e == 1:
+        return "n"
+    return f"n^{e}"

@@ -1,0 +1,463 @@
+"""Closed-form Tensor Programs theory of the L-hidden-layer MLP, in exact SymPy.
+
+An abc-parametrization (TP4 §2) of an MLP of width n with L hidden layers sets, for layer
+l = 1..L+1 (1 = input layer with finite fan-in, 2..L hidden n x n, L+1 = readout)::
+
+    W^l = n^{-a_l} w^l,   w^l_ij ~ N(0, n^{-2 b_l}),   learning rate eta * n^{-c}   (or n^{-c_l})
+
+Everything here follows the facts sheet (shared/reference/tensor-programs.md):
+
+* SGD-like optimizers: r from TP4 Def 3.2, per-layer r_l from TP4 Prop 5.3, stability TP4
+  Thm 3.3, nontriviality Thm 3.4, feature learning Thm 3.6, kernel regime Thm 3.8.
+* Adam-like (entrywise, scale-invariant) optimizers: r_l and the conditions of TP4b
+  Thm 2.8.12 (stable) and Thm 2.8.15 (nontrivial), plus TP4 Thm 3.3's initialisation
+  conditions, which TP4b assumes throughout (a stable *initialisation* is needed whatever the
+  optimizer).
+
+Per-layer learning rates under SGD (not in TP4, which uses one global c) are handled by the
+same derivation with c replaced by the exponent of the layer being updated:
+
+    r_l = min(a_{L+1} + b_{L+1}, 2 a_{L+1} + c_{L+1}) + c_l - 1 + 2 a_l + I(l = 1)
+
+(the min is the size of the trained readout weights, which scale the backward pass; the
+update of layer l adds n^{-c_l - 2 a_l}), and 2 a_{L+1} + c becomes 2 a_{L+1} + c_{L+1}.
+With equal c_l this is exactly TP4 Def 3.2 / Prop 5.3.
+
+Symbolic exponents are welcome: properties then return SymPy expressions and relationals
+(``sympy.And`` etc.) instead of Python bools.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import cached_property
+from fractions import Fraction
+from typing import Any, Sequence
+
+import sympy as sp
+from sympy.logic.boolalg import BooleanAtom
+
+from .errors import TensorprogError
+
+__all__ = [
+    "ABC", "Condition", "TheoryError", "OPTIMIZER_CLASSES", "optimizer_class", "preset",
+    "uniform", "max_stable_lr_exponent",
+]
+
+HALF = sp.Rational(1, 2)
+
+
+class TheoryError(TensorprogError, ValueError):
+    """Bad input to the closed-form theory (a ValueError too)."""
+
+
+# --------------------------------------------------------------------------- optimizers
+
+#: Which infinite-width theory an optimizer follows. "sgd": the update is linear in the
+#: gradient (TP4). "adam": the update is an entrywise, scale-invariant function of the
+#: gradient history, so its size does not depend on the gradient's size (TP4b, eps -> 0).
+OPTIMIZER_CLASSES: dict[str, str] = {
+    "SGD": "sgd",
+    "SGD with momentum": "sgd",  # momentum is a linear filter of past gradients
+    "Momentum": "sgd",
+    "Nesterov": "sgd",
+    "Adam": "adam",
+    "AdamW": "adam",  # decoupled weight decay does not change the update's scaling (TP5)
+    "NAdam": "adam",
+    "RAdam": "adam",
+    "Adamax": "adam",  # normalised by a running max of |g|: still entrywise scale-invariant
+    "SparseAdam": "adam",
+    "RMSprop": "adam",
+    "Adagrad": "adam",  # normalised by the accumulated sum of g^2: scale-invariant, but its
+                        # step shrinks like t^{-1/2} in the step count (not in width)
+    "signSGD": "adam",  # sign methods: the extreme case of entrywise normalisation
+    "Signum": "adam",
+    "Lion": "adam",
+    "Adafactor": "adam",  # factored (row x column) second moment; the update is still
+                          # normalised entry by entry, so its size is Theta(1) per entry
+}
+
+
+def _norm_name(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+_BY_NORMED = {_norm_name(k): v for k, v in OPTIMIZER_CLASSES.items()}
+_BY_NORMED.update({"sgdmomentum": "sgd", "sgdnesterov": "sgd"})
+
+
+def optimizer_class(optimizer: Any) -> str:
+    """'sgd' or 'adam' for a name ("AdamW", "sgd") or a torch.optim class or instance.
+
+    Classes are looked up along their MRO, so subclasses of torch.optim.Adam count as Adam.
+    """
+    if isinstance(optimizer, str):
+        names = [optimizer]
+    else:
+        cls = optimizer if isinstance(optimizer, type) else type(optimizer)
+        names = [k.__name__ for k in cls.__mro__]
+    for name in names:
+        found = _BY_NORMED.get(_norm_name(name))
+        if found:
+            return found
+    raise TheoryError(
+        f"unknown optimizer {names[0]!r}; supported: {', '.join(OPTIMIZER_CLASSES)} "
+        "(or any torch.optim subclass of those). Pass optimizer='sgd' or 'adam' for the class."
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _sym(x: Any, what: str) -> sp.Expr:
+    """An exponent as an exact SymPy expression (floats and decimal strings become Rationals)."""
+    if isinstance(x, bool):
+        raise TheoryError(f"{what}: expected a number, got the bool {x!r}")
+    try:
+        if isinstance(x, float):
+            return sp.nsimplify(x, rational=True)
+        if isinstance(x, Fraction):
+            return sp.Rational(x.numerator, x.denominator)
+        if isinstance(x, str):
+            value = sp.sympify(x, rational=True)
+        else:
+            value = sp.sympify(x)
+    except (sp.SympifyError, TypeError, SyntaxError) as err:
+        raise TheoryError(f"{what}: cannot read {x!r} as an exponent ({err})") from None
+    if not isinstance(value, sp.Expr) or value.is_real is False:
+        raise TheoryError(f"{what}: {x!r} is not a real exponent")
+    return value
+
+
+def _truth(value: Any) -> Any:
+    """Python bool when SymPy could decide, the SymPy boolean otherwise."""
+    return bool(value) if isinstance(value, (BooleanAtom, bool)) else value
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, tuple):
+        return "(" + ", ".join(_fmt(v) for v in x) + ")"
+    return str(x)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One theorem condition, evaluated: e.g. ('stable', 'r >= 0', -1, False, 'TP4 Thm 3.3').
+
+    ``holds`` is a Python bool, or a SymPy boolean when the exponents are symbolic.
+    """
+
+    name: str
+    expression_text: str
+    value: Any
+    holds: Any
+    source: str
+
+
+# --------------------------------------------------------------------------- ABC
+
+@dataclass(frozen=True)
+class ABC:
+    """An abc-parametrization of the L-hidden-layer MLP (TP4 §2, TP4b Def 2.2.1 with d = 0).
+
+    ``a``, ``b``: length L+1 (input, hidden..., readout). ``c``: one global exponent or a
+    length-L+1 sequence. Values may be ints, floats, Fractions, strings ("1/2") or SymPy
+    expressions; they are stored as SymPy. ``optimizer``: a name or torch.optim class,
+    stored as its class, "sgd" or "adam" (see ``OPTIMIZER_CLASSES``).
+    """
+
+    a: tuple
+    b: tuple
+    c: Any
+    optimizer: str = "sgd"
+
+    def __post_init__(self) -> None:
+        try:
+            if isinstance(self.a, str) or isinstance(self.b, str):
+                raise TypeError
+            a, b = tuple(self.a), tuple(self.b)
+        except TypeError:
+            raise TheoryError("a and b must be sequences of length L+1") from None
+        if len(a) != len(b):
+            raise TheoryError(f"a has {len(a)} entries but b has {len(b)}; both need L+1")
+        if len(a) < 2:
+            raise TheoryError(
+                f"a and b need L+1 >= 2 entries (input ... readout, L >= 1); got {len(a)}")
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_("a", tuple(_sym(x, f"a_{i + 1}") for i, x in enumerate(a)))
+        set_("b", tuple(_sym(x, f"b_{i + 1}") for i, x in enumerate(b)))
+        if isinstance(self.c, (str, bytes, sp.Basic)) or not hasattr(self.c, "__iter__"):
+            set_("c", _sym(self.c, "c"))
+        else:
+            c = tuple(self.c)
+            if len(c) != len(a):
+                raise TheoryError(f"per-layer c has {len(c)} entries; it needs L+1 = {len(a)}")
+            set_("c", tuple(_sym(x, f"c_{i + 1}") for i, x in enumerate(c)))
+        set_("optimizer", optimizer_class(self.optimizer))
+
+    # ----------------------------------------------------------------- exponents
+    @property
+    def L(self) -> int:
+        """Number of hidden layers."""
+        return len(self.a) - 1
+
+    @property
+    def c_layers(self) -> tuple:
+        """(c_1, ..., c_{L+1}); the global c repeated when c is one number."""
+        return self.c if isinstance(self.c, tuple) else (self.c,) * (self.L + 1)
+
+    @property
+    def readout_init(self) -> sp.Expr:
+        """a_{L+1} + b_{L+1}: f_0 = Theta(n^{1/2 - (a_{L+1} + b_{L+1})})."""
+        return self.a[-1] + self.b[-1]
+
+    @property
+    def readout_update(self) -> sp.Expr:
+        """u with (readout update) x (features) = Theta(n^{-u}): 2a_{L+1}+c_{L+1}-1 (SGD),
+        a_{L+1}+c_{L+1}-1 (Adam, TP4b's r_{L+1}). Stability needs u >= 0."""
+        a, c = self.a[-1], self.c_layers[-1]
+        return 2 * a + c - 1 if self.optimizer == "sgd" else a + c - 1
+
+    @property
+    def r_layers(self) -> tuple:
+        """(r_1, ..., r_L): Delta h^l = Theta(n^{-r_l}) after training (r_l = 0: maximal).
+
+        SGD (TP4 Prop 5.3): r_l = min(a_{L+1}+b_{L+1}, 2a_{L+1}+c) + c - 1 + 2a_l + I(l=1),
+        with c -> c_{L+1} in the min and c -> c_l outside for per-layer learning rates.
+        Adam (TP4b): r_1 = c_1 + a_1, r_l = c_l + a_l - 1 for 2 <= l <= L.
+        """
+        cs = self.c_layers
+        if self.optimizer == "sgd":
+            back = sp.Min(self.readout_init, 2 * self.a[-1] + cs[-1])
+            return tuple(back + cs[i] - 1 + 2 * self.a[i] + (1 if i == 0 else 0)
+                         for i in range(self.L))
+        return tuple(cs[i] + self.a[i] - (0 if i == 0 else 1) for i in range(self.L))
+
+    @property
+    def r(self) -> sp.Expr:
+        """r = min_l r_l: Delta x^L = Theta(n^{-r}) (TP4 Def 3.2; TP4b for Adam)."""
+        return sp.Min(*self.r_layers)
+
+    # ----------------------------------------------------------------- conditions
+    @cached_property
+    def _groups(self) -> dict[str, list[Condition]]:
+        """The conditions by theorem: init + stable (all), nontrivial (either), r = 0, r > 0."""
+        a, b, L, r, A, u = self.a, self.b, self.L, self.r, self.readout_init, self.readout_update
+        cs = self.c_layers
+        sgd = self.optimizer == "sgd"
+        cL = "c_{L+1}" if isinstance(self.c, tuple) else "c"
+        src_s = "TP4 Thm 3.3" if sgd else "TP4b Thm 2.8.12"
+        src_i = "TP4 Thm 3.3" if sgd else "TP4 Thm 3.3 (init; assumed by TP4b)"
+        src_n = "TP4 Thm 3.4" if sgd else "TP4b Thm 2.8.15"
+
+        def cond(name, text, value, rel, source):
+            return Condition(name, text, value, _truth(rel), source)
+
+        init = [cond("stable (init)", "a_1 + b_1 = 0", a[0] + b[0], sp.Eq(a[0] + b[0], 0), src_i)]
+        init += [cond("stable (init)", f"a_{l} + b_{l} = 1/2", a[l - 1] + b[l - 1],
+                      sp.Eq(a[l - 1] + b[l - 1], HALF), src_i) for l in range(2, L + 1)]
+        init.append(cond("stable (init)", "a_{L+1} + b_{L+1} >= 1/2", A, sp.Ge(A, HALF), src_i))
+        if sgd:
+            ro = cond("stable", f"2 a_{{L+1}} + {cL} >= 1", 2 * a[-1] + cs[-1], sp.Ge(u, 0), src_s)
+            nt = cond("nontrivial", f"2 a_{{L+1}} + {cL} = 1", 2 * a[-1] + cs[-1], sp.Eq(u, 0),
+                      src_n)
+        else:
+            ro = cond("stable", "r_{L+1} = a_{L+1} + c_{L+1} - 1 >= 0", u, sp.Ge(u, 0), src_s)
+            nt = cond("nontrivial", "a_{L+1} + c_{L+1} = 1", a[-1] + cs[-1], sp.Eq(u, 0),
+                      src_n)
+        stable = [cond("stable", "r >= 0", r, sp.Ge(r, 0), src_s), ro,
+                  cond("stable", "a_{L+1} + b_{L+1} + r >= 1", A + r, sp.Ge(A + r, 1), src_s)]
+        if not sgd:
+            stable.append(cond("stable", "c_{L+1} - b_{L+1} >= 0", cs[-1] - b[-1],
+                               sp.Ge(cs[-1] - b[-1], 0), src_s))
+        return {
+            "init": init,
+            "stable": stable,
+            "nontrivial": [cond("nontrivial", "a_{L+1} + b_{L+1} + r = 1", A + r,
+                                sp.Eq(A + r, 1), src_n), nt],
+            "feature learning": [cond("feature learning", "r = 0", r, sp.Eq(r, 0), "TP4 Thm 3.6")],
+            "kernel": [cond("kernel", "r > 0", r, sp.Gt(r, 0), "TP4 Thm 3.8")],
+        }
+
+    def why(self) -> list[Condition]:
+        """Every theorem condition with its value, in derivation order.
+
+        ``stable`` needs every "stable (init)" and "stable" record; ``nontrivial`` needs
+        stable and either "nontrivial" record; ``feature_learning`` / ``kernel_regime`` add
+        r = 0 / r > 0 to stable / nontrivial.
+        """
+        return [c for group in self._groups.values() for c in group]
+
+    @property
+    def stable(self) -> Any:
+        """TP4 Thm 3.3 (SGD) / TP4b Thm 2.8.12 + initialisation conditions (Adam)."""
+        g = self._groups
+        return _truth(sp.And(*(c.holds for c in g["init"] + g["stable"])))
+
+    @property
+    def nontrivial(self) -> Any:
+        """Stable and f moves by Theta(1) (TP4 Thm 3.4 / TP4b Thm 2.8.15):
+        a_{L+1}+b_{L+1}+r = 1, or the readout update term is Theta(1)."""
+        ors = sp.Or(*(c.holds for c in self._groups["nontrivial"]))
+        return _truth(sp.And(self.stable, ors))
+
+    @property
+    def feature_learning(self) -> Any:
+        """Stable and r = 0: the last-layer features move by Theta(1) (TP4 Thm 3.6)."""
+        return _truth(sp.And(self.stable, sp.Eq(self.r, 0)))
+
+    @property
+    def kernel_regime(self) -> Any:
+        """Stable, nontrivial and r > 0: f evolves by a fixed kernel (TP4 Thm 3.8).
+        Never together with feature learning (Dynamical Dichotomy, TP4 Cor 3.9)."""
+        return _truth(sp.And(self.nontrivial, sp.Gt(self.r, 0)))
+
+    @property
+    def regime(self) -> str:
+        """'unstable', 'trivial', 'feature learning' or 'kernel'; 'undetermined' when the
+        answer depends on symbols (then read the relationals of ``why()``)."""
+        checks = (self.stable, self.nontrivial, self.feature_learning)
+        if not all(isinstance(x, bool) for x in checks):
+            return "undetermined"
+        if not self.stable:
+            return "unstable"
+        if not self.nontrivial:
+            return "trivial"
+        return "feature learning" if self.feature_learning else "kernel"
+
+    # ----------------------------------------------------------------- symmetry
+    def shift(self, t: Any) -> "ABC":
+        """(a_l + t, b_l - t, c - 2t) for SGD (TP4 Eq. 5), (a_l + t, b_l - t, c_l - t) for
+        Adam (TP4b Prop 2.2.3): the same training dynamics at every width."""
+        t = _sym(t, "t")
+        k = 2 if self.optimizer == "sgd" else 1
+        c = tuple(x - k * t for x in self.c) if isinstance(self.c, tuple) else self.c - k * t
+        return ABC(tuple(x + t for x in self.a), tuple(x - t for x in self.b), c, self.optimizer)
+
+    def canonical(self) -> "ABC":
+        """The representative with a_1 = 0 (input multiplier n^0): shift by t = -a_1.
+
+        Every property above is invariant under ``shift``, so it can be read off here.
+        """
+        return self.shift(-self.a[0])
+
+    def equivalent(self, other: "ABC") -> bool:
+        """Same optimizer class, same L and equal canonical forms (per-layer c compared)."""
+        if not isinstance(other, ABC) or (self.L, self.optimizer) != (other.L, other.optimizer):
+            return False
+        x, y = self.canonical(), other.canonical()
+        pairs = zip(x.a + x.b + x.c_layers, y.a + y.b + y.c_layers)
+        return all(p == q or sp.simplify(p - q) == 0 for p, q in pairs)
+
+    # ----------------------------------------------------------------- display
+    def __str__(self) -> str:
+        opt = "SGD (TP4)" if self.optimizer == "sgd" else "Adam-like (TP4b)"
+        lines = [
+            f"abc-parametrization, L = {self.L}, optimizer class {opt}",
+            f"  a = {_fmt(self.a)}",
+            f"  b = {_fmt(self.b)}",
+            f"  c = {_fmt(self.c)}",
+            f"  r_l (l = 1..L) = {_fmt(self.r_layers)}",
+            f"  r = min_l r_l = {self.r}",
+        ]
+        for c in self.why():
+            tag = ("ok  " if c.holds else "FAIL") if isinstance(c.holds, bool) else "?   "
+            lines.append(f"  [{tag}] {c.name:16s} {c.expression_text:40s} "
+                         f"value {c.value}   ({c.source})")
+        lines.append(f"  => {self.regime}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- constructors
+
+def _layers(inp, hidden, out, L):
+    return (inp,) + (hidden,) * (L - 1) + (out,)
+
+
+def preset(name: str, L: int = 2, optimizer: Any = "sgd", c: Any = None) -> ABC:
+    """A named parametrization (the sheet's tables); ``c=`` overrides the learning-rate exponent.
+
+    SGD (TP4 table): "SP" a = 0, b = (0, 1/2, ..., 1/2), c = 0 (LR Theta(1): unstable for
+    L >= 2; pass c=1 for LR 1/n); "NTK" a = (0, 1/2, ..., 1/2), b = 0, c = 0; "muP"
+    a = (-1/2, 0, ..., 1/2), b = 1/2, c = 0; "MF" (L = 1 only) a = (0, 1), b = 0, c = -1.
+    Adam: "muP" per TP4b Def 2.5.1, (a, b, c) = input (0, 0, 0), hidden (0, 1/2, 1), readout
+    (1, 0, 0); "SP" a = 0, b = (0, 1/2, ...), c = 0; "MF" (L = 1) is Adam-muP with L = 1,
+    which already has the mean-field multipliers a = (0, 1), b = 0.
+    "NTK" with Adam (our choice; TP4b has no table row): the NTK initialisation a = (0, 1/2,
+    ..., 1/2), b = 0, with c = (1/2, 1, ..., 1, 1/2) so that every r_l = 1/2 and both readout
+    conditions are tight, as for SGD-NTK; it is uniform(1/2, L, "adam").
+    """
+    opt = optimizer_class(optimizer)
+    if not isinstance(L, int) or isinstance(L, bool) or L < 1:
+        raise TheoryError(f"L must be an integer >= 1, got {L!r}")
+    key = _norm_name(name) if isinstance(name, str) else ""
+    names = {"sp": "SP", "ntk": "NTK", "mup": "muP", "mf": "MF", "meanfield": "MF"}
+    if key not in names:
+        raise TheoryError(f"unknown preset {name!r}; choose one of SP, NTK, muP, MF")
+    key = names[key]
+    if key == "MF" and L != 1:
+        raise TheoryError(f"the mean-field parametrization (MF) is for L = 1 only, got L = {L}")
+    h = HALF
+    if key == "SP":
+        p = ABC((0,) * (L + 1), _layers(0, h, h, L), 0, opt)
+    elif key == "NTK":
+        p = (ABC(_layers(0, h, h, L), (0,) * (L + 1), 0, opt) if opt == "sgd"
+             else uniform(h, L, opt))
+    elif key == "muP":
+        p = (ABC(_layers(-h, 0, h, L), (h,) * (L + 1), 0, opt) if opt == "sgd"
+             else ABC((0,) * L + (1,), (0,) + (h,) * (L - 1) + (0,), _layers(0, 1, 0, L), opt))
+    else:  # MF, L == 1
+        p = ABC((0, 1), (0, 0), -1 if opt == "sgd" else (0, 0), opt)
+    return p if c is None else dataclasses.replace(p, c=c)
+
+
+def uniform(r: Any, L: int = 2, optimizer: Any = "sgd") -> ABC:
+    """UP_r (TP4 App G), 0 <= r <= 1/2: every layer has r_l = r, and both readout conditions
+    of nontriviality hold with equality; UP_0 = muP, UP_{1/2} = NTK.
+
+    SGD: a = (r - 1/2, r, ..., r, 1/2), b = (1/2 - r, ..., 1/2 - r), c = 0.
+    Adam (same idea, our construction): (a, b, c) = input (0, 0, r), hidden (r, 1/2 - r, 1),
+    readout (1 - r, 0, r); UP_0 is TP4b's muP and UP_{1/2} our Adam-NTK preset.
+    """
+    opt = optimizer_class(optimizer)
+    r = _sym(r, "r")
+    if r.is_number and not (0 <= r <= HALF):
+        raise TheoryError(f"UP_r needs 0 <= r <= 1/2 (r > 1/2 breaks a_{{L+1}} + b_{{L+1}} "
+                          f">= 1/2); got {r}")
+    if not isinstance(L, int) or isinstance(L, bool) or L < 1:
+        raise TheoryError(f"L must be an integer >= 1, got {L!r}")
+    if opt == "sgd":
+        return ABC(_layers(r - HALF, r, HALF, L), (HALF - r,) * (L + 1), 0, opt)
+    return ABC(_layers(0, r, 1 - r, L), _layers(0, HALF - r, 0, L), _layers(r, 1, r, L), opt)
+
+
+def max_stable_lr_exponent(a: Sequence, b: Sequence, optimizer: Any = "sgd",
+                           per_layer: bool = False) -> Any:
+    """The smallest c (largest learning rate n^{-c}) for which (a, b, c) is stable.
+
+    The stability conditions are monotone in c, so the stable set is [c*, oo) and c* is the
+    max of their lower bounds. With A = a_{L+1} + b_{L+1}, K = max(0, 1 - A) (from r >= 0 and
+    A + r >= 1, i.e. r >= K):
+    SGD (TP4 Def 3.2, Thm 3.3), m = min_l (2 a_l + I(l = 1)), r = min(A + c, 2a_{L+1} + 2c) - 1 + m:
+        c* = max(1 - 2 a_{L+1},  K + 1 - m - A,  (K + 1 - m - 2 a_{L+1}) / 2).
+    Adam (TP4b Thm 2.8.12), layers decouple: c_1 >= K - a_1, c_l >= K + 1 - a_l (hidden),
+    c_{L+1} >= max(1 - a_{L+1}, b_{L+1}); ``per_layer=True`` returns these (Adam only; under
+    SGD the layers trade off through the readout, so no per-layer minimum exists), else the
+    global c* is their max. The initialisation conditions must hold: a TheoryError if they
+    fail for every c (with symbolic a, b they are assumed).
+    """
+    opt = optimizer_class(optimizer)
+    p = ABC(a, b, 0, opt)
+    init_ok = _truth(sp.And(*(c.holds for c in p._groups["init"])))
+    if init_ok is False:
+        raise TheoryError("no learning rate makes this stable: the initialisation conditions "
+                          "a_1 + b_1 = 0, a_l + b_l = 1/2, a_{L+1} + b_{L+1} >= 1/2 fail")
+    a, b = p.a, p.b
+    A = a[-1] + b[-1]
+    K = sp.Max(0, 1 - A)
+    if opt == "sgd":
+        if per_layer:
+            raise TheoryError("per_layer=True is for Adam-like optimizers only")
+        m = sp.Min(*(2 * a[i] + (1 if i == 0 else 0) for i in range(p.L)))
+        return sp.Max(1 - 2 * a[-1], K + 1 - m - A, (K + 1 - m - 2 * a[-1]) / 2)
+    cs = (K - a[0],) + tuple(K + 1 - a[i] for i in range(1, p.L)) + (sp.Max(1 - a[-1], b[-1]),)
+    return cs if per_layer else sp.Max(*cs)

@@ -1,0 +1,986 @@
+"""Trace a model at several widths into one width-annotated graph.
+
+``trace(factory, widths)`` builds ``factory(n)`` for each width n, exports each with torch.export
+(ATen level, non-strict first, strict as a fallback), checks that the graphs have the same
+structure, and writes onto one networkx graph:
+
+* every node: its op, module path, shape at each width, and the width exponent alpha of each
+  dimension (size ~ n^alpha, an exact SymPy Rational, ``None`` for a dimension that follows no
+  power law);
+* every width-dependent scalar folded into an op (``x * (1/width_mult)``, the ``scale`` of
+  scaled_dot_product_attention, ``x / sqrt(d)``): its exponent. These are the multipliers of the
+  abc-parametrization (TP4 §2: W = n^{-a} w);
+* every parameter (``WidthGraph.params``): how the graph uses it (fan-in and fan-out dims read
+  from the consuming op, not from the module type), its role (input / hidden / output / vector /
+  scalar, TP5 Table 3 and App B), init RMS exponent (-b), multiplier exponent (-a) and, given an
+  optimizer factory, learning-rate exponent (-c) and weight-decay exponent.
+
+Sign convention everywhere: an ``*_exp`` is the exponent e of the quantity ~ n^e, so the abc of
+TP4 are a = -mult_exp, b = -init_exp, c = -lr_exp.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import networkx as nx
+import sympy as sp
+import torch
+import torch.nn as nn
+
+from .errors import TraceError
+from .exponents import exact_exponent, noisy_exponent
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass
+class ParamUse:
+    """One place where the graph consumes a parameter."""
+
+    node: str  # the consuming op node
+    op: str  # its short op name, e.g. "linear"
+    kind: str  # "matrix" (contracted), "vector" (elementwise / norm gain / bias), "unknown"
+    fan_in: tuple[int, ...]  # parameter dims that the op contracts
+    fan_out: tuple[int, ...]  # parameter dims that index the op's output
+    role: str  # input / hidden / output / vector / scalar / unknown
+    mult_exp: Any  # width exponent of the scalar multipliers on this use (TP4's -a)
+
+
+@dataclass
+class ParamInfo:
+    """Everything tensorprog knows about one parameter (a tied parameter appears once)."""
+
+    name: str
+    node: str  # its placeholder node in the graph
+    shapes: dict[int, tuple[int, ...]]
+    dims: tuple  # width exponent of each dim
+    trainable: bool
+    uses: list[ParamUse] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)  # other names of a tied parameter
+    nodes: list[str] = field(default_factory=list)  # all placeholders (one per alias in export)
+    init_rms: dict[int, float] = field(default_factory=dict)
+    init_mean: dict[int, float] = field(default_factory=dict)
+    init_exp: Any = None  # RMS ~ n^init_exp (= -b); "zero" when zero-initialised
+    init_fit: float | None = None  # the raw least-squares slope behind init_exp
+    lr: dict[int, float] = field(default_factory=dict)
+    lr_exp: Any = None  # learning rate ~ n^lr_exp (= -c); None without an optimizer
+    weight_decay: dict[int, float] = field(default_factory=dict)
+    wd_exp: Any = None
+
+    @property
+    def primary(self) -> ParamUse | None:
+        return self.uses[0] if self.uses else None
+
+    @property
+    def role(self) -> str:
+        roles = list(dict.fromkeys(u.role for u in self.uses))
+        return "+".join(roles) if roles else "unused"
+
+    @property
+    def fan_in(self) -> tuple[int, ...]:
+        return self.primary.fan_in if self.primary else ()
+
+    @property
+    def fan_out(self) -> tuple[int, ...]:
+        return self.primary.fan_out if self.primary else ()
+
+    def dims_exp(self, dims: Sequence[int]):
+        """Width exponent of the product of ``dims`` (fan_in or fan_out); None if unknown."""
+        vals = [self.dims[d] for d in dims]
+        return None if any(v is None for v in vals) else sp.Add(*vals, evaluate=True) + 0
+
+    @property
+    def fan_in_exp(self):
+        return self.dims_exp(self.fan_in)
+
+    @property
+    def fan_out_exp(self):
+        return self.dims_exp(self.fan_out)
+
+    @property
+    def mult_exp(self):
+        return self.primary.mult_exp if self.primary else sp.Integer(0)
+
+
+@dataclass
+class WidthGraph:
+    """The traced program, annotated with width exponents.
+
+    ``nx`` is a networkx MultiDiGraph: one node per ATen node (attributes: ``kind``, ``op``,
+    ``target``, ``module``, ``shapes``, ``dims``, ``scalars``, ``param``/``buffer``/``input``),
+    one edge per tensor argument (attribute ``pos``: the argument position).
+    """
+
+    nx: nx.MultiDiGraph
+    params: dict[str, ParamInfo]
+    widths: tuple[int, ...]
+    order: list[str]
+    programs: dict[int, Any] = field(default_factory=dict, repr=False)
+    optimizer: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def node(self, name: str) -> dict:
+        return self.nx.nodes[name]
+
+    def inputs(self, name: str) -> list[str]:
+        """Tensor inputs of a node, in argument order."""
+        edges = sorted(self.nx.in_edges(name, data=True), key=lambda e: e[2]["order"])
+        return [u for u, _, _ in edges]
+
+    def unknown_power_laws(self) -> list[str]:
+        return [n for n in self.order if any(d is None for d in (self.node(n)["dims"] or ()))]
+
+    # ---------------------------------------------------------------- export
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able data: exponents as strings ("1/2"), None as null."""
+        def node_dict(name):
+            a = self.node(name)
+            return {
+                "name": name, "kind": a["kind"], "op": a["op"], "target": a["target"],
+                "module": a["module"], "shapes": {str(w): s for w, s in a["shapes"].items()},
+                "dims": _jsonable(a["dims"]), "scalars": _jsonable(a["scalars"]),
+                "param": a.get("param"), "buffer": a.get("buffer"), "input": a.get("input"),
+                "inputs": self.inputs(name), "args": _jsonable(a["args"]),
+            }
+
+        def param_dict(p: ParamInfo):
+            return {
+                "name": p.name, "node": p.node, "shape": p.shapes[self.widths[-1]],
+                "dims": _jsonable(p.dims), "role": p.role, "trainable": p.trainable,
+                "fan_in": list(p.fan_in), "fan_out": list(p.fan_out),
+                "fan_in_exp": _jsonable(p.fan_in_exp), "fan_out_exp": _jsonable(p.fan_out_exp),
+                "init_exp": _jsonable(p.init_exp), "init_fit": p.init_fit,
+                "init_rms": {str(w): v for w, v in p.init_rms.items()},
+                "mult_exp": _jsonable(p.mult_exp), "lr_exp": _jsonable(p.lr_exp),
+                "lr": {str(w): v for w, v in p.lr.items()}, "wd_exp": _jsonable(p.wd_exp),
+                "uses": [{"node": u.node, "op": u.op, "kind": u.kind, "role": u.role,
+                          "fan_in": list(u.fan_in), "fan_out": list(u.fan_out),
+                          "mult_exp": _jsonable(u.mult_exp)} for u in p.uses],
+            }
+
+        return {
+            "widths": list(self.widths), "optimizer": self.optimizer, "warnings": self.warnings,
+            "nodes": [node_dict(n) for n in self.order],
+            "params": {k: param_dict(p) for k, p in self.params.items()},
+        }
+
+    def to_json(self, path: str | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1)
+        if path:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    def to_dot(self, path: str | None = None) -> str:
+        """Graphviz DOT: nodes labelled with op and dim exponents; parameters as boxes."""
+        lines = ["digraph tensorprog {", "  rankdir=TB; node [fontsize=10];"]
+        for n in self.order:
+            a = self.node(n)
+            dims = "[" + ", ".join("?" if d is None else str(d) for d in (a["dims"] or ())) + "]"
+            label = f"{a.get('param') or n}\\n{a['op']} {dims}"
+            shape = "box" if a.get("param") else "ellipse"
+            lines.append(f'  "{n}" [label="{label}", shape={shape}];')
+        for u, v, d in self.nx.edges(data=True):
+            lines.append(f'  "{u}" -> "{v}" [label="{d["pos"]}"];')
+        lines.append("}")
+        text = "\n".join(lines)
+        if path:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+
+def _jsonable(x):
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    if isinstance(x, sp.Basic):
+        return str(x)
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return str(x)
+
+
+# ----------------------------------------------------------------------------- op vocabulary
+
+
+def short_op(target) -> str:
+    """'aten.linear.default' -> 'linear'; builtins keep their name ('getitem')."""
+    name = getattr(target, "__name__", None) if not isinstance(target, str) else target
+    s = str(target)
+    if s.startswith("aten.") or s.startswith("torch.ops.aten."):
+        return s.replace("torch.ops.", "").split(".")[1]
+    return name or s
+
+
+#: Ops that only move, copy or re-view their first argument.
+VIEW_OPS = {
+    "t", "transpose", "permute", "view", "reshape", "_unsafe_view", "expand", "unsqueeze",
+    "squeeze", "flatten", "slice", "to", "_to_copy", "clone", "contiguous", "alias", "detach",
+    "type_as", "lift_fresh_copy", "numpy_T", "_assert_tensor_metadata", "dropout",
+}
+#: Elementwise arithmetic whose scalar arguments are candidate multipliers.
+SCALAR_ARITH = {"mul", "div", "add", "sub", "rsub", "true_divide", "pow"}
+#: Ops whose weight/bias arguments are elementwise (vector-like) uses.
+NORM_PARAM_POS = {"layer_norm": (2, 3), "group_norm": (2, 3), "rms_norm": (2,),
+                  "batch_norm": (1, 2), "native_batch_norm": (1, 2), "instance_norm": (1, 2),
+                  "_native_batch_norm_legit_no_training": (1, 2)}
+ELEMENTWISE = {"mul", "add", "sub", "div", "addcmul", "addcdiv", "where", "maximum", "minimum",
+               "rsub", "true_divide"}
+
+
+# ----------------------------------------------------------------------------- tracing
+
+
+def trace(
+    factory: Callable[[int], nn.Module],
+    widths: Sequence[int] = (64, 128, 256),
+    *,
+    example_inputs=None,
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+    device: str = "cpu",
+    init_widths: Sequence[int] | None = None,
+    init_seeds: int | None = None,
+    seed: int = 0,
+    verbose: bool = False,
+) -> WidthGraph:
+    """Trace ``factory(n)`` at each width into one width-annotated ``WidthGraph``.
+
+    factory: width -> nn.Module. example_inputs: a tuple of tensors (or a dict of keyword
+    inputs), or a callable width -> tuple; if None, ``model.example_inputs()`` is used when the
+    model defines it. make_optimizer: model -> torch.optim.Optimizer, read for learning-rate and
+    weight-decay exponents. device="meta" traces without allocating weights; init scales then
+    come from real CPU instances at ``init_widths`` (default: the widths scaled down to <= 512).
+    init_seeds: instances per width whose weights are pooled for the init fit; default: enough
+    for ~4096 values of the smallest parameter, at most 16, within ~2e7 values per width.
+    """
+    widths = _check_widths(widths)
+    if not callable(factory) or isinstance(factory, nn.Module):
+        what = " (a model instance, not a factory)" if isinstance(factory, nn.Module) else ""
+        raise TraceError(
+            f"factory must be a callable width -> nn.Module, got {type(factory).__name__}{what}. "
+            "Pass a function, e.g. `lambda n: MyModel(hidden=n)`.")
+    say = _progress(verbose)
+
+    models, programs = {}, {}
+    for w in widths:
+        say(f"building and exporting width {w}")
+        model = _build(factory, w, device, seed)
+        args, kwargs = _inputs(example_inputs, model, w, device)
+        models[w] = model
+        programs[w] = _export(model, args, kwargs, w)
+    aligned = _align(programs, widths)
+    g, order, params = _annotate(programs, models, aligned, widths)
+    graph = WidthGraph(nx=g, params=params, widths=tuple(widths), order=order, programs=programs)
+    _check_width_matters(graph)
+
+    say("measuring initial weight scales")
+    if init_seeds is None:
+        sizes = [math.prod(p.shapes[widths[-1]]) for p in params.values()] or [1]
+        init_seeds = max(1, min(16, math.ceil(4096 / max(min(sizes), 1)), int(2e7 // max(sum(sizes), 1))))
+    if device == "meta":
+        iw = _check_widths(init_widths) if init_widths else _small_widths(widths)
+        init_models = {w: [_build(factory, w, "cpu", seed + s) for s in range(init_seeds)] for w in iw}
+    else:
+        iw = widths
+        init_models = {w: [models[w]] + [_build(factory, w, "cpu", seed + s)
+                                          for s in range(1, init_seeds)] for w in iw}
+    _measure_init(graph, init_models)
+    for w in list(init_models):
+        del init_models[w]
+
+    if make_optimizer is not None:
+        say("reading learning rates from the optimizer")
+        _read_optimizer(graph, models, make_optimizer)
+    _attach_uses(graph)
+    return graph
+
+
+def _progress(verbose):
+    import sys
+
+    def say(msg):
+        if verbose:
+            print(f"[tensorprog] {msg}", file=sys.stderr, flush=True)
+    return say
+
+
+def _check_widths(widths) -> list[int]:
+    try:
+        ws = sorted({int(w) for w in widths})
+    except (TypeError, ValueError):
+        raise TraceError(f"widths must be a sequence of positive integers, got {widths!r}.") from None
+    if len(ws) < 2 or ws[0] <= 0:
+        raise TraceError(
+            f"need at least two distinct positive widths to fit exponents, got {widths!r}. "
+            "Pass e.g. widths=(64, 128, 256); three or more make the fit checkable.")
+    return ws
+
+
+def _small_widths(widths):
+    k = max(0, math.ceil(math.log2(max(widths) / 512)))
+    ws = [w // 2**k for w in widths]
+    if len(set(ws)) < 2 or min(ws) < 1:
+        return widths
+    return ws
+
+
+def _build(factory, width, device, seed):
+    torch.manual_seed(seed)
+    ctx = torch.device(device) if device not in (None, "cpu") else contextlib.nullcontext()
+    try:
+        with ctx:
+            model = factory(width)
+    except TraceError:
+        raise
+    except Exception as e:
+        raise TraceError(
+            f"factory({width}) raised {type(e).__name__}: {e}. The factory must build the model "
+            f"for any width in the list; check that width {width} is valid for it (e.g. "
+            "divisible by the head count).") from e
+    if not isinstance(model, nn.Module):
+        raise TraceError(
+            f"factory({width}) returned {type(model).__name__}, not an nn.Module. Return the model "
+            "itself (not a tuple or a config).")
+    if device != "meta":
+        for name, p in model.named_parameters():
+            if not torch.isfinite(p.detach()).all():
+                raise TraceError(
+                    f"parameter {name!r} has NaN or inf values right after factory({width}): its "
+                    "initialisation is broken (e.g. a std computed as 0/0 or sqrt of a negative). "
+                    "Fix the init of that parameter.")
+    return model
+
+
+def _inputs(example_inputs, model, width, device):
+    ex = example_inputs
+    from_model = False
+    if ex is None:
+        if hasattr(model, "example_inputs") and callable(model.example_inputs):
+            ex, from_model = model.example_inputs, True
+        else:
+            raise TraceError(
+                "no example_inputs: pass example_inputs=(tensor, ...) or a callable width -> tuple "
+                "(the inputs torch.export runs the model on), or give the model an "
+                "example_inputs() method.")
+    if callable(ex) and not isinstance(ex, (tuple, list, dict, torch.Tensor)):
+        try:
+            ex = ex() if from_model else ex(width)
+        except Exception as e:
+            raise TraceError(f"example_inputs({width}) raised {type(e).__name__}: {e}.") from e
+    if isinstance(ex, torch.Tensor):
+        ex = (ex,)
+    kwargs = {}
+    if isinstance(ex, dict):
+        ex, kwargs = (), dict(ex)
+    if not isinstance(ex, (tuple, list)):
+        raise TraceError(f"example_inputs must be a tuple of tensors or a dict, got {type(ex).__name__}.")
+    move = (lambda t: t.to(device) if isinstance(t, torch.Tensor) else t)
+    return tuple(move(t) for t in ex), {k: move(v) for k, v in kwargs.items()}
+
+
+def _export(model, args, kwargs, width):
+    """torch.export at ATen level: non-strict first, then strict (keeps tensor attributes such
+    as mup's ``weight.infshape``, which non-strict export drops)."""
+    errors = []
+    for strict in (False, True):
+        try:
+            with warnings.catch_warnings(), _quiet_torch_logs():
+                warnings.simplefilter("ignore")
+                return torch.export.export(model, args, kwargs=kwargs, strict=strict)
+        except Exception as e:  # noqa: BLE001 - classified below
+            errors.append(e)
+            if _is_data_dependent(e):
+                break
+    e = errors[0]
+    where = _user_frame(e, model)
+    if _is_data_dependent(e) or any(_is_data_dependent(x) for x in errors):
+        raise TraceError(
+            f"the model has data-dependent control flow{where}: Python branches on a tensor's "
+            "value, so its graph depends on the data and cannot be traced once for all inputs. "
+            "Replace the branch with torch.where / torch.cond, or fix the branch for analysis "
+            "(e.g. a constructor flag).") from e
+    raise TraceError(
+        f"torch.export could not trace the model at width {width}{where}: "
+        f"{type(e).__name__}: {_first_line(e)}. tensorprog needs a model that torch.export "
+        "can trace (no data-dependent Python control flow, no untraceable side effects); for "
+        "HuggingFace models pass use_cache=False in the config.") from e
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """Silence torch.export's own logs and prints; tensorprog reports errors itself."""
+    import logging
+    import io
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # export prints partial graphs on error
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _first_line(e) -> str:
+    s = str(e).strip().splitlines()
+    return s[0][:300] if s else ""
+
+
+def _is_data_dependent(e) -> bool:
+    s = f"{type(e).__name__} {e}"
+    return any(k in s for k in ("data-dependent", "GuardOnDataDependent", "DataDependent",
+                                "data dependent"))
+
+
+def _user_frame(e, model) -> str:
+    """' in module `blocks.0.attn` (file.py:42)' from the innermost user frame of a traceback."""
+    mods = {id(m): n for n, m in model.named_modules()}
+    best = ""
+    tb = e.__traceback__
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    ctx = e.__context__ or e.__cause__
+    if ctx is not None and ctx.__traceback__ is not None:
+        tb = ctx.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame)
+            tb = tb.tb_next
+    for f in frames:
+        fn = f.f_code.co_filename
+        if "/torch/" in fn or "/site-packages/torch" in fn or "tensorprog/trace.py" in fn:
+            continue
+        code = f.f_code
+        first = code.co_varnames[0] if code.co_argcount else None
+        self_obj = f.f_locals.get(first) if first else None
+        if isinstance(self_obj, nn.Module) and id(self_obj) in mods:
+            name = mods[id(self_obj)] or type(self_obj).__name__
+            best = f" in module `{name}` ({fn.rsplit('/', 1)[-1]}:{f.f_lineno})"
+    return best
+
+
+def _align(programs, widths):
+    """Node lists of every width, position by position; raise at the first structural mismatch."""
+    lists = {w: list(programs[w].graph.nodes) for w in widths}
+    w0 = widths[0]
+    for w in widths[1:]:
+        a, b = lists[w0], lists[w]
+        for i in range(max(len(a), len(b))):
+            x = a[i] if i < len(a) else None
+            y = b[i] if i < len(b) else None
+            if x is None or y is None or (x.op, str(x.target)) != (y.op, str(y.target)):
+                raise TraceError(
+                    f"the traced graph differs between width {w0} and width {w} at node {i}: "
+                    f"{_describe(x)} vs {_describe(y)}. The model's structure must not depend on "
+                    "the width (e.g. a Python loop over heads whose count grows with width); "
+                    "write it with tensor ops over a head dimension, or keep the looped count "
+                    "fixed.")
+    return [tuple(lists[w][i] for w in widths) for i in range(len(lists[w0]))]
+
+
+def _describe(node) -> str:
+    if node is None:
+        return "the end of the graph"
+    return f"`{short_op(node.target)}` in module `{_module_path(node) or '<top>'}`"
+
+
+def _module_path(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return path.replace("L['self'].", "").replace("L__self___", "")
+
+
+def _val_shape(node):
+    v = node.meta.get("val")
+    if isinstance(v, torch.Tensor):
+        return tuple(int(s) for s in v.shape)
+    return None
+
+
+def _annotate(programs, models, aligned, widths):
+    """networkx graph with shapes, dim exponents and scalars on every node."""
+    w0 = widths[0]
+    sig = programs[w0].graph_signature
+    param_of = dict(sig.inputs_to_parameters)
+    buffer_of = dict(sig.inputs_to_buffers)
+    const_of = dict(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {})
+    user_inputs = list(sig.user_inputs)
+
+    g = nx.MultiDiGraph()
+    order, params = [], {}
+    name_of = {}  # (width, fx node) -> canonical name
+    for nodes in aligned:
+        n0 = nodes[0]
+        name = n0.name
+        for w, n in zip(widths, nodes):
+            name_of[(w, n)] = name
+        shapes = {w: _val_shape(n) for w, n in zip(widths, nodes)}
+        dims = _dim_exponents(widths, shapes)
+        attrs = dict(kind=n0.op, target=str(n0.target), op=short_op(n0.target) if n0.op ==
+                     "call_function" else n0.op, module=_module_path(n0), shapes=shapes, dims=dims,
+                     scalars={}, param=None, buffer=None, input=None,
+                     args=_plain_args(nodes[-1].args, widths[-1], name_of),
+                     kwargs=_plain_args(dict(nodes[-1].kwargs), widths[-1], name_of))
+        if n0.op == "placeholder":
+            if name in param_of:
+                attrs["param"] = param_of[name]
+            elif name in buffer_of:
+                attrs["buffer"] = buffer_of[name]
+                attrs["scalars"] = _buffer_scalar(models, widths, buffer_of[name])
+            elif name in const_of:
+                attrs["buffer"] = const_of[name]
+                attrs["scalars"] = _const_scalar(programs, widths, const_of[name])
+            elif name in user_inputs:
+                attrs["input"] = user_inputs.index(name)
+        elif n0.op == "call_function":
+            attrs["scalars"] = _scalars(attrs["op"], nodes, widths)
+        g.add_node(name, **attrs)
+        order.append(name)
+        for k, inp in enumerate(_tensor_inputs(n0)):
+            src, pos = inp
+            g.add_edge(name_of[(w0, src)], name, pos=pos, order=k)
+
+    canonical = _tied_names(models[widths[-1]])
+    for name in order:
+        a = g.nodes[name]
+        if a["param"] is None:
+            continue
+        pname = canonical.get(a["param"], a["param"])
+        a["param"] = pname
+        if pname in params:
+            params[pname].nodes.append(name)
+            continue
+        p = {w: _get_param(models[w], pname) for w in widths}
+        params[pname] = ParamInfo(
+            name=pname, node=name, shapes={w: tuple(p[w].shape) for w in widths}, dims=a["dims"],
+            trainable=bool(p[widths[-1]].requires_grad), nodes=[name],
+            aliases=[k for k, v in canonical.items() if v == pname and k != pname])
+    return g, order, params
+
+
+def _tied_names(model) -> dict[str, str]:
+    """Every parameter name -> the first name of the same tensor (as model.named_parameters())."""
+    first: dict[int, str] = {}
+    out = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        out[name] = first.setdefault(id(p), name)
+    return out
+
+
+def _plain_args(x, w, name_of):
+    """Op arguments at width ``w`` with graph nodes replaced by '%name' references."""
+    if isinstance(x, torch.fx.Node):
+        return "%" + name_of.get((w, x), x.name)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain_args(y, w, name_of) for y in x)
+    if isinstance(x, dict):
+        return {k: _plain_args(v, w, name_of) for k, v in x.items()}
+    if isinstance(x, (int, float, bool, str)) or x is None:
+        return x
+    return str(x)
+
+
+def _get_param(model, name):
+    try:
+        return model.get_parameter(name)
+    except AttributeError:
+        return dict(model.named_parameters(remove_duplicate=False))[name]
+
+
+def _tensor_inputs(node):
+    """(fx input node, position label) for every node argument, nested lists included."""
+    out = []
+
+    def walk(x, pos):
+        if isinstance(x, torch.fx.Node):
+            out.append((x, pos))
+        elif isinstance(x, (list, tuple)):
+            for j, y in enumerate(x):
+                walk(y, f"{pos}.{j}")
+    for i, a in enumerate(node.args):
+        walk(a, str(i))
+    for k, a in node.kwargs.items():
+        walk(a, k)
+    return out
+
+
+def _dim_exponents(widths, shapes):
+    s0 = shapes[widths[0]]
+    if s0 is None or any(shapes[w] is None or len(shapes[w]) != len(s0) for w in widths):
+        return None
+    return tuple(exact_exponent(widths, [shapes[w][d] for w in widths]) if shapes[widths[0]][d]
+                 else sp.Integer(0) for d in range(len(s0)))
+
+
+def _scalars(op, nodes, widths):
+    """Numeric arguments of an op that are multipliers or change with width.
+
+    Returns {position: {"values": [...], "exp": Rational | None}}. For arithmetic ops every
+    numeric argument counts (``x * 0.125``); for scaled_dot_product_attention the ``scale``
+    argument (position 6; ``None`` means the default 1/sqrt(d_head), resolved by the engine);
+    for other ops only float arguments whose value changes with width (reported as
+    width-dependent constants).
+    """
+    out = {}
+    n0 = nodes[0]
+    positions = list(range(len(n0.args))) + list(n0.kwargs)
+    for pos in positions:
+        vals = [n.args[pos] if isinstance(pos, int) else n.kwargs[pos] for n in nodes]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            continue
+        arith = op in SCALAR_ARITH
+        sdpa_scale = op == "scaled_dot_product_attention" and pos in (6, "scale")
+        changes = len(set(vals)) > 1
+        if arith or sdpa_scale or (changes and isinstance(vals[0], float)):
+            exp = sp.Integer(0) if not changes else exact_exponent(widths, vals)
+            key = "scale" if sdpa_scale else pos
+            out[key] = {"values": [float(v) for v in vals], "exp": exp}
+    return out
+
+
+def _buffer_scalar(models, widths, name):
+    vals = []
+    for w in widths:
+        try:
+            b = models[w].get_buffer(name)
+        except AttributeError:
+            return {}
+        if b.numel() != 1 or b.is_meta:
+            return {}
+        vals.append(float(b.detach().reshape(())))
+    return {"value": {"values": vals, "exp": exact_exponent(widths, vals) if len(set(vals)) > 1
+                      else sp.Integer(0)}}
+
+
+def _const_scalar(programs, widths, name):
+    vals = []
+    for w in widths:
+        c = programs[w].constants.get(name)
+        if not isinstance(c, torch.Tensor) or c.numel() != 1 or c.is_meta:
+            return {}
+        vals.append(float(c.detach().reshape(())))
+    return {"value": {"values": vals, "exp": exact_exponent(widths, vals) if len(set(vals)) > 1
+                      else sp.Integer(0)}}
+
+
+def _check_width_matters(graph: WidthGraph):
+    for n in graph.order:
+        if any(d != 0 for d in (graph.node(n)["dims"] or ())):
+            return
+    raise TraceError(
+        f"no tensor in the model changes size between widths {list(graph.widths)}: the factory "
+        "ignores its width argument. Make factory(n) build the model with hidden size n (and "
+        "check that the argument is passed through to the layers).")
+
+
+# ----------------------------------------------------------------------------- parameter uses
+
+
+def scale_exp(graph: WidthGraph, name: str):
+    """Exponent of the scalar factor a node applies (x * c, x / c, x * buffer), else None.
+
+    The node must be a mul/div with one full tensor operand and one scalar (a Python number,
+    a one-element buffer or constant).
+    """
+    a = graph.node(name)
+    if a["op"] not in ("mul", "div", "true_divide"):
+        return None
+    ins = graph.inputs(name)
+    scalar_nodes = [u for u in ins if _is_scalar_node(graph, u)]
+    exps = []
+    for pos, s in a["scalars"].items():
+        exps.append(s["exp"])
+    if len(ins) == 2 and len(scalar_nodes) == 1:
+        exps.append(graph.node(scalar_nodes[0])["scalars"].get("value", {}).get("exp"))
+    elif len(ins) != 1 or not a["scalars"]:
+        return None
+    if any(e is None for e in exps):
+        return None
+    e = sp.Add(*exps) + 0
+    return -e if a["op"] != "mul" else e
+
+
+def _is_scalar_node(graph, name):
+    a = graph.node(name)
+    return bool(a.get("buffer")) and "value" in a["scalars"]
+
+
+def _reshape_map(old, new):
+    """For each old dim, the set of new dims holding its elements (sizes matched by products)."""
+    m = [set() for _ in old]
+    i = j = 0
+    while i < len(old) and j < len(new):
+        go, gn, po, pn = [i], [j], old[i], new[j]
+        while po != pn:
+            if po < pn and i + 1 < len(old):
+                i += 1
+                go.append(i)
+                po *= old[i]
+            elif j + 1 < len(new):
+                j += 1
+                gn.append(j)
+                pn *= new[j]
+            else:
+                break
+        for o in go:
+            m[o] = {d for d in gn if new[d] != 1} if old[o] != 1 else set()
+        i += 1
+        j += 1
+    return m
+
+
+def _follow(graph, name, user):
+    """How ``user`` (a view-like op) maps the dims of its input ``name``: list of sets, or None."""
+    a, u = graph.node(name), graph.node(user)
+    op = u["op"]
+    w = graph.widths[-1]
+    old, new = a["shapes"][w], u["shapes"][w]
+    if old is None or new is None:
+        return None
+    args = u["args"]
+    ident = [{d} for d in range(len(old))]
+    if op in ("t", "numpy_T"):
+        return [{1}, {0}] if len(old) == 2 else ident
+    if op == "transpose":
+        d0, d1 = (x % len(old) for x in args[1:3])
+        m = list(range(len(old)))
+        m[d0], m[d1] = d1, d0
+        return [{x} for x in m]
+    if op == "permute":
+        perm = [x % len(old) for x in args[1]]
+        return [{perm.index(d)} for d in range(len(old))]
+    if op == "expand":
+        off = len(new) - len(old)
+        return [{d + off} for d in range(len(old))]
+    if len(old) == len(new) and (op not in ("view", "reshape", "_unsafe_view") or old == new):
+        return ident
+    return _reshape_map(list(old), list(new))
+
+
+def _consumer(graph, user, pos, ndim):
+    """(kind, fan_in dims, fan_out dims) of a tensor consumed at argument ``pos`` of ``user``."""
+    op = graph.node(user)["op"]
+    allv = set(range(ndim))
+    if op == "linear":
+        return ("matrix", {1}, {0}) if pos == "1" else ("vector", set(), allv)
+    if op == "addmm":
+        if pos == "2":
+            return "matrix", {0}, {1}
+        if pos == "1":
+            return "matrix", {1}, {0}
+        return "vector", set(), allv
+    if op in ("mm", "bmm", "matmul"):
+        if ndim == 1:
+            return "matrix", {0}, set()
+        if pos == "1":
+            return "matrix", {ndim - 2}, {ndim - 1}
+        if pos == "0":
+            return "matrix", {ndim - 1}, {ndim - 2}
+    if op in ("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d",
+              "conv_transpose2d", "conv_transpose3d"):
+        if pos == "1":
+            transposed = op.startswith("conv_transpose") or (
+                op == "convolution" and _arg(graph, user, 6) is True)
+            if transposed:
+                return "matrix", {0} | set(range(2, ndim)), {1}
+            return "matrix", set(range(1, ndim)), {0}
+        return "vector", set(), allv
+    if op == "embedding" and pos == "0":
+        return "matrix", {0}, {1}
+    if op in NORM_PARAM_POS:
+        return "vector", set(), allv
+    if op in ELEMENTWISE:
+        return "vector", set(), allv
+    return "unknown", set(), set()
+
+
+def _arg(graph, name, i):
+    args = graph.node(name)["args"]
+    return args[i] if i < len(args) else None
+
+
+def _role(kind, dims, fan_in, fan_out):
+    inf = (lambda ds: any(dims[d] is None or dims[d] > 0 for d in ds))
+    if kind == "vector":
+        return "vector" if inf(range(len(dims))) else "scalar"
+    if kind != "matrix":
+        return "unknown"
+    i, o = inf(fan_in), inf(fan_out)
+    return {(True, True): "hidden", (False, True): "input", (True, False): "output",
+            (False, False): "scalar"}[(i, o)]
+
+
+def _attach_uses(graph: WidthGraph):
+    """Walk from every parameter through view-like and scaling ops to the ops that consume it."""
+    for p in graph.params.values():
+        ndim = len(p.dims)
+        stack = [(node, [{d} for d in range(ndim)], sp.Integer(0)) for node in p.nodes]
+        seen = set()
+        while stack:
+            name, dmap, mult = stack.pop()
+            for _, user, data in sorted(graph.nx.out_edges(name, data=True), key=lambda e: e[1]):
+                if (name, user, data["pos"]) in seen:
+                    continue
+                seen.add((name, user, data["pos"]))
+                op = graph.node(user)["op"]
+                s = scale_exp(graph, user)
+                if op in VIEW_OPS or s is not None:
+                    step = [{d} for d in range(len(graph.node(name)["shapes"][graph.widths[-1]] or ()))]
+                    if op in VIEW_OPS:
+                        step = _follow(graph, name, user) or step
+                    new_map = [set().union(*(step[d] for d in ds if d < len(step))) if ds else set()
+                               for ds in dmap]
+                    stack.append((user, new_map, mult + (s or 0)))
+                    continue
+                cur_ndim = len(graph.node(name)["shapes"][graph.widths[-1]] or ())
+                kind, cin, cout = _consumer(graph, user, data["pos"], cur_ndim)
+                fan_in = tuple(d for d in range(ndim) if dmap[d] & cin)
+                fan_out = tuple(d for d in range(ndim) if dmap[d] & cout)
+                if kind == "vector":
+                    fan_in, fan_out = (), tuple(d for d in range(ndim) if dmap[d])
+                total = mult + _io_multiplier(graph, user, data["pos"], kind)
+                p.uses.append(ParamUse(node=user, op=op, kind=kind, fan_in=fan_in, fan_out=fan_out,
+                                       role=_role(kind, p.dims, fan_in, fan_out),
+                                       mult_exp=sp.nsimplify(total)))
+        p.uses.sort(key=lambda u: graph.order.index(u.node))
+
+
+def _io_multiplier(graph, user, pos, kind):
+    """Scalar factors on the op's data operand (matrix uses) and on its output chain.
+
+    ``linear(x * c, W)`` and ``linear(x, W) * c`` both give W the multiplier c (TP4's n^{-a});
+    only chains that feed nothing else count, so a shared activation is never charged twice.
+    """
+    total = sp.Integer(0)
+    if kind == "matrix":
+        data_pos = {"linear": "0", "addmm": "1", "embedding": None}.get(graph.node(user)["op"])
+        if data_pos is None and graph.node(user)["op"] in ("mm", "bmm", "matmul"):
+            data_pos = "0" if pos == "1" else "1"
+        if data_pos is None and graph.node(user)["op"].startswith("conv"):
+            data_pos = "0"
+        src = _input_at(graph, user, data_pos) if data_pos else None
+        while src is not None:
+            s = scale_exp(graph, src)
+            if graph.nx.out_degree(src) != 1 or (s is None and graph.node(src)["op"] not in VIEW_OPS):
+                break
+            total += s or 0
+            src = _first_tensor_input(graph, src)
+    node = user
+    while True:
+        outs = list(graph.nx.successors(node))
+        if len(outs) != 1 or graph.nx.number_of_edges(node, outs[0]) != 1:
+            break
+        nxt = outs[0]
+        s = scale_exp(graph, nxt)
+        if s is None and graph.node(nxt)["op"] not in VIEW_OPS:
+            break
+        total += s or 0
+        node = nxt
+    return total
+
+
+def _input_at(graph, name, pos):
+    for u, _, d in graph.nx.in_edges(name, data=True):
+        if d["pos"] == pos:
+            return u
+    return None
+
+
+def _first_tensor_input(graph, name):
+    ins = [u for u in graph.inputs(name) if not _is_scalar_node(graph, u)]
+    return ins[0] if ins else None
+
+
+# ----------------------------------------------------------------------------- init and optimizer
+
+
+def _measure_init(graph: WidthGraph, init_models: dict[int, list[nn.Module]]):
+    """Init RMS of every parameter at each width (pooled over seeds), and its width exponent."""
+    ws = sorted(init_models)
+    for name, p in graph.params.items():
+        for w in ws:
+            sq, mean, count = 0.0, 0.0, 0
+            for m in init_models[w]:
+                try:
+                    t = _get_param(m, name).detach().double()
+                except (AttributeError, KeyError):
+                    raise TraceError(
+                        f"parameter {name!r} of the traced model is missing from the real model "
+                        f"built at init width {w}; init_widths must build the same architecture.")
+                if not torch.isfinite(t).all():
+                    raise TraceError(
+                        f"parameter {name!r} has NaN or inf values right after factory({w}): its "
+                        "initialisation is broken. Fix the init of that parameter.")
+                sq += float((t * t).sum())
+                mean += float(t.sum())
+                count += t.numel()
+            p.init_rms[w] = math.sqrt(sq / max(count, 1))
+            p.init_mean[w] = mean / max(count, 1)
+        rms = [p.init_rms[w] for w in ws]
+        if all(r == 0 for r in rms):
+            p.init_exp, p.init_fit = "zero", None
+        elif any(r == 0 for r in rms):
+            p.init_exp, p.init_fit = None, None
+            graph.warnings.append(f"parameter {name!r} is zero at some widths but not others.")
+        else:
+            p.init_exp, p.init_fit = noisy_exponent(ws, rms)
+            if abs(p.init_fit - float(p.init_exp)) > 0.1:
+                graph.warnings.append(
+                    f"init scale of {name!r} fits n^{p.init_fit:.2f}, snapped to n^{p.init_exp}; "
+                    "the fit is noisy (small tensor?) — use more widths or init_seeds.")
+
+
+def _read_optimizer(graph: WidthGraph, models, make_optimizer):
+    """Per-parameter learning rate and weight decay at every width, and their exponents."""
+    for w, model in models.items():
+        try:
+            opt = make_optimizer(model)
+        except Exception as e:
+            raise TraceError(f"make_optimizer(model) raised {type(e).__name__}: {e} (width {w}).") from e
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TraceError(
+                f"make_optimizer must return a torch.optim.Optimizer, got {type(opt).__name__}.")
+        graph.optimizer = type(opt).__name__
+        by_id = {}
+        for group in opt.param_groups:
+            for q in group["params"]:
+                by_id[id(q)] = group
+        missing = []
+        for name, q in model.named_parameters():
+            if name not in graph.params:
+                continue
+            group = by_id.get(id(q))
+            if group is None:
+                if q.requires_grad:
+                    missing.append(name)
+                continue
+            lr = group.get("lr")
+            graph.params[name].lr[w] = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+            graph.params[name].weight_decay[w] = float(group.get("weight_decay", 0.0) or 0.0)
+        if missing:
+            raise TraceError(
+                f"the optimizer from make_optimizer leaves {len(missing)} trainable parameters out "
+                f"of its param groups (e.g. {missing[:3]}): they would never train. Put every "
+                "parameter in a group, or set requires_grad=False on the ones meant to be frozen.")
+    ws = sorted(models)
+    for name, p in graph.params.items():
+        if len(p.lr) != len(ws):
+            continue
+        lrs = [p.lr[w] for w in ws]
+        p.lr_exp = "zero" if all(v == 0 for v in lrs) else exact_exponent(ws, lrs, rtol=1e-4)
+        if p.lr_exp is None:
+            graph.warnings.append(f"the learning rate of {name!r} follows no power law of the width: {lrs}")
+        wds = [p.weight_decay[w] for w in ws]
+        p.wd_exp = "zero" if all(v == 0 for v in wds) else exact_exponent(ws, wds, rtol=1e-4)
