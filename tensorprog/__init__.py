@@ -5,7 +5,8 @@ verdict) -> ``check`` (measured at growing widths) -> report.
 """
 from .errors import CheckError, TensorprogError, TraceError
 from .trace import ParamInfo, ParamUse, WidthGraph, trace
+from .analyze import Report, analyze
 
 __version__ = "0.1.0"
-__all__ = ["trace", "WidthGraph", "ParamInfo", "ParamUse", "TensorprogError", "TraceError",
+__all__ = ["trace", "analyze", "Report", "WidthGraph", "ParamInfo", "ParamUse", "TensorprogError", "TraceError",
            "CheckError"]

@@ -15,6 +15,7 @@ The model's name is the class every parameter (and every attention op) matches; 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -269,7 +270,7 @@ def _verdict(graph: WidthGraph, prop: Propagation, opt: str) -> Report:
                 shift = init[feat].x - init[u.node].x if init[u.node].x not in (NEG, INF) else ZERO
                 uv.r = -(own + shift) if own != NEG else INF
                 r_layers.append(uv.r)
-                _check_feature(graph, feat, init, final, p, problems)
+                _check_feature(graph, prop, feat, u.node, p, problems)
             uses.append(uv)
         params[name] = ParamVerdict(
             name=name, role=p.role, shape=p.shapes[graph.widths[-1]], trainable=p.trainable,
@@ -285,21 +286,25 @@ def _verdict(graph: WidthGraph, prop: Propagation, opt: str) -> Report:
     out_x = init[out].x if out else ZERO
     out_dx = final[out].dx if out else NEG
     if out and out_x > 0:
-        problems.append(Problem(out, graph.node(out)["module"], "blows up", "at init", out_x))
-    if out and out_dx > 0:
-        problems.append(Problem(out, graph.node(out)["module"], "blows up", "after training", out_dx))
+        problems.append(Problem(out, graph.node(out)["module"], "output blows up", "at init", out_x))
+    grown = _first_growth(prop, out) if out else None
+    if grown:
+        problems.append(Problem(out, graph.node(out)["module"], "output blows up",
+                                f"after step {grown[0]}", grown[1]))
+        out_dx = grown[1]
     if out and graph.node(out)["dims"] and any(d != 0 for d in graph.node(out)["dims"] if d is not None):
         notes.append("the model's output has a width-dependent dim: there is no finite readout, so "
                      "nontriviality refers to the per-coordinate change of that output.")
     if opt == "adam":
         _adam_readout_check(graph, params, problems)
 
-    stable_init = not any(p.when == "at init" for p in problems)
+    stable_init = not any(p.when == "at init" for p in problems)  # plain bools below: JSON-able
+    problems.sort(key=lambda p: (p.when != "at init", p.when, graph.order.index(p.node)))
     stable = not problems
-    nontrivial = stable and out_dx == 0
+    nontrivial = bool(stable and out_dx == 0)
     r = min(r_layers) if r_layers else INF
-    feature_learning = stable and r == 0
-    kernel = nontrivial and r > 0
+    feature_learning = bool(stable and r == 0)
+    kernel = bool(nontrivial and r > 0)
     regime = ("unstable" if not stable else "feature learning" if feature_learning
               else "kernel" if kernel else "trivial")
     maximal = bool(r_layers) and all(x == 0 for x in r_layers)
@@ -344,14 +349,28 @@ def _chain_end(graph, node):
         node = nxt
 
 
-def _check_feature(graph, feat, init, final, p, problems):
+def _first_growth(prop, node, get=lambda s: s.dx):
+    """(step, exponent) of the first step at which ``get`` of the node exceeds Theta(1).
+
+    Exponents of an unstable model compound from step to step; the first step's is the one
+    a measurement at small widths sees, so that is the one reported."""
+    for t, sizes in enumerate(prop.steps[1:], start=1):
+        v = get(sizes[node])
+        if v > 0:
+            return t, v
+    return None
+
+
+def _check_feature(graph, prop, feat, layer, p, problems):
     """Features must be Theta(1) at init (TP4 Thm 3.3: a_l + b_l fixed) and stay O(1)."""
-    x, dx = init[feat].x, final[feat].dx
-    mod = graph.node(feat)["module"]
+    x = prop.steps[0][feat].x
+    mod = graph.node(layer)["module"] or graph.node(feat)["module"]
     if p.init_exp != "zero" and x != 0:
-        problems.append(Problem(feat, mod, "blows up" if x > 0 else "vanishes", "at init", x))
-    if dx > 0:
-        problems.append(Problem(feat, mod, "blows up", "after training", dx))
+        problems.append(Problem(feat, mod, "output blows up" if x > 0 else "output vanishes",
+                                "at init", x))
+    grown = _first_growth(prop, feat)
+    if grown:
+        problems.append(Problem(feat, mod, "output blows up", f"after step {grown[0]}", grown[1]))
 
 
 def _attention(graph, prop, problems):
@@ -361,20 +380,21 @@ def _attention(graph, prop, problems):
         if s is None or s.logits is None:
             continue
         lx, _ = s.logits
-        fx, fdx = prop.final[n].logits
         d = (graph.node(graph.inputs(n)[0])["dims"] or (ZERO,))[-1] or ZERO
         sc = graph.node(n)["scalars"].get("scale", {}).get("exp")
         if sc is None:
             sc = -d / 2
         kind = ("fixed d_head" if d == 0 else "1/d" if sc == -d else "1/sqrt(d)" if sc == -d / 2
                 else f"n^{sc}")
-        trained = max(fx, fdx)
+        grown = _first_growth(prop, n, lambda s: max(s.logits))
+        trained = grown[1] if grown else max(prop.final[n].logits)
         mod = graph.node(n)["module"]
         out.append(AttentionVerdict(n, mod, d, sc, kind, lx, trained))
         if lx > 0:
             problems.append(Problem(n, mod, "attention logits blow up", "at init", lx))
-        if trained > 0:
-            problems.append(Problem(n, mod, "attention logits blow up", "after training", trained))
+        if grown:
+            problems.append(Problem(n, mod, "attention logits blow up", f"after step {grown[0]}",
+                                    grown[1]))
     return out
 
 
@@ -404,8 +424,20 @@ def _adam_readout_check(graph, params, problems):
 
 
 def _classify(graph, params, attention, opt, notes) -> str:
-    """Per-use and per-parameter classes, muP fixes, and the model's name."""
-    c0: dict[str, set] = {k: set() for k in CLASSES}
+    """Per-use and per-parameter classes, muP fixes, and the model's name.
+
+    SP and NTK leave the global LR exponent c0 free: it is fixed as the value most parameter
+    entries agree with, and a parameter matches the class only with that c0."""
+    votes: dict[str, dict] = {k: {} for k in CLASSES}
+    for name, pv in params.items():
+        numel = _numel(pv.shape)
+        for u in pv.uses:
+            for cls in ("SP", "NTK"):
+                if u.U is not None and u.fan_in_exp is not None and u.role != "unknown":
+                    _, offset = expected(cls, u.role, u.fan_in_exp, u.fan_out_exp or ZERO, opt)
+                    votes[cls][u.U - offset] = votes[cls].get(u.U - offset, 0) + numel
+    c0 = {k: (max(v, key=v.get) if v else ZERO) for k, v in votes.items()}
+    c0["muP"] = ZERO
     ok = {k: True for k in CLASSES}
     for name, pv in params.items():
         p = graph.params[name]
@@ -413,29 +445,14 @@ def _classify(graph, params, attention, opt, notes) -> str:
         for u in pv.uses:
             if u.role == "unknown" or u.fan_in_exp is None:
                 continue
-            matched = []
-            for cls in CLASSES:
-                rule, offset = expected(cls, u.role, u.fan_in_exp or ZERO, u.fan_out_exp or ZERO, opt)
-                good = _init_ok(rule, u.A)
-                if good and u.U is not None:
-                    c = u.U - offset
-                    if cls == "muP" and c != 0:
-                        good = False
-                    elif cls != "muP":
-                        c0[cls].add(c)
-                if good:
-                    matched.append(cls)
-            u.classes = matched
-            per_use.append(set(matched))
+            u.classes = [cls for cls in CLASSES if _use_matches(cls, u, opt, c0[cls])]
+            per_use.append(set(u.classes))
         pv.classes = [k for k in CLASSES if all(k in s for s in per_use)] if per_use else list(CLASSES)
         for k in CLASSES:
             if p.trainable and k not in pv.classes:
                 ok[k] = False
         if p.trainable and "muP" not in pv.classes:
             pv.fixes = _mup_fixes(p, pv, opt)
-    for k in ("SP", "NTK"):
-        if len(c0[k]) > 1:
-            ok[k] = False
     for a in attention:
         if a.kind == "1/d":
             ok["SP"] = ok["NTK"] = False
@@ -449,11 +466,21 @@ def _classify(graph, params, attention, opt, notes) -> str:
     if names[0] == "muP" and not any(u.role == "hidden" for pv in params.values() for u in pv.uses):
         notes.append("no hidden (width x width) weight: muP here coincides with the mean-field "
                      "parametrization (MF; TP4 §2, one hidden layer).")
-    if "SP" in names and c0["SP"]:
-        (c,) = c0["SP"]
-        if c != 0:
-            notes.append(f"SP with a global learning rate ~ n^{-c}.")
+    if names[0] in ("SP", "NTK") and c0[names[0]] != 0:
+        notes.append(f"{names[0]} with a global learning rate ~ n^{-c0[names[0]]}.")
     return names[0]
+
+
+def _use_matches(cls, u, opt, c0) -> bool:
+    rule, offset = expected(cls, u.role, u.fan_in_exp, u.fan_out_exp or ZERO, opt)
+    return _init_ok(rule, u.A) and (u.U is None or u.U - offset == c0)
+
+
+def _numel(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
 
 
 def _mup_fixes(p, pv, opt) -> list[str]:
@@ -500,6 +527,21 @@ def _describe_lr(e, ai, ao):
 # ----------------------------------------------------------------------------- text report
 
 
+def _pattern(name: str) -> str:
+    """'blocks.3.attn.query.weight' -> 'blocks.*.attn.query.weight' (repeated layers fold)."""
+    return re.sub(r"(?<=\.)\d+(?=\.)", "*", name)
+
+
+def _fold(rows):
+    """[(name, text)] -> [(pattern or name, text, count)], folding repeated layers."""
+    out: dict[tuple, list] = {}
+    for name, text in rows:
+        key = (_pattern(name), text)
+        out.setdefault(key, []).append(name)
+    return [(names[0] if len(names) == 1 else key[0], key[1], len(names))
+            for key, names in out.items()]
+
+
 def format_report(rep: Report) -> str:
     g = rep.graph
     lines = [
@@ -511,35 +553,42 @@ def format_report(rep: Report) -> str:
         f"  output: {fmt(rep.output_init)} at init, change {fmt(rep.output_change)} after "
         f"{len(rep.propagation.steps) - 1} steps",
         "",
-        f"  {'parameter':40s} {'role':14s} {'fan_in':>7s} {'init':>8s} {'mult':>7s} {'lr':>7s} "
+        f"  {'parameter':44s} {'role':13s} {'fan_in':>7s} {'init':>8s} {'mult':>7s} {'lr':>7s} "
         f"{'r':>5s}  class",
     ]
+    rows = []
     for name, p in rep.params.items():
         r = next((u.r for u in p.uses if u.r is not None), None)
-        lines.append(
-            f"  {name[:40]:40s} {p.role[:14]:14s} {fmt(_n(p.fan_in_exp)):>7s} {fmt(p.init_exp):>8s} "
-            f"{fmt(p.mult_exp):>7s} {fmt(p.lr_exp) if p.lr_exp is not None else '-':>7s} "
-            f"{_s(r) if r is not None else '':>5s}  {','.join(p.classes) or 'none'}")
+        rows.append((name, f"{p.role[:13]:13s} {fmt(_n(p.fan_in_exp)):>7s} {fmt(p.init_exp):>8s} "
+                           f"{fmt(p.mult_exp):>7s} {fmt(p.lr_exp) if p.lr_exp is not None else '-':>7s} "
+                           f"{_s(r) if r is not None else '':>5s}  {','.join(p.classes) or 'none'}"))
+    for name, text, count in _fold(rows):
+        label = name if count == 1 else f"{name} (x{count})"
+        lines.append(f"  {label[:44]:44s} {text}")
     if rep.attention:
         lines.append("")
-        for a in rep.attention:
-            lines.append(f"  attention {a.module or a.node}: scale {a.kind} (d_head ~ {fmt(_n(a.d_head_exp))}); "
-                         f"logits {fmt(a.logits_init)} at init, {fmt(a.logits_trained)} after training")
+        att = [(a.module or a.node, f"scale {a.kind} (d_head ~ {fmt(_n(a.d_head_exp))}); logits "
+                f"{fmt(a.logits_init)} at init, {fmt(a.logits_trained)} after training")
+               for a in rep.attention]
+        for name, text, count in _fold([(m + ".", t) for m, t in att]):
+            lines.append(f"  attention {name.rstrip('.')}{'' if count == 1 else f' (x{count})'}: {text}")
     if rep.problems:
         lines += ["", "  problems:"]
-        for pr in rep.problems[:20]:
-            lines.append(f"    {pr.module or pr.node}: {pr.what} {pr.when} (~ n^{_s(pr.exponent)})")
-        if len(rep.problems) > 20:
-            lines.append(f"    ... {len(rep.problems) - 20} more")
-    fixes = [f for p in rep.params.values() for f in p.fixes]
+        probs = _fold([((p.module or p.node) + ".", f"{p.what} {p.when} (~ n^{_s(p.exponent)})")
+                       for p in rep.problems])
+        for name, text, count in probs[:20]:
+            lines.append(f"    {name.rstrip('.')}{'' if count == 1 else f' (x{count})'}: {text}")
+        if len(probs) > 20:
+            lines.append(f"    ... {len(probs) - 20} more")
+    fixes = [(p.name, f.replace(p.name, "{}")) for p in rep.params.values() for f in p.fixes]
     if rep.parametrization != "muP" and (fixes or any(a.kind == "1/sqrt(d)" for a in rep.attention)):
         lines += ["", "  to make it muP:"]
-        for a in rep.attention:
-            if a.kind == "1/sqrt(d)":
-                lines.append(f"    - attention {a.module or a.node}: use scale 1/d_head instead of "
-                             "1/sqrt(d_head) (e.g. scale=sqrt(base_d_head)/d_head; TP5 Def 4.1).")
-        for f in fixes:
-            lines.append(f"    - {f}")
+        if any(a.kind == "1/sqrt(d)" for a in rep.attention):
+            lines.append("    - attention: use scale 1/d_head instead of 1/sqrt(d_head) (e.g. "
+                         "scale=sqrt(base_d_head)/d_head; TP5 Def 4.1).")
+        for name, text, count in _fold(fixes):
+            label = name if count == 1 else f"{name} (x{count})"
+            lines.append(f"    - {text.replace('{}', label, 1)}")
     for n in rep.notes + rep.graph.warnings:
         lines.append(f"  note: {n}")
     return "\n".join(lines)

@@ -229,12 +229,14 @@ class RawParams(nn.Module):
     def __init__(self, n, d=D_IN, k=5):
         super().__init__()
         self.W_in = nn.Parameter(torch.randn(d, n))   # x @ W_in: contracts dim 0 (finite)
+        self.W_h = nn.Parameter(torch.randn(2 * n, n) / math.sqrt(n))  # h @ W_h.transpose(0, 1)
         self.gain = nn.Parameter(torch.ones(n))
         self.alpha = nn.Parameter(torch.tensor(0.5))
         self.W_out = nn.Parameter(torch.zeros(n, k))  # h @ W_out: contracts dim 0 (infinite)
 
     def forward(self, x):
-        h = torch.tanh(x @ self.W_in) * self.gain * self.alpha
+        h = torch.tanh(x @ self.W_in)
+        h = torch.tanh(h @ self.W_h.transpose(0, 1))[..., :h.shape[-1]] * self.gain * self.alpha
         return h @ self.W_out
 
 
@@ -244,6 +246,9 @@ def test_raw_parameters_fans_from_the_op():
     assert (w_in.dims, w_in.fan_in, w_in.fan_out, w_in.role) == ((0, 1), (0,), (1,), "input")
     assert (w_out.dims, w_out.fan_in, w_out.fan_out, w_out.role) == ((1, 0), (0,), (1,), "output")
     assert w_in.init_exp == 0          # randn
+    w_h = g.params["W_h"]  # stored (out, in), used through transpose: contracts dim 1
+    assert (w_h.dims, w_h.fan_in, w_h.fan_out, w_h.role) == ((1, 1), (1,), (0,), "hidden")
+    assert w_h.init_exp == -HALF       # randn / sqrt(n)
     assert w_out.init_exp == "zero"    # zeros
     assert g.params["gain"].role == "vector" and g.params["gain"].init_exp == 0
     assert g.params["alpha"].dims == () and g.params["alpha"].role == "scalar"
@@ -775,7 +780,7 @@ def test_data_dependent_control_flow():
         tp.trace(Branchy, (64, 128), example_inputs=X_MLP)
     msg = str(e.value)
     assert "data-dependent control flow" in msg
-    assert "`blocks.1`" in msg  # the module path
+    assert "in module `blocks.1`" in msg  # the module path
     assert "torch.where" in msg or "torch.cond" in msg
 
 
