@@ -55,7 +55,7 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _setup(cold: bool) -> dict:
+def _setup(cold: bool, threads: int | None) -> dict:
     warnings.filterwarnings("ignore")
     import torch
     import transformers  # noqa: F401  (import cost is not part of either measurement)
@@ -64,18 +64,19 @@ def _setup(cold: bool) -> dict:
     import tensorprog  # noqa: F401
 
     hf_logging.set_verbosity_error()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if threads:
+        torch.set_num_threads(threads)
     warm = 0.0
     if not cold:
         t = time.perf_counter()
         torch.export.export(torch.nn.Linear(4, 4), (torch.randn(2, 4),), strict=False)
         warm = time.perf_counter() - t
-    return {"warmup_s": warm}
+    return {"warmup_s": warm, "threads": torch.get_num_threads()}
 
 
-def _child(what: str, name: str, spec: dict, cold: bool, profile: bool, conn):
+def _child(what: str, name: str, spec: dict, cold: bool, threads, profile: bool, conn):
     try:
-        info = _setup(cold)
+        info = _setup(cold, threads)
         import torch
 
         import tensorprog as tp
@@ -131,10 +132,10 @@ def _child(what: str, name: str, spec: dict, cold: bool, profile: bool, conn):
         conn.close()
 
 
-def run_in_child(what, name, spec, cold=False, profile=False, timeout=900):
+def run_in_child(what, name, spec, cold=False, threads=None, profile=False, timeout=900):
     ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_child, args=(what, name, spec, cold, profile, send))
+    p = ctx.Process(target=_child, args=(what, name, spec, cold, threads, profile, send))
     p.start()
     send.close()
     result = recv.recv() if recv.poll(timeout) else {"error": f"timed out after {timeout} s"}
@@ -152,6 +153,9 @@ def main(argv=None):
                     "the best time and the largest peak are reported")
     ap.add_argument("--no-baseline", action="store_true", help="skip the bare torch.export runs")
     ap.add_argument("--cold", action="store_true", help="no warm-up export in the children")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads in the children (default: torch's default). On a "
+                    "loaded machine with few cores, 1 avoids stalls in parallel elementwise ops")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of each trace run")
     ap.add_argument("--init-widths", type=int, nargs="+", default=None,
                     help="init widths for the meta case (default 64 128 256)")
@@ -160,8 +164,10 @@ def main(argv=None):
 
     import platform
     import os
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, "
-          f"spawned child per measurement; times in s, memory = child peak RSS in MB")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs (load average {load}), "
+          f"torch threads {args.threads or 'default'}; a spawned child per measurement; "
+          "times in s, memory = child peak RSS in MB")
     failed = False
     for name in args.cases:
         spec = dict(CASES[name])
@@ -175,7 +181,8 @@ def main(argv=None):
               + (f" init_widths={spec['init_widths']}" if spec["device"] == "meta" else ""))
         rows = {}
         for what in (("trace",) if args.no_baseline else ("trace", "export")):
-            runs = [run_in_child(what, name, spec, args.cold, args.profile and what == "trace")
+            runs = [run_in_child(what, name, spec, args.cold, args.threads,
+                                 args.profile and what == "trace")
                     for _ in range(args.repeat)]
             errs = [r["error"] for r in runs if "error" in r]
             if errs:

@@ -408,6 +408,7 @@ def check(
                 scale = ref[:, :, j] if kind == "change" else None
                 rec = _judge(name, a, kind, t, pred, vals, scale, widths, tolerance, name in focus)
                 records.append(rec)
+    _crossovers(records, prop, tolerance)
     for b in blowups:
         notes.append(f"non-finite values at width {b.width}, seed {b.seed}, step {b.step}, "
                      f"first at node {b.node} ({b.module or 'top'})")
@@ -629,7 +630,7 @@ def _program_for(graph, factory, w, example_inputs, dev, dtype, say):
             args, kwargs = _inputs(example_inputs, model, w, "cpu")
             args = _cast(args, dev, dtype)
             kwargs = dict(zip(kwargs, _cast(tuple(kwargs.values()), dev, dtype)))
-            ep = _export(model, args, kwargs, w)
+            ep, _ = _export(model, args, kwargs, w)
         except TraceError as e:
             raise CheckError(str(e)) from e
     return ep, model
@@ -653,6 +654,7 @@ def _measured_nodes(graph):
     from .trace import VIEW_OPS, scale_exp
 
     has_param = set()
+    floats = _float_nodes(graph)
     nodes, skipped = [], {}
     for n in graph.order:
         a = graph.node(n)
@@ -670,8 +672,8 @@ def _measured_nodes(graph):
         if n not in has_param:
             skipped[n] = "constant (no parameter upstream)"
             continue
-        if a["dims"] is None:
-            skipped[n] = "not a single tensor"
+        if a["dims"] is None or n not in floats:
+            skipped[n] = "not a float tensor"
             continue
         nodes.append(n)
     focus = set()
@@ -696,6 +698,13 @@ def _measured_nodes(graph):
     if out_node is not None:
         focus.update(u for u in graph.inputs(out_node) if u in nodes)
     return nodes, skipped, focus
+
+
+def _float_nodes(graph) -> set:
+    """Names of traced nodes whose value is one floating-point tensor (from the export's meta)."""
+    ep = graph.programs[graph.widths[0]]
+    return {n.name for n in ep.graph.nodes
+            if isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].is_floating_point()}
 
 
 class _Recorder(torch.fx.Interpreter):
@@ -872,20 +881,14 @@ def _to_array(rows, n) -> np.ndarray:
 
 
 def _first_blowup(sz, ch, nodes):
+    """(step, column) of the first non-finite measurement, in step then graph order; or None."""
     bad = ~np.isfinite(sz)
-    bad &= ~np.isnan(sz) | True  # every non-finite counts (NaN or inf)
-    measured = np.ones_like(bad)
-    for t in range(sz.shape[0]):
-        row = [j for j in range(sz.shape[1]) if bad[t, j] and measured[t, j]]
-        # a node that was not measured (non-float) stays nan: only count recorded columns
-        row = [j for j in row if not _never_measured(sz, j)]
-        if row:
-            return t, row[0]
+    bad[1:] |= ~np.isfinite(ch[1:])
+    for t in range(bad.shape[0]):
+        js = np.flatnonzero(bad[t])
+        if js.size:
+            return t, int(js[0])
     return None
-
-
-def _never_measured(sz, j):
-    return bool(np.isnan(sz[0, j]))
 
 
 # ----------------------------------------------------------------------------- judging
@@ -970,6 +973,42 @@ def _judge(name, attrs, kind, t, pred, vals, scale, widths, tol: Tolerance, focu
     else:
         rec.status = "inconclusive"
     return rec
+
+
+def _crossovers(records, prop, tol: Tolerance):
+    """Second pass over size records after training: mean |x_t| ~ |x_0 + dx_t| is the sum of
+    two terms, n^x and n^dx_t. At finite widths the term with the smaller exponent can still be
+    the larger one (muP + Adam hidden biases: init 1/sqrt(3*64) = 0.07 at n = 64 against a change
+    of 3 steps x lr 1e-3), and the local slope then lies between the two exponents, on its way
+    to the predicted max(x, dx_t). Such a size record is confirmed when both of its terms are
+    confirmed by their own records (the step-0 size and the step-t change) and its slope lies
+    between their measured slopes (within tol + 2 stderr); the note says "crossover". Otherwise
+    the first-pass status stands."""
+    by = {(r.node, r.kind, r.step): r for r in records}
+    for r in records:
+        if r.kind != "size" or r.step == 0 or r.status == "confirmed" or r.blowup or r.slope is None:
+            continue
+        st = prop.steps[r.step][r.node]
+        if st.x == st.dx or NEG in (st.x, st.dx):
+            continue
+        r0, rc = by.get((r.node, "size", 0)), by.get((r.node, "change", r.step))
+        if r0 is None or rc is None or r0.status != "confirmed" or rc.status != "confirmed" \
+                or r0.slope is None or rc.slope is None or rc.blowup:
+            continue
+        lo, hi = sorted((r0.slope, rc.slope))
+        band = tol.tol + 2 * r.stderr
+        if lo - band <= r.slope <= hi + band:
+            r.status = "confirmed"
+            w = max(r.values)
+            big0 = _last(r0) >= _last(rc)
+            r.note = (f"crossover: slope between init ({r0.slope:+.2f}) and change "
+                      f"({rc.slope:+.2f}) slopes; at width {w} the "
+                      f"{'init' if big0 else 'change'} term is larger")
+
+
+def _last(r: Record) -> float:
+    v = r.mean_values[max(r.values)]
+    return v if math.isfinite(v) else 0.0
 
 
 # ----------------------------------------------------------------------------- text

@@ -270,13 +270,14 @@ def trace(
             "Pass a function, e.g. `lambda n: MyModel(hidden=n)`.")
     say = _progress(verbose)
 
-    models, programs = {}, {}
+    models, programs, modes = {}, {}, (False, True)
     for w in widths:
         say(f"building and exporting width {w}")
         model = _build(factory, w, device, seed)
         args, kwargs = _inputs(example_inputs, model, w, device)
         models[w] = model
-        programs[w] = _export(model, args, kwargs, w)
+        programs[w], strict = _export(model, args, kwargs, w, modes)
+        modes = (strict,)  # the mode that worked at the first width serves the others
     aligned = _align(programs, widths)
     g, order, params = _annotate(programs, models, aligned, widths)
     graph = WidthGraph(nx=g, params=params, widths=tuple(widths), order=order, programs=programs)
@@ -387,15 +388,15 @@ def _inputs(example_inputs, model, width, device):
     return tuple(move(t) for t in ex), {k: move(v) for k, v in kwargs.items()}
 
 
-def _export(model, args, kwargs, width):
-    """torch.export at ATen level: non-strict first, then strict (keeps tensor attributes such
-    as mup's ``weight.infshape``, which non-strict export drops)."""
+def _export(model, args, kwargs, width, modes=(False, True)):
+    """(ExportedProgram, strict?) at ATen level: non-strict first, then strict (strict keeps
+    tensor attributes such as mup's ``weight.infshape``, which non-strict export drops)."""
     errors = []
-    for strict in (False, True):
+    for strict in modes:
         try:
             with warnings.catch_warnings(), _quiet_torch_logs():
                 warnings.simplefilter("ignore")
-                return torch.export.export(model, args, kwargs=kwargs, strict=strict)
+                return torch.export.export(model, args, kwargs=kwargs, strict=strict), strict
         except Exception as e:  # noqa: BLE001 - classified below
             errors.append(e)
             if _is_data_dependent(e):
