@@ -282,6 +282,13 @@ def trace(
     g, order, params = _annotate(programs, models, aligned, widths)
     graph = WidthGraph(nx=g, params=params, widths=tuple(widths), order=order, programs=programs)
     _check_width_matters(graph)
+    for n in graph.unknown_power_laws():
+        a = graph.node(n)
+        bad = [d for d, e in enumerate(a["dims"]) if e is None]
+        sizes = {w: [a["shapes"][w][d] for d in bad] for w in widths}
+        graph.warnings.append(
+            f"node {n} ({a['op']} in `{a['module'] or '<top>'}`): dim {bad} follows no power law "
+            f"of the width (sizes {sizes}); its exponent is unknown and taken as 0.")
 
     say("measuring initial weight scales")
     if init_seeds is None:
@@ -353,12 +360,18 @@ def _build(factory, width, device, seed):
             "itself (not a tuple or a config).")
     if device != "meta":
         for name, p in model.named_parameters():
-            if not torch.isfinite(p.detach()).all():
+            if not _finite(p):
                 raise TraceError(
                     f"parameter {name!r} has NaN or inf values right after factory({width}): its "
                     "initialisation is broken (e.g. a std computed as 0/0 or sqrt of a negative). "
                     "Fix the init of that parameter.")
     return model
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN / inf: one reduction (NaN and inf propagate into the sum); exact check on doubt."""
+    t = t.detach()
+    return math.isfinite(float(t.sum(dtype=torch.float64))) or bool(torch.isfinite(t).all())
 
 
 def _inputs(example_inputs, model, width, device):
@@ -800,6 +813,8 @@ def _consumer(graph, user, pos, ndim):
         return "vector", set(), allv
     if op == "embedding" and pos == "0":
         return "matrix", {0}, {1}
+    if op == "bilinear":  # y_k = sum_ij W_kij x1_i x2_j + b_k: W contracts (in1, in2)
+        return ("matrix", {1, 2}, {0}) if pos == "2" else ("vector", set(), allv)
     if op in NORM_PARAM_POS:
         return "vector", set(), allv
     if op in ELEMENTWISE:
@@ -814,6 +829,8 @@ def _arg(graph, name, i):
 
 def _role(kind, dims, fan_in, fan_out):
     inf = (lambda ds: any(dims[d] is None or dims[d] > 0 for d in ds))
+    if not inf(range(len(dims))):  # no infinite dim: scalar-like whatever consumes it (TP5 §B)
+        return "scalar"
     if kind == "vector":
         return "vector" if inf(range(len(dims))) else "scalar"
     if kind != "matrix":
@@ -825,6 +842,7 @@ def _role(kind, dims, fan_in, fan_out):
 
 def _attach_uses(graph: WidthGraph):
     """Walk from every parameter through view-like and scaling ops to the ops that consume it."""
+    owners = _param_modules(graph)
     for p in graph.params.values():
         ndim = len(p.dims)
         stack = [(node, [{d} for d in range(ndim)], sp.Integer(0)) for node in p.nodes]
@@ -851,22 +869,66 @@ def _attach_uses(graph: WidthGraph):
                 fan_out = tuple(d for d in range(ndim) if dmap[d] & cout)
                 if kind == "vector":
                     fan_in, fan_out = (), tuple(d for d in range(ndim) if dmap[d])
-                total = mult + _io_multiplier(graph, user, data["pos"], kind)
+                total = mult + _io_multiplier(graph, user, data["pos"], kind, owners)
                 p.uses.append(ParamUse(node=user, op=op, kind=kind, fan_in=fan_in, fan_out=fan_out,
                                        role=_role(kind, p.dims, fan_in, fan_out),
                                        mult_exp=sp.nsimplify(total)))
         p.uses.sort(key=lambda u: graph.order.index(u.node))
 
 
-def _io_multiplier(graph, user, pos, kind):
+def _param_modules(graph) -> set:
+    """Module paths (top level excluded) of the ops that consume a parameter, through views."""
+    mods = set()
+    for p in graph.params.values():
+        stack, seen = list(p.nodes), set()
+        while stack:
+            n = stack.pop()
+            for s in graph.nx.successors(n):
+                if s in seen:
+                    continue
+                seen.add(s)
+                if graph.node(s)["op"] in VIEW_OPS:
+                    stack.append(s)
+                else:
+                    mods.add(graph.node(s)["module"])
+    mods.discard("")
+    return mods
+
+
+def _is_param_view(graph, name) -> bool:
+    cur = name
+    for _ in range(16):
+        a = graph.node(cur)
+        if a.get("param"):
+            return True
+        if a["kind"] != "call_function" or a["op"] not in VIEW_OPS:
+            return False
+        ins = graph.inputs(cur)
+        if not ins:
+            return False
+        cur = ins[0]
+    return False
+
+
+def _io_multiplier(graph, user, pos, kind, owners=frozenset()):
     """Scalar factors on the op's data operand (matrix uses) and on its output chain.
 
     ``linear(x * c, W)`` and ``linear(x, W) * c`` both give W the multiplier c (TP4's n^{-a});
     only chains that feed nothing else count, so a shared activation is never charged twice.
+    The output chain passes through a bias add (``(x W^T + b) * c`` gives W the multiplier c).
+    A factor applied inside (or by a hook of) another module that consumes parameters belongs
+    to that module's parameters (``owners``): in ``fc(ln(x) * c)`` with the ``* c`` run by
+    ``ln``'s forward hook, c is ln's multiplier, not fc's.
     """
     total = sp.Integer(0)
+    here = graph.node(user)["module"]
+
+    def foreign(n):
+        m = graph.node(n)["module"]
+        return m != here and m in owners
+
     if kind == "matrix":
-        data_pos = {"linear": "0", "addmm": "1", "embedding": None}.get(graph.node(user)["op"])
+        data_pos = {"linear": "0", "addmm": "1", "embedding": None, "bilinear": "0"}.get(graph.node(user)["op"])
         if data_pos is None and graph.node(user)["op"] in ("mm", "bmm", "matmul"):
             data_pos = "0" if pos == "1" else "1"
         if data_pos is None and graph.node(user)["op"].startswith("conv"):
@@ -875,6 +937,8 @@ def _io_multiplier(graph, user, pos, kind):
         while src is not None:
             s = scale_exp(graph, src)
             if graph.nx.out_degree(src) != 1 or (s is None and graph.node(src)["op"] not in VIEW_OPS):
+                break
+            if s is not None and foreign(src):
                 break
             total += s or 0
             src = _first_tensor_input(graph, src)
@@ -885,7 +949,15 @@ def _io_multiplier(graph, user, pos, kind):
             break
         nxt = outs[0]
         s = scale_exp(graph, nxt)
+        if s is None and graph.node(nxt)["op"] in ("add", "sub"):
+            others = [u for u in graph.inputs(nxt) if u != node]
+            if len(others) == 1 and _is_param_view(graph, others[0]):
+                node = nxt  # a bias added to the op's output: the chain goes on
+                continue
+            break
         if s is None and graph.node(nxt)["op"] not in VIEW_OPS:
+            break
+        if s is not None and foreign(nxt):
             break
         total += s or 0
         node = nxt
@@ -915,17 +987,18 @@ def _measure_init(graph: WidthGraph, init_models: dict[int, list[nn.Module]]):
             sq, mean, count = 0.0, 0.0, 0
             for m in init_models[w]:
                 try:
-                    t = _get_param(m, name).detach().double()
+                    t = _get_param(m, name).detach()
                 except (AttributeError, KeyError):
                     raise TraceError(
                         f"parameter {name!r} of the traced model is missing from the real model "
                         f"built at init width {w}; init_widths must build the same architecture.")
-                if not torch.isfinite(t).all():
+                total = float(t.sum(dtype=torch.float64))
+                if not math.isfinite(total) and not _finite(t):
                     raise TraceError(
                         f"parameter {name!r} has NaN or inf values right after factory({w}): its "
                         "initialisation is broken. Fix the init of that parameter.")
-                sq += float((t * t).sum())
-                mean += float(t.sum())
+                sq += float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
+                mean += total
                 count += t.numel()
             p.init_rms[w] = math.sqrt(sq / max(count, 1))
             p.init_mean[w] = mean / max(count, 1)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import pytest
 import sympy as sp
@@ -28,8 +27,22 @@ import torch.nn.functional as F
 import tensorprog as tp
 from tensorprog import TraceError, TensorprogError
 
-warnings.filterwarnings("ignore", category=FutureWarning)
-warnings.filterwarnings("ignore", category=UserWarning)
+# torch.export and transformers warn about things unrelated to what is tested here
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),
+              pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: on a busy machine with few cores, torch's intra-op threads mostly wait on
+    each other (parallel elementwise ops stall), so run this module single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 R = sp.Rational
 HALF = R(1, 2)
@@ -463,7 +476,9 @@ def bert_factory(n):
 @pytest.fixture(scope="module")
 def bert():
     pytest.importorskip("transformers")
-    return tp.trace(bert_factory, HF_WIDTHS, example_inputs=IDS)
+    # keyword inputs (a dict) exercise the kwargs path of the tracer
+    return tp.trace(bert_factory, HF_WIDTHS,
+                    example_inputs={"input_ids": IDS[0], "attention_mask": torch.ones_like(IDS[0])})
 
 
 def test_bert_roles_and_dims(bert):
@@ -483,6 +498,8 @@ def test_bert_roles_and_dims(bert):
     assert P["cls.predictions.bias"].dims == (0,) and P["cls.predictions.bias"].role == "scalar"
     for n in sdpa_nodes(bert):
         assert bert.node(n)["scalars"]["scale"]["exp"] == -HALF
+    inputs = {bert.node(n)["input"] for n in bert.order if bert.node(n)["input"] is not None}
+    assert len(inputs) == 2  # input_ids and attention_mask both reached the graph
 
 
 # ============================================================================ heads grow with width
