@@ -6,7 +6,9 @@ verdict) -> ``check`` (measured at growing widths) -> report.
 from .errors import CheckError, TensorprogError, TraceError
 from .trace import ParamInfo, ParamUse, WidthGraph, trace
 from .analyze import Report, analyze
+from .rules import Rules, rules
+from .mup import apply_mup
 
 __version__ = "0.1.0"
-__all__ = ["trace", "analyze", "Report", "WidthGraph", "ParamInfo", "ParamUse", "TensorprogError", "TraceError",
-           "CheckError"]
+__all__ = ["trace", "analyze", "Report", "rules", "Rules", "apply_mup", "WidthGraph", "ParamInfo",
+           "ParamUse", "TensorprogError", "TraceError", "CheckError"]

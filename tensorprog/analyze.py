@@ -35,7 +35,8 @@ INF = sp.oo
 def expected(cls: str, role: str, ai, ao, optimizer: str):
     """(init rule, update offset) of class ``cls`` for a parameter use.
 
-    init rule: ("eq", v) means A = v; ("ge", v) means A >= v (zero init allowed);
+    init rule: ("eq", v) means A = v; ("eq0", v) means A = v or zero init; ("ge", v) means
+    A >= v (zero init allowed);
     ("in", vs) means A in vs. Update: U = offset + c0, where c0 is a global LR exponent that
     SP and NTK leave free and muP fixes at 0. ai, ao: fan-in and fan-out width exponents.
     Sources: muP - TP5 Table 3; SP - PyTorch's 1/fan_in init or a constant std (GPT-2, BERT,
@@ -47,10 +48,11 @@ def expected(cls: str, role: str, ai, ao, optimizer: str):
         if cls == "muP":
             return ("ge", ZERO), (-ao if sgd and role == "vector" else ZERO)
         return ("ge", ZERO), ZERO
-    if cls == "muP":
+    if cls == "muP":  # zero init is allowed for input and hidden weights too (TP5 App D.2)
         return {
-            "input": (("eq", ai / 2), -ao if sgd else ZERO),
-            "hidden": (("eq", ai / 2), ZERO if sgd else ai),
+            "input": (("eq0", ai / 2), -ao if sgd else ZERO),
+            # SGD: LR fan_out / fan_in (Table 3's 1 when both ~ n; Yang-Simon-Bernstein 2023)
+            "hidden": (("eq0", ai / 2), (ai - ao) if sgd else ai),
             "output": (("ge", ai), ai),
         }[role]
     if cls == "SP":
@@ -64,6 +66,8 @@ def _init_ok(rule, A) -> bool:
     kind, v = rule
     if kind == "eq":
         return A == v
+    if kind == "eq0":
+        return A == v or A == INF
     if kind == "ge":
         return A >= v
     return A in v
@@ -338,12 +342,21 @@ def _U(p, u, opt):
 
 
 def _chain_end(graph, node):
-    """Follow single-user views and scalar multiplications: where the layer's output lands."""
+    """Follow single-user views, scalar multiplications and bias adds: where the layer's output
+    lands (``(x W^T) * c + b`` and ``(x W^T + b) * c`` both end after the last op)."""
+    from .trace import _is_param_view
+
     while True:
         outs = list(graph.nx.successors(node))
         if len(outs) != 1 or graph.nx.number_of_edges(node, outs[0]) != 1:
             return node
         nxt = outs[0]
+        if graph.node(nxt)["op"] in ("add", "sub"):
+            others = [u for u in graph.inputs(nxt) if u != node]
+            if len(others) == 1 and _is_param_view(graph, others[0]):
+                node = nxt
+                continue
+            return node
         if graph.node(nxt)["op"] not in VIEW_OPS and scale_exp(graph, nxt) is None:
             return node
         node = nxt
@@ -572,6 +585,13 @@ def format_report(rep: Report) -> str:
                for a in rep.attention]
         for name, text, count in _fold([(m + ".", t) for m, t in att]):
             lines.append(f"  attention {name.rstrip('.')}{'' if count == 1 else f' (x{count})'}: {text}")
+    consts = [c for c in rep.constants if c["arg"] != "scale"]
+    if consts:
+        lines.append("")
+        for name, text, count in _fold([((c["module"] or c["node"]) + ".",
+                                         f"{c['op']} by a width-dependent constant ~ {fmt(c['exp'])}")
+                                        for c in consts]):
+            lines.append(f"  constant {name.rstrip('.')}{'' if count == 1 else f' (x{count})'}: {text}")
     if rep.problems:
         lines += ["", "  problems:"]
         probs = _fold([((p.module or p.node) + ".", f"{p.what} {p.when} (~ n^{_s(p.exponent)})")

@@ -1,4 +1,4 @@
-"""Command line: ``tensorprog analyze | check | trace`` on a zoo example or ``FILE.py:factory``.
+"""Command line: ``tensorprog analyze | check | trace | explain`` on a zoo example or ``FILE.py:factory``.
 
 A user file names a factory ``width -> nn.Module``; it may also define ``example_inputs``
 (a tuple, or a callable ``width -> tuple``), ``make_optimizer(model)`` and ``loss(out, inputs)``,
@@ -158,6 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dot", help="write Graphviz DOT here")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_trace)
+
+    from .explain import add_cli_arguments as explain_arguments, cli_main as explain_main
+
+    p = sub.add_parser("explain", help="derive a verdict step by step: the MLP theory "
+                                       "(explain mlp --preset muP) or one parameter of a model")
+    explain_arguments(p)
+    p.set_defaults(func=explain_main)
+
+    from .rules import add_cli_arguments as rules_arguments, cli_main as rules_main
+
+    p = sub.add_parser("rules", help="derive the muP init, multiplier and LR of every parameter")
+    rules_arguments(p)
+    p.set_defaults(func=rules_main)
 
     try:
         from .check import add_cli_arguments, cli_main

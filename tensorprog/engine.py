@@ -252,7 +252,17 @@ def _out_alpha(op: Op):
     if not dims:
         return ZERO
     if op.op.startswith("conv"):
-        return dims[1] if len(dims) > 1 and dims[1] is not None else ZERO
+        out = dims[1] if len(dims) > 1 and dims[1] is not None else ZERO
+        # each input channel feeds the out_channels / groups outputs of its group:
+        # weight (out, in / groups, k...) and input (B, in, ...) give out / groups =
+        # out * (in / groups) / in (a depthwise conv: 1 output per input channel).
+        wi, di = op.index_at("1"), op.index_at("0")
+        wd = op.in_dims[wi] if wi is not None else None
+        xd = op.in_dims[di] if di is not None else None
+        transposed = op.op.startswith("conv_transpose") or (op.op == "convolution" and op.arg(6) is True)
+        if wd and xd and len(xd) > 1 and not transposed and None not in (wd[0], wd[1], xd[1]):
+            out = wd[0] + wd[1] - xd[1]
+        return out
     return dims[-1] if dims[-1] is not None else ZERO
 
 
@@ -266,6 +276,47 @@ def _embedding_fwd(op: Op):
 
 
 rule("embedding")(_embedding_fwd, lambda op, g: [g] + [NEG] * (len(op.ins) - 1))
+
+
+# --- bilinear: y_k = sum_ij W_kij x1_i x2_j + b_k
+
+
+def _outer(a: Sizes, b: Sizes) -> Sizes:
+    """The outer product x1 (x) x2 that a bilinear weight contracts against."""
+    return Sizes(x=a.x + b.x, dx=mx(a.dx + b.x, a.x + b.dx, a.dx + b.dx), src=a.src | b.src)
+
+
+def _bilinear_fwd(op: Op):
+    """W (out, in1, in2) contracted with x1 (x) x2 over in1 * in2: the matrix rule with the
+    outer product as the data operand (TP alignment: CLT against W_0, LLN against dW)."""
+    x1, x2, w, b = op.input_at("0"), op.input_at("1"), op.input_at("2"), op.input_at("3")
+    wd = op.in_dims[op.index_at("2")] or (ZERO, ZERO, ZERO)
+    alpha = sum((d for d in wd[1:] if d is not None), ZERO)
+    w0dz = op.align.w0_dz_readout if op.readout else op.align.w0_dz_hidden
+    x, dx, terms = _contract(w, _outer(x1, x2), alpha, HALF, op.align.dw_z0, w0dz, op.align.dw_dz)
+    terms = {"dW z0": terms["da b0"], "W0 dz": terms["a0 db"], "dW dz": terms["da db"]}
+    if b is not None:
+        x, dx = mx(x, b.x), mx(dx, b.dx)
+    return x, dx, terms
+
+
+def _bilinear_bwd(op: Op, g):
+    """g_x1 = sum_kj W_kij x2_j g_k (over out and in2), g_x2 likewise, g_W = g x1 x2 summed
+    over the rows, g_b = g."""
+    x1, x2, w = op.input_at("0"), op.input_at("1"), op.input_at("2")
+    wd = op.in_dims[op.index_at("2")] or (ZERO, ZERO, ZERO)
+    d = [v if v is not None else ZERO for v in wd]
+    size = (lambda s: mx(s.x, s.dx))
+    grads = [NEG] * len(op.ins)
+    grads[op.index_at("0")] = _grad_through(g + size(x2), w, d[0] + d[2], op.align)
+    grads[op.index_at("1")] = _grad_through(g + size(x1), w, d[0] + d[1], op.align)
+    grads[op.index_at("2")] = _grad_through(g + size(x1), x2, _row_alpha(op), op.align)
+    if op.index_at("3") is not None:
+        grads[op.index_at("3")] = g
+    return grads
+
+
+rule("bilinear")(_bilinear_fwd, _bilinear_bwd)
 
 
 # --- attention
@@ -360,7 +411,7 @@ def _all_back(op: Op, g):
 # View-like ops, copies, dropout, pooling, gathering: sizes pass through unchanged.
 rule(*VIEW_OPS, "getitem", "select", "index", "index_select", "gather", "max_pool1d", "max_pool2d",
      "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
-     "adaptive_avg_pool2d", "adaptive_max_pool2d", "roll", "flip", "repeat", "tile",
+     "adaptive_avg_pool2d", "adaptive_max_pool2d", "roll", "flip", "repeat", "repeat_interleave", "tile",
      "pad", "constant_pad_nd", "masked_fill", "tril", "triu", "split", "chunk", "unbind",
      "split_with_sizes", "narrow", "movedim", "unflatten", "view_as", "reshape_as", "squeeze_",
      "unsqueeze_", "neg", "positive", "relu", "gelu", "silu", "leaky_relu", "elu", "selu", "celu",

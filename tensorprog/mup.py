@@ -1,0 +1,349 @@
+"""``apply_mup``: turn any traceable model factory into muP, without editing its class.
+
+::
+
+    model_factory, optimizer_factory = apply_mup(factory, base_width=64,
+                                                 example_inputs=(tokens,), lr=3e-4)
+    model = model_factory(1024)
+    opt = optimizer_factory(model)
+
+How (every factor is ``(width / base_width) ** e``, so exactly 1 at the base width, where the
+model is bit for bit the original):
+
+1. **Trace once** at base_width, 2x and 4x (``tensorprog.rules``): every parameter's role, fans,
+   init exponent, its uses, and the attention ops.
+2. **Init**: ``model_factory(width)`` builds ``factory(width)`` and multiplies each freshly built
+   weight by ``(width/base)^(target - measured init exponent)``. The distribution's shape (uniform,
+   normal, truncated, orthogonal...) is kept; only its width scaling changes. E.g. HF GPT-2's
+   constant std 0.02 on hidden weights becomes 0.02 * (base/width)^{1/2}.
+3. **Multipliers** are forward hooks on the module that runs the use: a pre-hook scaling the
+   module's input (reaches only the weight's contraction, not a bias added inside the op) and a
+   hook scaling its output (weight and bias). Tied embedding / readout: the multiplier goes on the
+   readout module alone (e.g. HF ``lm_head``), so the embedding use is untouched. A use whose
+   module cannot be hooked (used functionally inside a larger module) keeps its multiplier and its
+   init and LR take the equivalent shift (TP5 Lemma J.1); a tied weight that would need that is an
+   error.
+4. **Attention**: a forward pre-hook / hook pair on the model swaps
+   ``torch.nn.functional.scaled_dot_product_attention`` during the forward for a wrapper that
+   multiplies each call's ``scale`` (default 1/sqrt(d_head)) by ``(base/width)^{d_exp/2}`` (d_head
+   ~ n^d_exp; = sqrt(d_base / d_head) when the head dim grows with width): scale ~ 1/d_head (TP5
+   Def 4.1). torch.export (non-strict) runs the hooks, so ``analyze`` sees the patched scale.
+   Explicit ``q @ k^T`` attention cannot be patched: ``apply_mup`` raises and names the module.
+   The swap is process-global for the duration of the forward (not thread-safe across models
+   running concurrently in threads).
+5. **Optimizer**: ``optimizer_factory(model)`` puts every trainable parameter in a group with
+   ``lr * (width/base)^lr_exp`` (Adam-like or SGD-like from ``optimizer_cls``, via
+   ``tensorprog.theory.optimizer_class``). Weight decay (``weight_decay_scaling``): "mup" (default)
+   divides the group's weight_decay by the same factor, so the per-step decay lr * wd is constant
+   in width, as the mup package's MuAdam / MuAdamW / MuSGD do; "constant" keeps weight_decay the
+   same in every group, so the decay follows each group's muP learning rate.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import sympy as sp
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import TensorprogError
+from .rules import Rules, rules as derive_rules
+
+__all__ = ["apply_mup", "MupState"]
+
+
+@dataclass
+class MupState:
+    """Attached to every model ``model_factory`` builds, as ``model.tensorprog_mup``."""
+
+    width: int
+    base_width: int
+    width_mult: float
+    convention: str
+    optimizer: str  # "sgd" | "adam"
+    lr_exp: dict[str, Any]  # parameter name -> LR exponent
+    init_factor: dict[str, float] = field(default_factory=dict)
+    hooks: list[str] = field(default_factory=list)  # module paths with multiplier hooks
+    attention_factors: list[float] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- hooks
+
+
+class _ScaleInput:
+    """Forward pre-hook: the module's first input times ``factor``."""
+
+    def __init__(self, factor: float, module: str):
+        self.factor, self.module = factor, module
+
+    def __call__(self, mod, args, kwargs):
+        if args and isinstance(args[0], torch.Tensor):
+            return (args[0] * self.factor,) + tuple(args[1:]), kwargs
+        for k, v in kwargs.items():  # called with its input as a keyword
+            if isinstance(v, torch.Tensor):
+                return args, {**kwargs, k: v * self.factor}
+        raise TensorprogError(f"muP input multiplier of `{self.module}`: the module was called "
+                              "without a tensor input to scale.")
+
+
+class _ScaleOutput:
+    """Forward hook: the module's output times ``factor``."""
+
+    def __init__(self, factor: float, module: str):
+        self.factor, self.module = factor, module
+
+    def __call__(self, mod, args, output):
+        if isinstance(output, torch.Tensor):
+            return output * self.factor
+        raise TensorprogError(f"muP output multiplier of `{self.module}`: the module returned "
+                              f"{type(output).__name__}, not a tensor.")
+
+
+class _AttentionScale:
+    """Model pre-hook + hook: F.scaled_dot_product_attention's scale times a factor per call."""
+
+    def __init__(self, factors: Sequence[float]):
+        self.factors = list(factors)
+        self.calls = 0
+        self._saved: list = []
+
+    def pre(self, mod, args):
+        self._saved.append(F.scaled_dot_product_attention)
+        self.calls = 0
+        original = self._saved[-1]
+        torch.nn.functional.scaled_dot_product_attention = self._wrap(original)
+
+    def post(self, mod, args, output):
+        if self._saved:
+            torch.nn.functional.scaled_dot_product_attention = self._saved.pop()
+
+    def _wrap(self, original):
+        def scaled_dot_product_attention(query, key, value, *args, **kwargs):
+            i = self.calls
+            self.calls += 1
+            if len(set(self.factors)) == 1:
+                f = self.factors[0]
+            elif i < len(self.factors):
+                f = self.factors[i]
+            else:
+                raise TensorprogError(
+                    f"the model called scaled_dot_product_attention {i + 1} times in one forward; "
+                    f"it was traced with {len(self.factors)} calls needing different scale "
+                    "factors. apply_mup needs the same attention calls in every forward.")
+            args = list(args)
+            scale = args[3] if len(args) >= 4 else kwargs.get("scale")
+            scale = (1.0 / math.sqrt(query.size(-1)) if scale is None else scale) * f
+            if len(args) >= 4:
+                args[3] = scale
+            else:
+                kwargs["scale"] = scale
+            return original(query, key, value, *args, **kwargs)
+
+        return scaled_dot_product_attention
+
+
+# ----------------------------------------------------------------------------- apply
+
+
+def apply_mup(
+    factory: Callable[[int], nn.Module],
+    base_width: int,
+    *,
+    example_inputs=None,
+    optimizer_cls=torch.optim.AdamW,
+    widths: Sequence[int] | None = None,
+    convention: str = "table8",
+    weight_decay_scaling: str = "mup",
+    check: bool = True,
+    verbose: bool = False,
+    **optimizer_kwargs,
+):
+    """(model_factory, optimizer_factory) that build ``factory``'s model in muP.
+
+    factory: width -> nn.Module (any parametrization; SP is typical). base_width: the width at
+    which the muP model equals the original bit for bit (and where learning rates are tuned).
+    example_inputs: as for ``trace`` (a tuple, a dict, or width -> tuple). optimizer_cls: the
+    optimizer class ``optimizer_factory`` builds (Adam-like or SGD-like rules follow from it);
+    optimizer_kwargs (lr, weight_decay, betas...) are its arguments at the base width.
+    widths: traced widths (default base, 2 base, 4 base). convention: "table8" (default, the mup
+    package's form), "table3", "table9" or "unit" (see ``tensorprog.rules``).
+    check: build the model at 2 base once and run it on the example inputs, to make sure every
+    hook and the attention patch fire (catches an sdpa that is not reached through
+    torch.nn.functional).
+    Returns ``model_factory(width) -> nn.Module`` and ``optimizer_factory(model) -> Optimizer``.
+    """
+    from .theory import optimizer_class
+
+    if weight_decay_scaling not in ("mup", "constant"):
+        raise TensorprogError(f"weight_decay_scaling must be 'mup' or 'constant', got {weight_decay_scaling!r}.")
+    if not isinstance(base_width, int) or base_width <= 0:
+        raise TensorprogError(f"base_width must be a positive int, got {base_width!r}.")
+    opt = optimizer_class(optimizer_cls)
+    ws = tuple(widths) if widths is not None else (base_width, 2 * base_width, 4 * base_width)
+    r = derive_rules(factory, ws, example_inputs=example_inputs, optimizer=opt,
+                     convention=convention, base_width=base_width, verbose=verbose)
+    _refuse(r)
+    plan = _Plan.from_rules(r)
+
+    def model_factory(width: int) -> nn.Module:
+        model = factory(width)
+        plan.apply(model, width)
+        return model
+
+    def optimizer_factory(model: nn.Module, **overrides) -> torch.optim.Optimizer:
+        return plan.build_optimizer(model, optimizer_cls, {**optimizer_kwargs, **overrides},
+                              weight_decay_scaling)
+
+    model_factory.rules = optimizer_factory.rules = r  # for inspection
+    model_factory.base_width = base_width
+    if check:
+        plan.check(model_factory, example_inputs, 2 * base_width)
+    return model_factory, optimizer_factory
+
+
+def _refuse(r: Rules):
+    problems = r.problems
+    if problems:
+        raise TensorprogError("apply_mup cannot put this model in muP:\n  - " + "\n  - ".join(problems))
+
+
+def _fl(e) -> float:
+    return float(sp.nsimplify(e))
+
+
+@dataclass
+class _Plan:
+    base_width: int
+    convention: str
+    opt_class: str
+    init: dict[str, float]  # param -> exponent of its rescale
+    lr: dict[str, float]  # param -> LR exponent
+    trainable: set
+    hooks: list[tuple[str, float, float]]  # module, pre exponent, post exponent
+    attention: list[float]  # per sdpa call: exponent of the scale factor
+
+    @classmethod
+    def from_rules(cls, r: Rules) -> "_Plan":
+        init = {n: _fl(p.init_factor_exp) for n, p in r.params.items() if p.init_factor_exp != 0}
+        lr = {n: _fl(p.lr_exp) for n, p in r.params.items() if p.lr_exp is not None}
+        hooks = [(h.module, _fl(h.pre_exp), _fl(h.post_exp)) for h in r.hooks]
+        att = [_fl(o.factor_exp) for o in r.ops if o.fixable]
+        if all(a == 0 for a in att):
+            att = []
+        return cls(r.base_width, r.convention, r.optimizer, init, lr,
+                   {n for n, p in r.params.items() if p.trainable}, hooks, att)
+
+    def apply(self, model: nn.Module, width: int):
+        if not isinstance(model, nn.Module):
+            raise TensorprogError(f"factory({width}) returned {type(model).__name__}, not an nn.Module.")
+        if getattr(model, "tensorprog_mup", None) is not None:
+            raise TensorprogError("the factory returned a model that apply_mup already transformed; "
+                                  "pass the original factory.")
+        m = width / self.base_width
+        state = MupState(width=width, base_width=self.base_width, width_mult=m,
+                         convention=self.convention, optimizer=self.opt_class, lr_exp=dict(self.lr))
+        with torch.no_grad():
+            for name, e in self.init.items():
+                p = _param(model, name)
+                if p.is_meta:
+                    continue
+                f = m**e
+                state.init_factor[name] = f
+                if f != 1.0:
+                    p.mul_(f)
+        for path, pre, post in self.hooks:
+            try:
+                mod = model.get_submodule(path)
+            except AttributeError:
+                raise TensorprogError(f"module `{path}` of the traced model is missing from "
+                                      f"factory({width}).") from None
+            if pre != 0:
+                mod.register_forward_pre_hook(_ScaleInput(m**pre, path), with_kwargs=True)
+            if post != 0:
+                mod.register_forward_hook(_ScaleOutput(m**post, path))
+            state.hooks.append(path)
+        if self.attention:
+            att = _AttentionScale([m**e for e in self.attention])
+            model.register_forward_pre_hook(att.pre, prepend=True)
+            model.register_forward_hook(att.post, always_call=True)
+            state.attention_factors = att.factors
+            model._tensorprog_attention = att  # for the call counter in check()
+        model.tensorprog_mup = state
+
+    def build_optimizer(self, model, optimizer_cls, kwargs, wd_scaling):
+        state = getattr(model, "tensorprog_mup", None)
+        if not isinstance(state, MupState):
+            raise TensorprogError("optimizer_factory needs a model built by apply_mup's "
+                                  "model_factory (it reads the model's width from it).")
+        m = state.width_mult
+        lr = kwargs.pop("lr", None)
+        if lr is None:
+            lr = _default(optimizer_cls, "lr")
+        if lr is None or lr is inspect.Parameter.empty:
+            raise TensorprogError(f"{optimizer_cls.__name__} has no default learning rate: pass lr=...")
+        wd = kwargs.pop("weight_decay", None)
+        if wd is None:
+            wd = _default(optimizer_cls, "weight_decay")
+            wd = 0.0 if wd in (None, inspect.Parameter.empty) else wd
+        groups: dict[float, dict] = {}
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            e = self.lr.get(name, 0.0)
+            if name not in self.lr and name in self.trainable:
+                e = 0.0
+            f = m**e
+            g = groups.setdefault(e, {"params": [], "lr": lr * f, "lr_exp": e,
+                                      "weight_decay": wd / f if wd_scaling == "mup" else wd})
+            g["params"].append(p)
+        return optimizer_cls(list(groups.values()), lr=lr, **kwargs)
+
+    def check(self, model_factory, example_inputs, width):
+        from .trace import _inputs
+
+        model = model_factory(width)
+        args, kwargs = _inputs(example_inputs, model, width, "cpu")
+        fired = set()
+        handles = [model.get_submodule(path).register_forward_hook(
+            lambda mod, a, o, path=path: fired.add(path)) for path, _, _ in self.hooks]
+        try:
+            with torch.no_grad():
+                model(*args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [path for path, _, _ in self.hooks if path not in fired]
+        if missing:
+            raise TensorprogError(f"the multiplier hooks on {missing[:3]} never ran: those modules "
+                                  "are not called by forward as traced.")
+        att = getattr(model, "_tensorprog_attention", None)
+        if att is not None and att.calls != len(self.attention):
+            raise TensorprogError(
+                f"the model was traced with {len(self.attention)} scaled_dot_product_attention "
+                f"calls, but only {att.calls} went through torch.nn.functional."
+                "scaled_dot_product_attention, which apply_mup patches; the others call it under "
+                "another name (e.g. `from torch.nn.functional import scaled_dot_product_attention`"
+                "). Fix their scale to ~ 1/d_head by hand.")
+
+
+def _param(model, name):
+    try:
+        return model.get_parameter(name)
+    except AttributeError:
+        ps = dict(model.named_parameters(remove_duplicate=False))
+        if name in ps:
+            return ps[name]
+        raise TensorprogError(f"parameter {name!r} of the traced model is missing from the model "
+                              "the factory built.") from None
+
+
+def _default(cls, name):
+    try:
+        p = inspect.signature(cls).parameters.get(name)
+    except (TypeError, ValueError):
+        return None
+    return None if p is None else p.default
