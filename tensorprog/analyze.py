@@ -270,7 +270,10 @@ def _verdict(graph: WidthGraph, prop: Propagation, opt: str) -> Report:
                             fan_out_exp=p.dims_exp(u.fan_out), mult_exp=u.mult_exp, A=A, U=U)
             if u.kind == "matrix" and u.role in ("input", "hidden"):
                 feat = _chain_end(graph, u.node)
-                own = final[u.node].terms.get("dW z0", NEG)
+                # r_l as TP4 Def 3.2 defines it: the second step, the first whose update sees
+                # the readout's own change in the backward pass (later steps of an unstable
+                # model only compound).
+                own = prop.steps[min(2, len(prop.steps) - 1)][u.node].terms.get("dW z0", NEG)
                 shift = init[feat].x - init[u.node].x if init[u.node].x not in (NEG, INF) else ZERO
                 uv.r = -(own + shift) if own != NEG else INF
                 r_layers.append(uv.r)

@@ -89,6 +89,7 @@ class Sizes:
     src: frozenset = frozenset()
     terms: dict = field(default_factory=dict)  # contraction terms, for per-layer r_l
     logits: tuple | None = None  # (x, dx) of attention logits inside sdpa
+    gz: frozenset | None = None  # dims along which the gradient sums to exactly zero
 
 
 @dataclass
@@ -736,6 +737,51 @@ def _backward(graph, sizes, out_name, weight_pos, align):
                 weight=wp[0] if wp else None, readout=bool(wp and wp[1]), align=align)
         bwd = RULES.get(a["op"], (None, _all_back))[1]
         grads = bwd(op, g)
-        for (u, _, _), gi in zip(in_edges, grads):
-            if u in sizes and gi is not None:
-                sizes[u].g = mx(sizes[u].g, gi)
+        z_out = sizes[name].gz or frozenset()
+        for i, ((u, _, _), gi) in enumerate(zip(in_edges, grads)):
+            if u not in sizes or gi is None or gi == NEG:
+                continue
+            z = _zero_sum_input(graph, op, i, u, z_out)
+            if z is None:  # summed over a dim whose gradient cancels: exactly zero
+                continue
+            s = sizes[u]
+            s.g = mx(s.g, gi)
+            s.gz = z if s.gz is None else s.gz & z
+
+
+#: Ops whose gradient into an input sums to zero along some of its dims, by construction:
+#: softmax is invariant to a shift shared by all keys, so the gradient into k sums to zero over
+#: the key positions (why a key bias never trains). op -> {input index: dims(ndim)}.
+ZERO_SUM = {"scaled_dot_product_attention": {1: lambda ndim: {ndim - 2}}}
+
+
+def _zero_sum_input(graph, op: Op, i, u, z_out):
+    """Dims of input ``u`` along which its gradient sums to zero, given the output's; None when
+    the input is broadcast along such a dim through a linear op (its gradient is exactly 0)."""
+    from .trace import _follow
+
+    declared = ZERO_SUM.get(op.op, {}).get(i)
+    if declared is not None:
+        return frozenset(declared(len(graph.node(u)["shapes"][graph.widths[-1]] or ())))
+    if not z_out:
+        return frozenset()
+    w = graph.widths[-1]
+    shp_in, shp_out = graph.node(u)["shapes"][w], op.attrs["shapes"][w]
+    if shp_in is None or shp_out is None:
+        return frozenset()
+    if op.op in VIEW_OPS:
+        m = _follow(graph, u, op.name) or []
+        return frozenset(o for o, tgt in enumerate(m) if len(tgt) == 1 and next(iter(tgt)) in z_out
+                         and shp_in[o] == shp_out[next(iter(tgt))])
+    data_pos, bias_pos = {"linear": ("0", "2"), "addmm": ("1", "0")}.get(op.op, (None, None))
+    if op.pos[i] == data_pos:
+        return frozenset(d for d in z_out if d < len(shp_in) - 1)  # rows pass through
+    if op.pos[i] == bias_pos:  # the bias gradient sums the rows
+        return None if any(d < len(shp_out) - 1 for d in z_out) else frozenset()
+    if op.op in ("add", "sub"):  # right-aligned broadcasting
+        off = len(shp_out) - len(shp_in)
+        broadcast = {d for d in range(len(shp_out)) if d < off or shp_in[d - off] != shp_out[d]}
+        if broadcast & z_out:
+            return None
+        return frozenset(d - off for d in z_out)
+    return frozenset()

@@ -39,7 +39,7 @@ def agree(rep, abc):
     assert rep.nontrivial == abc.nontrivial
     assert rep.feature_learning == abc.feature_learning
     assert rep.kernel_regime == abc.kernel_regime
-    if abc.stable:
+    if abc.stable:  # unstable exponents compound from step to step; TP4's r is for stable runs
         assert rep.r == abc.r
 
 
@@ -49,6 +49,7 @@ def agree(rep, abc):
 def test_sp_lr_constant_is_unstable():
     rep = run([0, 0, 0], [0, R(1, 2), R(1, 2)], 0)
     assert not rep.stable and rep.regime == "unstable"
+    assert rep.r == -1  # sheet §1: r = -1
     assert rep.parametrization == "SP"
 
 
