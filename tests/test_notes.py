@@ -1,0 +1,163 @@
+"""The theory notes are live: rebuilding them must reproduce the committed files exactly.
+
+Each note (theory_notes/NN-*.md and TUTORIAL_DRAFT.md) is run top to bottom like a notebook,
+one namespace per note: every ```python block executes in order, and every generated region
+(``<!-- begin: SPEC -->`` ... ``<!-- end: NAME -->``) is regenerated from the package. A
+difference means the code and the notes disagree: run ``python theory_notes/build.py`` and
+review the diff. See theory_notes/README.md for the mechanism.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTES_DIR = ROOT / "theory_notes"
+
+
+def _load_build():
+    spec = importlib.util.spec_from_file_location("theory_notes_build", NOTES_DIR / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _load_build()
+NOTES = build.notes()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    with build.quiet_threads():
+        yield
+
+
+def test_there_are_notes():
+    names = [p.name for p in NOTES]
+    assert len([n for n in names if n[:2].isdigit()]) == 9, names
+    assert "TUTORIAL_DRAFT.md" in names
+
+
+@pytest.mark.parametrize("note", NOTES, ids=lambda p: p.name)
+def test_note_is_current(note):
+    committed = note.read_text()
+    run = build.render(note, figures=False, text=committed)
+    assert run.text == committed, (
+        f"{note.name} is stale: its code or the package changed and the generated regions no "
+        f"longer match. {build.BUILD_HINT}.\n{build.diff(committed, run.text, note.name)}")
+    for fig in run.figures:
+        assert fig.exists(), f"{note.name} links {fig.name}, which is missing: {build.BUILD_HINT}"
+        assert fig.stat().st_size <= build.FIGURE_LIMIT_BYTES, f"{fig.name} is over 200 KB"
+
+
+@pytest.mark.parametrize("note", [p for p in NOTES if p.name[:2].isdigit()], ids=lambda p: p.name)
+def test_note_ends_with_what_to_run(note):
+    text = note.read_text()
+    assert "## What to run" in text
+    assert build.python_blocks(text, note.name) or build.bash_commands(text, note.name)
+
+
+def _commands():
+    out = []
+    for note in NOTES:
+        for line, cmd in build.bash_commands(note.read_text(), note.name):
+            out.append(pytest.param(cmd, id=f"{note.name}:{line}"))
+    return out
+
+
+@pytest.mark.parametrize("cmd", _commands())
+def test_shell_commands_in_notes_parse(cmd):
+    """`tensorprog ...` lines must parse with the real CLI; `python FILE` lines name a file."""
+    argv = shlex.split(cmd)
+    if argv[0] == "tensorprog":
+        from tensorprog.cli import build_parser
+
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                build_parser().parse_args(argv[1:])
+        except SystemExit as e:
+            pytest.fail(f"`{cmd}` does not parse (exit {e.code}): {err.getvalue().strip()}")
+    elif argv[0] == "python":
+        assert (ROOT / argv[1]).is_file(), f"`{cmd}`: no file {argv[1]}"
+    else:
+        pytest.fail(f"unexpected shell command in a note: {cmd}")
+
+
+# --------------------------------------------------------------------------- the mechanism
+
+
+def _render(tmp_path, text, name="00-test.md"):
+    path = tmp_path / name
+    path.write_text(text)
+    return build.render(path).text
+
+
+def test_output_region_gets_the_stdout_of_the_block_above(tmp_path):
+    text = "x\n\n```python\nv = 6 * 7\nprint(v)\n```\n\n<!-- begin: output -->\nold\n<!-- end: output -->\nend\n"
+    out = _render(tmp_path, text)
+    assert "<!-- begin: output -->\n```text\n42\n```\n<!-- end: output -->\nend\n" in out
+    assert out.startswith("x\n\n```python\nv = 6 * 7\n")
+
+
+def test_blocks_share_one_namespace_and_values_go_inline(tmp_path):
+    text = ("```python\nv = 2\n```\n\n```python\nw = v + 1\n```\n"
+            "w is <!-- begin: value w * 10 -->?<!-- end: value --> here.\n")
+    assert _render(tmp_path, text).endswith(
+        "w is <!-- begin: value w * 10 -->30<!-- end: value --> here.\n")
+
+
+def test_namespaces_are_fresh_per_note(tmp_path):
+    _render(tmp_path, "```python\nleak = 1\n```\n", "00-a.md")
+    with pytest.raises(build.NoteError, match="NameError"):
+        _render(tmp_path, "```python\nprint(leak)\n```\n", "00-b.md")
+
+
+def test_generator_region_is_package_output(tmp_path):
+    out = _render(tmp_path, "<!-- begin: presets sgd -->\n<!-- end: presets -->\n")
+    assert "| muP | 2 | -1/2, 0, 1/2 | 1/2, 1/2, 1/2 | 0 | 0, 0 | 0 | yes | yes | feature learning |" in out
+
+
+def test_rendering_is_idempotent(tmp_path):
+    text = "```python\nprint('a')\n```\n<!-- begin: output -->\n<!-- end: output -->\n"
+    once = _render(tmp_path, text)
+    assert _render(tmp_path, once) == once
+
+
+def test_markers_inside_code_blocks_are_left_alone(tmp_path):
+    text = "```text\n<!-- begin: output -->\nliteral\n<!-- end: output -->\n```\n"
+    assert _render(tmp_path, text) == text
+
+
+def test_a_failing_block_names_the_note_and_line(tmp_path):
+    with pytest.raises(build.NoteError, match=r"00-test\.md: the python block at line 3 raised ZeroDivisionError"):
+        _render(tmp_path, "intro\n\n```python\n1 / 0\n```\n")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("<!-- begin: nosuch -->\n<!-- end: nosuch -->\n", "unknown region kind 'nosuch'"),
+    ("<!-- begin: output -->\n<!-- end: presets -->\n", "closed by 'end: presets'"),
+    ("<!-- begin: output -->\n<!-- end: output -->\n", "needs a python block before it"),
+    ("text <!-- end: output -->\n", "unmatched region marker"),
+])
+def test_bad_regions_are_clear_errors(tmp_path, text, message):
+    with pytest.raises(build.NoteError, match=message):
+        _render(tmp_path, text)
+
+
+def test_check_mode_reports_a_stale_note(tmp_path, capsys):
+    path = tmp_path / "00-stale.md"
+    path.write_text("```python\nprint(1)\n```\n<!-- begin: output -->\n```text\n2\n```\n<!-- end: output -->\n")
+    assert build.main([str(path), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "-2" in err and "+1" in err and "build.py" in err
+    assert "2" in path.read_text()  # --check writes nothing
+    assert build.main([str(path), "--no-figures"]) == 0
+    assert build.main([str(path), "--check"]) == 0
