@@ -90,6 +90,7 @@ class Sizes:
     terms: dict = field(default_factory=dict)  # contraction terms, for per-layer r_l
     logits: tuple | None = None  # (x, dx) of attention logits inside sdpa
     gz: frozenset | None = None  # dims along which the gradient sums to exactly zero
+    uncapped: object = None  # a bounded op's change before its Theta(1) cap (saturation)
 
 
 @dataclass
@@ -365,8 +366,10 @@ def _norm_fwd(op: Op):
     gain, shift = _norm_params(op)
     gx = gain.x if gain is not None else ZERO
     x = mx(gx, shift.x if shift is not None else NEG)
-    dx = mx(gx + z.dx - z.x, gain.dx if gain is not None else NEG, shift.dx if shift is not None else NEG)
-    return x, dx, {}
+    # the normalised part is O(1) whatever happens to z: its change is capped at Theta(1)
+    dx = mx(gx + min(z.dx - z.x, ZERO), gain.dx if gain is not None else NEG,
+            shift.dx if shift is not None else NEG)
+    return x, dx, _cap_note(gx + z.dx - z.x)
 
 
 def _norm_params(op):
@@ -421,22 +424,37 @@ RULES["detach"] = (_same, lambda op, g: [NEG] * len(op.ins))
 
 
 def _bounded_fwd(op: Op):
-    """tanh-like: ~z for small z, saturates at Theta(1)."""
+    """tanh-like: ~z for small z, saturates at Theta(1); so does its change (|tanh_t - tanh_0| <= 2)."""
     z = op.ins[0]
-    return min(z.x, ZERO), z.dx, {}
+    return min(z.x, ZERO), min(z.dx, ZERO), _cap_note(z.dx)
 
 
 rule("tanh", "erf", "sin", "hardtanh", "atan", "softsign", "hardsigmoid_centered")(_bounded_fwd, _pass_back)
 
 
 def _offset_fwd(op: Op):
-    """sigmoid, cos, softmax, softplus: Theta(1) at zero input (softmax over a finite dim)."""
+    """sigmoid, cos, softmax: Theta(1) at zero input (softmax over a finite dim), bounded, so
+    their change is at most Theta(1)."""
     z = op.ins[0]
-    return ZERO, z.dx, {}
+    return ZERO, min(z.dx, ZERO), _cap_note(z.dx)
 
 
-rule("sigmoid", "cos", "softmax", "_softmax", "log_softmax", "_log_softmax", "softplus",
-     "hardsigmoid", "special_expit")(_offset_fwd, _pass_back)
+def _cap_note(raw):
+    """Record the change a bounded op would have had: at finite widths it grows until it
+    saturates, so a measurement may see growth up to n^raw before the Theta(1) cap."""
+    return {"uncapped": raw} if raw > 0 else {}
+
+
+rule("sigmoid", "cos", "softmax", "_softmax", "hardsigmoid", "special_expit")(_offset_fwd, _pass_back)
+
+
+def _softplus_fwd(op: Op):
+    """softplus, log_softmax: Theta(1) at zero input, ~|z| for large z (unbounded)."""
+    z = op.ins[0]
+    return mx(ZERO, z.x), z.dx, {}
+
+
+rule("softplus", "log_softmax", "_log_softmax")(_softplus_fwd, _pass_back)
 
 
 def _exp_fwd(op: Op):
@@ -692,7 +710,7 @@ def _forward(graph, dW, weight_pos, align, unknown) -> dict[str, Sizes]:
         src = _sources(graph, name, a, ins, wp)
         sizes[name] = Sizes(x=x, dx=dx, src=src, terms={k: v for k, v in extra.items()
                                                           if k in ("dW z0", "W0 dz", "dW dz")},
-                            logits=extra.get("logits"))
+                            logits=extra.get("logits"), uncapped=extra.get("uncapped"))
     return sizes
 
 
@@ -752,7 +770,12 @@ def _backward(graph, sizes, out_name, weight_pos, align):
 #: Ops whose gradient into an input sums to zero along some of its dims, by construction:
 #: softmax is invariant to a shift shared by all keys, so the gradient into k sums to zero over
 #: the key positions (why a key bias never trains). op -> {input index: dims(ndim)}.
-ZERO_SUM = {"scaled_dot_product_attention": {1: lambda ndim: {ndim - 2}}}
+#: Batch norm in training mode subtracts each channel's batch mean, so the gradient into its
+#: input sums to zero over the batch and spatial dims (why a conv bias before it never trains).
+ZERO_SUM = {
+    "scaled_dot_product_attention": {1: lambda op, ndim: {ndim - 2}},
+    "batch_norm": {0: lambda op, ndim: ({0} | set(range(2, ndim))) if op.arg(5) is True else set()},
+}
 
 
 def _zero_sum_input(graph, op: Op, i, u, z_out):
@@ -762,7 +785,7 @@ def _zero_sum_input(graph, op: Op, i, u, z_out):
 
     declared = ZERO_SUM.get(op.op, {}).get(i)
     if declared is not None:
-        return frozenset(declared(len(graph.node(u)["shapes"][graph.widths[-1]] or ())))
+        return frozenset(declared(op, len(graph.node(u)["shapes"][graph.widths[-1]] or ())))
     if not z_out:
         return frozenset()
     w = graph.widths[-1]

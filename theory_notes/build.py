@@ -6,7 +6,7 @@
     python theory_notes/build.py --check         # change nothing; exit 1 if a note is stale
     python theory_notes/build.py --no-figures    # text only
 
-A note is a Markdown file ``NN-name.md`` in this folder (and ``TUTORIAL_DRAFT.md``). It is run
+A note is a Markdown file ``NN-name.md`` in this folder (and the repository's README.md). It is run
 like a notebook, top to bottom, in one fresh namespace:
 
 * every fenced ```` ```python ```` block is executed, in order (its stdout is kept);
@@ -44,7 +44,7 @@ from typing import Callable
 NOTES_DIR = Path(__file__).resolve().parent
 FIGURES_DIR = NOTES_DIR / "figures"
 NOTE_GLOB = "[0-9][0-9]-*.md"
-EXTRA_NOTES = ("TUTORIAL_DRAFT.md",)
+EXTRA_NOTES = ("../README.md",)  # the README tutorial is built and tested too
 FIGURE_LIMIT_BYTES = 200 * 1024
 
 BUILD_HINT = "run `python theory_notes/build.py` to regenerate the notes, then commit them"
@@ -411,7 +411,7 @@ def shrink(png: Path, limit: int = FIGURE_LIMIT_BYTES) -> None:
 
 def notes() -> list[Path]:
     """The numbered notes, then the README tutorial draft (built the same way)."""
-    extra = [NOTES_DIR / name for name in EXTRA_NOTES if (NOTES_DIR / name).exists()]
+    extra = [(NOTES_DIR / name).resolve() for name in EXTRA_NOTES if (NOTES_DIR / name).exists()]
     return sorted(NOTES_DIR.glob(NOTE_GLOB)) + extra
 
 
