@@ -407,7 +407,7 @@ def _export(model, args, kwargs, width, modes=(False, True)):
     errors = []
     for strict in modes:
         try:
-            with warnings.catch_warnings(), _quiet_torch_logs():
+            with warnings.catch_warnings(), _quiet_torch_logs(), _frozen_width_mults(model):
                 warnings.simplefilter("ignore")
                 return torch.export.export(model, args, kwargs=kwargs, strict=strict), strict
         except Exception as e:  # noqa: BLE001 - classified below
@@ -427,6 +427,29 @@ def _export(model, args, kwargs, width, modes=(False, True)):
         f"{type(e).__name__}: {_first_line(e)}. tensorprog needs a model that torch.export "
         "can trace (no data-dependent Python control flow, no untraceable side effects); for "
         "HuggingFace models pass use_cache=False in the config.") from e
+
+
+@contextlib.contextmanager
+def _frozen_width_mults(model):
+    """The public mup package's readouts call ``self.width_mult()``, which reads
+    ``weight.infshape``, an attribute non-strict export's fake parameters lack. Freeze each such
+    method to its value (a constant at a given width) for the export, so the fast non-strict
+    mode works; strict export remains the fallback for other tensor attributes."""
+    frozen = []
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if hasattr(w, "infshape") and callable(getattr(m, "width_mult", None)):
+            try:
+                value = m.width_mult()
+            except Exception:  # noqa: BLE001 - leave it to the strict fallback
+                continue
+            m.width_mult = (lambda v: (lambda: v))(value)
+            frozen.append(m)
+    try:
+        yield
+    finally:
+        for m in frozen:
+            del m.width_mult
 
 
 @contextlib.contextmanager
