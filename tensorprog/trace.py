@@ -26,6 +26,7 @@ import math
 import traceback
 import warnings
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Callable, Sequence
 
 import networkx as nx
@@ -260,7 +261,8 @@ def trace(
     weight-decay exponents. device="meta" traces without allocating weights; init scales then
     come from real CPU instances at ``init_widths`` (default: the widths scaled down to <= 512).
     init_seeds: instances per width whose weights are pooled for the init fit; default: enough
-    for ~4096 values of the smallest parameter, at most 16, within ~2e7 values per width.
+    for ~4096 values of the smallest weight matrix (512 of a width-sized vector), at most 16,
+    within ~5e6 values per width; small tensors then snap their exponent to halves.
     """
     widths = _check_widths(widths)
     if not callable(factory) or isinstance(factory, nn.Module):
@@ -292,8 +294,15 @@ def trace(
 
     say("measuring initial weight scales")
     if init_seeds is None:
-        sizes = [math.prod(p.shapes[widths[-1]]) for p in params.values()] or [1]
-        init_seeds = max(1, min(16, math.ceil(4096 / max(min(sizes), 1)), int(2e7 // max(sum(sizes), 1))))
+        # Precision matters most for weights (their init exponent is compared exactly), less
+        # for width-sized biases and gains (compared against a bound), not at all for scalars.
+        sizes = [math.prod(p.shapes[widths[0]]) for p in params.values()] or [1]
+        wide = [p for p in params.values() if any(d is None or d > 0 for d in p.dims or ())]
+        weights = [math.prod(p.shapes[widths[0]]) for p in wide if len(p.shapes[widths[0]]) >= 2]
+        vectors = [math.prod(p.shapes[widths[0]]) for p in wide]
+        need = max(math.ceil(4096 / min(weights)) if weights else 1,
+                   math.ceil(512 / min(vectors)) if vectors else 1)
+        init_seeds = max(1, min(16, need, int(5e6 // max(sum(sizes), 1))))
     if device == "meta":
         iw = _check_widths(init_widths) if init_widths else _small_widths(widths)
         init_models = {w: [_build(factory, w, "cpu", seed + s) for s in range(init_seeds)] for w in iw}
@@ -1006,6 +1015,7 @@ def _measure_init(graph: WidthGraph, init_models: dict[int, list[nn.Module]]):
     """Init RMS of every parameter at each width (pooled over seeds), and its width exponent."""
     ws = sorted(init_models)
     for name, p in graph.params.items():
+        counts = {}
         for w in ws:
             sq, mean, count = 0.0, 0.0, 0
             for m in init_models[w]:
@@ -1023,6 +1033,7 @@ def _measure_init(graph: WidthGraph, init_models: dict[int, list[nn.Module]]):
                 sq += float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
                 mean += total
                 count += t.numel()
+            counts[w] = count
             p.init_rms[w] = math.sqrt(sq / max(count, 1))
             p.init_mean[w] = mean / max(count, 1)
         rms = [p.init_rms[w] for w in ws]
@@ -1032,7 +1043,12 @@ def _measure_init(graph: WidthGraph, init_models: dict[int, list[nn.Module]]):
             p.init_exp, p.init_fit = None, None
             graph.warnings.append(f"parameter {name!r} is zero at some widths but not others.")
         else:
-            p.init_exp, p.init_fit = noisy_exponent(ws, rms)
+            # standard error of the fitted slope for iid entries: the RMS of N values has a
+            # relative error ~ 1/sqrt(2N); too noisy for quarters -> snap to halves
+            n_min = min(counts.values())
+            se = math.sqrt(1 / (2 * max(n_min, 1))) * math.sqrt(2) / math.log(ws[-1] / ws[0])
+            step = Fraction(1, 4) if se < 0.05 else Fraction(1, 2)
+            p.init_exp, p.init_fit = noisy_exponent(ws, rms, step)
             if abs(p.init_fit - float(p.init_exp)) > 0.1:
                 graph.warnings.append(
                     f"init scale of {name!r} fits n^{p.init_fit:.2f}, snapped to n^{p.init_exp}; "
