@@ -14,16 +14,16 @@ The model's name is the class every parameter (and every attention op) matches; 
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import sympy as sp
 
-from .engine import NEG, ZERO, HALF, Propagation, propagate
+from .engine import NEG, ZERO, Propagation, propagate
 from .exponents import fmt
 from .trace import VIEW_OPS, WidthGraph, scale_exp, trace
+from .jsonio import JSONMixin, jsonable
 
 CLASSES = ("muP", "SP", "NTK")
 INF = sp.oo
@@ -135,7 +135,7 @@ class Problem:
 
 
 @dataclass
-class Report:
+class Report(JSONMixin):
     """What ``analyze`` found. ``str(report)`` is a readable table; ``to_dict()`` is JSON-able."""
 
     parametrization: str
@@ -163,7 +163,7 @@ class Report:
         return [p for p in self.params.values() if p.trainable and "muP" not in p.classes]
 
     def to_dict(self) -> dict:
-        j = _jsonable
+        j = jsonable
         return {
             "parametrization": self.parametrization, "optimizer": self.optimizer,
             "stable": self.stable, "stable_init": self.stable_init, "nontrivial": self.nontrivial,
@@ -190,27 +190,10 @@ class Report:
             "warnings": self.graph.warnings,
         }
 
-    def to_json(self, path: str | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path:
-            with open(path, "w") as f:
-                f.write(text)
-        return text
-
     def __str__(self) -> str:
         return format_report(self)
 
 
-def _jsonable(x):
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return x
-    if isinstance(x, sp.Basic):
-        return "inf" if x == INF else "-inf" if x == NEG else str(x)
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return str(x)
 
 
 # ----------------------------------------------------------------------------- analyze

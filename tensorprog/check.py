@@ -112,7 +112,6 @@ import argparse
 import gc
 import importlib.util
 import itertools
-import json
 import math
 import os
 import re
@@ -129,6 +128,7 @@ import torch.nn as nn
 import torch.utils._pytree as pytree
 
 from .errors import CheckError, TensorprogError
+from .jsonio import JSONMixin
 
 __all__ = ["check", "CheckReport", "Record", "Tolerance", "Blowup", "cli_main",
            "add_cli_arguments", "default_loss"]
@@ -232,7 +232,7 @@ def _pred_text(e) -> str:
 
 
 @dataclass
-class CheckReport:
+class CheckReport(JSONMixin):
     """What ``check`` measured. ``str()`` is a readable table; ``to_dict()`` is JSON-able."""
 
     records: list[Record]
@@ -302,13 +302,6 @@ class CheckReport:
             "seconds": self.seconds, "notes": self.notes,
             "records": [r.to_dict() for r in self.records],
         }
-
-    def to_json(self, path: str | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path:
-            with open(path, "w") as f:
-                f.write(text)
-        return text
 
     def __str__(self) -> str:
         return _format(self)

@@ -618,7 +618,6 @@ def propagate(graph: WidthGraph, optimizer: str = "adam", *, steps: int = 3,
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer must be 'sgd' or 'adam' (the class), got {optimizer!r}")
     align = alignment(align)
-    param_of = {graph.node(n)["param"]: n for n in graph.order if graph.node(n)["param"]}
     weight_pos = _matrix_weight_positions(graph)
     out_node = next(n for n in graph.order if graph.node(n)["kind"] == "output")
     outputs = graph.inputs(out_node)

@@ -60,7 +60,6 @@ the factor it needs (``scaled_dot_product_attention``'s ``scale``, or an explici
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -68,6 +67,7 @@ import sympy as sp
 
 from .errors import TensorprogError
 from .trace import VIEW_OPS, WidthGraph, scale_exp, trace
+from .jsonio import JSONMixin
 
 __all__ = ["rules", "Rules", "ParamRule", "UseRule", "HookRule", "OpRule", "CONVENTIONS", "KINDS",
            "FAN_IN", "FAN_OUT", "WIDTH_MULT", "convention_table", "add_cli_arguments", "cli_main"]
@@ -259,7 +259,7 @@ class OpRule:
 
 
 @dataclass
-class Rules:
+class Rules(JSONMixin):
     """What ``rules`` found: per-parameter rules, the hooks that carry multipliers, and the
     contractions that need a 1/d scale. ``str()`` a table, ``to_dict()`` / ``to_json()``,
     ``to_pytorch()`` code to paste."""
@@ -313,13 +313,6 @@ class Rules:
                      "fixable": o.fixable, "ok": o.ok} for o in self.ops],
             "notes": self.notes, "problems": self.problems,
         }
-
-    def to_json(self, path: str | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path:
-            with open(path, "w") as f:
-                f.write(text)
-        return text
 
     def __str__(self) -> str:
         return _format(self)

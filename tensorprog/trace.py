@@ -21,9 +21,7 @@ TP4 are a = -mult_exp, b = -init_exp, c = -lr_exp.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import traceback
 import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -36,6 +34,7 @@ import torch.nn as nn
 
 from .errors import TraceError
 from .exponents import exact_exponent, noisy_exponent
+from .jsonio import JSONMixin, jsonable
 
 # ----------------------------------------------------------------------------- records
 
@@ -110,7 +109,7 @@ class ParamInfo:
 
 
 @dataclass
-class WidthGraph:
+class WidthGraph(JSONMixin):
     """The traced program, annotated with width exponents.
 
     ``nx`` is a networkx MultiDiGraph: one node per ATen node (attributes: ``kind``, ``op``,
@@ -146,24 +145,24 @@ class WidthGraph:
             return {
                 "name": name, "kind": a["kind"], "op": a["op"], "target": a["target"],
                 "module": a["module"], "shapes": {str(w): s for w, s in a["shapes"].items()},
-                "dims": _jsonable(a["dims"]), "scalars": _jsonable(a["scalars"]),
+                "dims": jsonable(a["dims"]), "scalars": jsonable(a["scalars"]),
                 "param": a.get("param"), "buffer": a.get("buffer"), "input": a.get("input"),
-                "inputs": self.inputs(name), "args": _jsonable(a["args"]),
+                "inputs": self.inputs(name), "args": jsonable(a["args"]),
             }
 
         def param_dict(p: ParamInfo):
             return {
                 "name": p.name, "node": p.node, "shape": p.shapes[self.widths[-1]],
-                "dims": _jsonable(p.dims), "role": p.role, "trainable": p.trainable,
+                "dims": jsonable(p.dims), "role": p.role, "trainable": p.trainable,
                 "fan_in": list(p.fan_in), "fan_out": list(p.fan_out),
-                "fan_in_exp": _jsonable(p.fan_in_exp), "fan_out_exp": _jsonable(p.fan_out_exp),
-                "init_exp": _jsonable(p.init_exp), "init_fit": p.init_fit,
+                "fan_in_exp": jsonable(p.fan_in_exp), "fan_out_exp": jsonable(p.fan_out_exp),
+                "init_exp": jsonable(p.init_exp), "init_fit": p.init_fit,
                 "init_rms": {str(w): v for w, v in p.init_rms.items()},
-                "mult_exp": _jsonable(p.mult_exp), "lr_exp": _jsonable(p.lr_exp),
-                "lr": {str(w): v for w, v in p.lr.items()}, "wd_exp": _jsonable(p.wd_exp),
+                "mult_exp": jsonable(p.mult_exp), "lr_exp": jsonable(p.lr_exp),
+                "lr": {str(w): v for w, v in p.lr.items()}, "wd_exp": jsonable(p.wd_exp),
                 "uses": [{"node": u.node, "op": u.op, "kind": u.kind, "role": u.role,
                           "fan_in": list(u.fan_in), "fan_out": list(u.fan_out),
-                          "mult_exp": _jsonable(u.mult_exp)} for u in p.uses],
+                          "mult_exp": jsonable(u.mult_exp)} for u in p.uses],
             }
 
         return {
@@ -171,13 +170,6 @@ class WidthGraph:
             "nodes": [node_dict(n) for n in self.order],
             "params": {k: param_dict(p) for k, p in self.params.items()},
         }
-
-    def to_json(self, path: str | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path:
-            with open(path, "w") as f:
-                f.write(text)
-        return text
 
     def to_dot(self, path: str | None = None) -> str:
         """Graphviz DOT: nodes labelled with op and dim exponents; parameters as boxes."""
@@ -198,16 +190,6 @@ class WidthGraph:
         return text
 
 
-def _jsonable(x):
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return x
-    if isinstance(x, sp.Basic):
-        return str(x)
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return str(x)
 
 
 # ----------------------------------------------------------------------------- op vocabulary
