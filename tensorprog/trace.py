@@ -300,6 +300,12 @@ def trace(
         say("reading learning rates from the optimizer")
         _read_optimizer(graph, models, make_optimizer)
     _attach_uses(graph)
+    for p in graph.params.values():  # the parameter record on its placeholder nodes, too
+        for node in p.nodes:
+            graph.nx.nodes[node].update(
+                role=p.role, fan_in=p.fan_in, fan_out=p.fan_out, fan_in_exp=p.fan_in_exp,
+                fan_out_exp=p.fan_out_exp, init_exp=p.init_exp, mult_exp=p.mult_exp,
+                lr_exp=p.lr_exp, wd_exp=p.wd_exp, trainable=p.trainable)
     return graph
 
 

@@ -886,3 +886,14 @@ def test_example_inputs_bad():
 
 def test_errors_share_one_base_class():
     assert issubclass(TraceError, TensorprogError)
+
+
+def test_parameter_records_are_node_attributes_too():
+    """WidthGraph.nx carries each parameter's record on its placeholder (networkx users)."""
+    g = tp.trace(lambda n: nn.Sequential(nn.Linear(8, n), nn.Tanh(), nn.Linear(n, n), nn.Tanh(),
+                                         nn.Linear(n, 3)),
+                 (64, 128, 256), example_inputs=(torch.randn(4, 8),))
+    node = g.nx.nodes[g.params["2.weight"].node]
+    # nn.Linear(n, n): fan-in dim 1 (~n), fan-out dim 0; uniform(+-1/sqrt(n)) init -> n^-1/2
+    assert node["role"] == "hidden" and node["fan_in"] == (1,) and node["fan_out"] == (0,)
+    assert node["init_exp"] == sp.Rational(-1, 2) and node["fan_in_exp"] == 1
