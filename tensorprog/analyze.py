@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import sympy as sp
 
 from .engine import NEG, ZERO, Propagation, propagate
+from .errors import TensorprogError
 from .exponents import fmt
 from .trace import VIEW_OPS, WidthGraph, scale_exp, trace
 from .jsonio import JSONMixin, jsonable
@@ -233,7 +234,12 @@ def analyze(
     else:
         opt = optimizer_class(optimizer or "adam")
     prop = propagate(graph, opt, steps=steps, align=alignment)
-    return _verdict(graph, prop, opt)
+    report = _verdict(graph, prop, opt)
+    if graph.optimizer is None:
+        report.notes.insert(0, f"no optimizer factory: {opt}-like updates with one global learning "
+                               "rate for every parameter" + ("" if optimizer else " (the default; "
+                               "pass optimizer='sgd' or make_optimizer=...)") + ".")
+    return report
 
 
 def _verdict(graph: WidthGraph, prop: Propagation, opt: str) -> Report:
@@ -273,6 +279,15 @@ def _verdict(graph: WidthGraph, prop: Propagation, opt: str) -> Report:
 
     # --- outputs
     out = prop.outputs[0] if prop.outputs else None
+    trainable = [p for p in graph.params.values() if p.trainable]
+    if out and trainable and all(init[n].g == NEG for p in trainable for n in p.nodes):
+        raise TensorprogError(
+            f"no gradient reaches any parameter from the model's output `{out}` (an integer or "
+            "detached output, e.g. argmax): there is no training to analyse. Return the logits "
+            "(or the loss) instead.")
+    if len(prop.outputs) > 1:
+        notes.append(f"the model returns {len(prop.outputs)} tensors; the loss is taken to depend "
+                     f"on the first, `{out}` (the others are not trained against).")
     out_x = init[out].x if out else ZERO
     out_dx = final[out].dx if out else NEG
     if out and out_x > 0:

@@ -97,7 +97,11 @@ def _parse_lr_rule(items):
         if role not in ("input", "hidden", "output", "vector", "scalar") or not exp:
             raise TensorprogError(f"--lr-rule {item!r}: write ROLE=EXPONENT with ROLE in input, "
                                   "hidden, output, vector, scalar (e.g. hidden=-1 for LR ~ 1/width).")
-        out[role] = sp.Rational(exp)
+        try:
+            out[role] = sp.Rational(exp)
+        except (TypeError, ValueError):
+            raise TensorprogError(f"--lr-rule {item!r}: {exp!r} is not a number; write e.g. "
+                                  "hidden=-1 or output=-1/2.") from None
     return out
 
 
@@ -105,17 +109,17 @@ def cmd_analyze(args) -> int:
     from .analyze import analyze
     from .trace import trace
 
+    lr_rule = _parse_lr_rule(args.lr_rule)  # bad input fails before the (slow) trace
     t = load_target(args)
     widths = tuple(args.widths or t.widths)
     graph = trace(t.factory, widths, example_inputs=t.example_inputs,
-                  make_optimizer=None if args.lr_rule else t.make_optimizer,
+                  make_optimizer=None if lr_rule else t.make_optimizer,
                   device=args.device, verbose=True)
     for name, p in graph.params.items():
-        rule = _parse_lr_rule(args.lr_rule).get(p.role.split("+")[0])
+        rule = lr_rule.get(p.role.split("+")[0])
         if rule is not None:
             p.lr_exp = rule
-    opt = args.optimizer if args.optimizer in (None, "sgd", "adam", "adamw") else args.optimizer
-    report = analyze(graph, optimizer=("adam" if opt == "adamw" else opt) if graph.optimizer is None else None,
+    report = analyze(graph, optimizer=args.optimizer if graph.optimizer is None else None,
                      alignment=args.alignment)
     print(report)
     if args.json:
@@ -149,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--lr-rule", nargs="+", metavar="ROLE=EXP",
                    help="learning rate ~ n^EXP per role instead of reading an optimizer")
-    p.add_argument("--alignment", default="tp", help="tp (default) or everett")
+    p.add_argument("--alignment", default="tp", choices=["tp", "everett"],
+                   help="tp (default) or everett")
     p.add_argument("--device", default="cpu", help="cpu, or meta to trace without weights")
     p.set_defaults(func=cmd_analyze)
 

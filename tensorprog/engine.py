@@ -32,8 +32,8 @@ ZERO = sp.Integer(0)
 
 
 def mx(*vals):
-    """Max of exponents (the larger term dominates a sum)."""
-    vals = [v for v in vals if v is not None]
+    """Max of exponents (the larger term dominates a sum); NaN (oo - oo) counts as a blow-up."""
+    vals = [sp.oo if v is sp.nan else v for v in vals if v is not None]
     return max(vals) if vals else NEG
 
 
@@ -433,10 +433,14 @@ rule("tanh", "erf", "sin", "hardtanh", "atan", "softsign", "hardsigmoid_centered
 
 
 def _offset_fwd(op: Op):
-    """sigmoid, cos, softmax: Theta(1) at zero input (softmax over a finite dim), bounded, so
-    their change is at most Theta(1)."""
+    """sigmoid, cos, softmax: Theta(1) at zero input, bounded, so their change is at most
+    Theta(1). Softmax over a dim of n^alpha entries spreads mass 1 over them: n^{-alpha}."""
     z = op.ins[0]
-    return ZERO, min(z.dx, ZERO), _cap_note(z.dx)
+    spread = ZERO
+    if op.op in ("softmax", "_softmax") and op.in_dims and op.in_dims[0]:
+        d = op.in_dims[0][op.arg(1, -1) % len(op.in_dims[0])]
+        spread = -(d or ZERO)
+    return spread, min(z.dx, ZERO) + spread, _cap_note(z.dx)
 
 
 def _cap_note(raw):
@@ -454,13 +458,15 @@ def _softplus_fwd(op: Op):
     return mx(ZERO, z.x), z.dx, {}
 
 
-rule("softplus", "log_softmax", "_log_softmax")(_softplus_fwd, _pass_back)
+rule("softplus", "log_softmax", "_log_softmax", "logsumexp")(_softplus_fwd, _pass_back)
 
 
 def _exp_fwd(op: Op):
+    """exp: Theta(1) for inputs O(1), unbounded (oo: a blow-up) for growing ones."""
     z = op.ins[0]
     x = ZERO if z.x <= 0 else sp.oo
-    return x, x + z.dx, {}
+    dx = NEG if z.dx == NEG else (sp.oo if z.dx > 0 or x == sp.oo else z.dx)
+    return x, dx, {}
 
 
 rule("exp")(_exp_fwd, lambda op, g: [g + (ZERO if op.ins[0].x <= 0 else sp.oo)])
@@ -555,8 +561,28 @@ def _sum_fwd(op: Op):
     return z.x + a, z.dx + a, {}
 
 
-rule("mean", "amax", "amin", "max", "min", "var", "std", "median", "logsumexp", "norm",
-     "linalg_vector_norm")(_mean_fwd, lambda op, g: [g - _reduced_alpha(op)] + [NEG] * (len(op.ins) - 1))
+rule("mean", "std", "median")(_mean_fwd, lambda op, g: [g - _reduced_alpha(op)] + [NEG] * (len(op.ins) - 1))
+# max picks one entry: its gradient lands there whole
+rule("amax", "amin", "max", "min")(_mean_fwd, _pass_back)
+
+
+def _norm2_fwd(op: Op):
+    """||z||_2 over n^alpha entries: z * n^{alpha/2} (a sum of squares, LLN)."""
+    z, a = op.ins[0], _reduced_alpha(op)
+    return z.x + a / 2, z.dx + a / 2, {}
+
+
+rule("norm", "linalg_vector_norm")(
+    _norm2_fwd, lambda op, g: [g - _reduced_alpha(op) / 2] + [NEG] * (len(op.ins) - 1))
+
+
+def _var_fwd(op: Op):
+    """variance: a mean of squares, size 2 z; change z + dz."""
+    z = op.ins[0]
+    return 2 * z.x, z.x + z.dx, {}
+
+
+rule("var")(_var_fwd, lambda op, g: [g + op.ins[0].x - _reduced_alpha(op)] + [NEG] * (len(op.ins) - 1))
 rule("sum", "cumsum", "nansum")(_sum_fwd, _pass_back)
 
 

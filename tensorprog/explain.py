@@ -650,7 +650,8 @@ def add_cli_arguments(parser) -> None:
     m.add_argument("--widths", type=int, nargs="+", help="widths to trace (default 64 128 256)")
     m.add_argument("--inputs", help="name of example_inputs in FILE")
     m.add_argument("--make-optimizer", help="name of make_optimizer(model) in FILE")
-    m.add_argument("--alignment", default="tp", help="tp (default) or everett")
+    m.add_argument("--alignment", default="tp", choices=["tp", "everett"],
+                   help="tp (default) or everett")
     m.add_argument("--device", default="cpu", help="cpu, or meta to trace without weights")
     parser.add_argument("--optimizer",
                         help="theory: any optimizer name (SGD, Adam, AdamW, Lion...; default "

@@ -7,6 +7,7 @@ import json
 import warnings
 
 import pytest
+import sympy as sp
 import torch
 import torch.nn as nn
 
@@ -192,3 +193,56 @@ def test_cli_bad_input(tmp_path, capsys):
     assert "has no 'make'" in capsys.readouterr().err
     assert cli_main(["analyze", "--example", "resnet"]) == 2
     assert cli_main(["analyze", "--example", "mlp", "--lr-rule", "hid=-1"]) == 2
+
+
+def test_cli_rejects_a_non_numeric_lr_rule_before_tracing(capsys):
+    assert cli_main(["analyze", "--example", "mlp", "--lr-rule", "hidden=abc"]) == 2
+    assert "not a number" in capsys.readouterr().err
+
+
+def test_output_without_gradient_is_an_error_not_a_verdict():
+    from tensorprog import TensorprogError
+
+    class Argmax(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.inp, self.out = nn.Linear(8, n), nn.Linear(n, 3)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.inp(x))).argmax(-1)
+
+    with pytest.raises(TensorprogError, match="no gradient reaches any parameter"):
+        analyze(Argmax, (64, 128), example_inputs=(torch.randn(4, 8),))
+
+
+def test_l2_norm_over_the_width_grows_like_sqrt_n():
+    """||h||_2 of a Theta(1)-coordinate vector of n entries is ~ n^{1/2} (a sum of n squares)."""
+
+    class Norm(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.inp, self.hid = nn.Linear(8, n), nn.Linear(n, n)
+
+        def forward(self, x):
+            return torch.linalg.vector_norm(self.hid(torch.relu(self.inp(x))), dim=-1, keepdim=True)
+
+    rep = analyze(Norm, (64, 128, 256), example_inputs=(torch.randn(4, 8),))
+    assert rep.output_init == sp.Rational(1, 2) and not rep.stable
+
+
+def test_softmax_over_the_width_spreads_its_mass():
+    """softmax over n entries of Theta(1) logits: each coordinate is Theta(1/n)."""
+    from tensorprog.engine import propagate
+    from tensorprog.trace import trace
+
+    class Soft(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.inp, self.out = nn.Linear(8, n), nn.Linear(n, 3)
+
+        def forward(self, x):
+            return self.out(torch.softmax(self.inp(x), dim=-1))
+
+    g = trace(Soft, (64, 128, 256), example_inputs=(torch.randn(4, 8),))
+    node = next(n for n in g.order if g.node(n)["op"] == "softmax")
+    assert propagate(g, "adam").steps[0][node].x == -1
