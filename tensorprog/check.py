@@ -127,7 +127,7 @@ import torch.fx
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from .errors import CheckError, TensorprogError
+from .errors import CheckError, TensorprogError, TraceError
 from .jsonio import JSONMixin
 
 __all__ = ["check", "CheckReport", "Record", "Tolerance", "Blowup", "cli_main",
@@ -500,15 +500,13 @@ def default_loss(output, inputs) -> torch.Tensor:
 
 
 def _check_widths(widths) -> list[int]:
+    """trace's width validation, reported as a CheckError."""
+    from .trace import _check_widths as check_trace_widths
+
     try:
-        ws = sorted({int(w) for w in widths})
-    except (TypeError, ValueError):
-        raise CheckError(f"widths must be a sequence of positive integers, got {widths!r}.") from None
-    if len(ws) < 2 or ws[0] <= 0:
-        raise CheckError(
-            f"need at least two distinct positive widths to fit a slope, got {widths!r}. Pass "
-            "e.g. widths=(64, 128, 256, 512); four or more make the fit's error checkable.")
-    return ws
+        return check_trace_widths(widths)
+    except TraceError as e:
+        raise CheckError(str(e)) from None
 
 
 def _device(device) -> torch.device:
