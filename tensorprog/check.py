@@ -447,8 +447,10 @@ def check(
             for kind, pred in kinds:
                 vals = (size if kind == "size" else change)[:, :, t, j]
                 scale = ref[:, :, j] if kind == "change" else None
-                rec = _judge(name, a, kind, t, pred, vals, scale, widths, tolerance, name in focus,
-                             st.uncapped if t > 0 else None)
+                cap = st.uncapped.get("dx") if kind == "change" else max(
+                    [v for k, v in st.uncapped.items() if k == "x" or t > 0] or [None],
+                    key=lambda v: -sp.oo if v is None else v)
+                rec = _judge(name, a, kind, t, pred, vals, scale, widths, tolerance, name in focus, cap)
                 records.append(rec)
     if dtype != torch.float64:
         _roundoff_recheck(records, nodes, graph, factory, widths[0], example_inputs, data_fn,

@@ -90,7 +90,7 @@ class Sizes:
     terms: dict = field(default_factory=dict)  # contraction terms, for per-layer r_l
     logits: tuple | None = None  # (x, dx) of attention logits inside sdpa
     gz: frozenset | None = None  # dims along which the gradient sums to exactly zero
-    uncapped: object = None  # a bounded op's change before its Theta(1) cap (saturation)
+    uncapped: dict = field(default_factory=dict)  # {"x"|"dx": exponent before a saturation cap}
 
 
 @dataclass
@@ -369,7 +369,7 @@ def _norm_fwd(op: Op):
     # the normalised part is O(1) whatever happens to z: its change is capped at Theta(1)
     dx = mx(gx + min(z.dx - z.x, ZERO), gain.dx if gain is not None else NEG,
             shift.dx if shift is not None else NEG)
-    return x, dx, _cap_note(gx + z.dx - z.x)
+    return x, dx, _cap_note(dx=gx + z.dx - z.x)
 
 
 def _norm_params(op):
@@ -426,7 +426,7 @@ RULES["detach"] = (_same, lambda op, g: [NEG] * len(op.ins))
 def _bounded_fwd(op: Op):
     """tanh-like: ~z for small z, saturates at Theta(1); so does its change (|tanh_t - tanh_0| <= 2)."""
     z = op.ins[0]
-    return min(z.x, ZERO), min(z.dx, ZERO), _cap_note(z.dx)
+    return min(z.x, ZERO), min(z.dx, ZERO), _cap_note(x=z.x, dx=z.dx)
 
 
 rule("tanh", "erf", "sin", "hardtanh", "atan", "softsign", "hardsigmoid_centered")(_bounded_fwd, _pass_back)
@@ -440,13 +440,13 @@ def _offset_fwd(op: Op):
     if op.op in ("softmax", "_softmax") and op.in_dims and op.in_dims[0]:
         d = op.in_dims[0][op.arg(1, -1) % len(op.in_dims[0])]
         spread = -(d or ZERO)
-    return spread, min(z.dx, ZERO) + spread, _cap_note(z.dx)
+    return spread, min(z.dx, ZERO) + spread, _cap_note(dx=z.dx + spread)
 
 
-def _cap_note(raw):
-    """Record the change a bounded op would have had: at finite widths it grows until it
-    saturates, so a measurement may see growth up to n^raw before the Theta(1) cap."""
-    return {"uncapped": raw} if raw > 0 else {}
+def _cap_note(**raw):
+    """Record the size (x) or change (dx) a bounded op would have had: at finite widths it grows
+    until it saturates, so a measurement may see growth up to n^raw before the Theta(1) cap."""
+    return {"uncapped": {k: v for k, v in raw.items() if v > 0}}
 
 
 rule("sigmoid", "cos", "softmax", "_softmax", "hardsigmoid", "special_expit")(_offset_fwd, _pass_back)
@@ -733,9 +733,14 @@ def _forward(graph, dW, weight_pos, align, unknown) -> dict[str, Sizes]:
         else:
             x, dx, extra = fwd(op)
         src = _sources(graph, name, a, ins, wp)
+        uncapped = extra.get("uncapped")
+        if uncapped is None:  # ops that pass a size or change through pass its cap through too
+            uncapped = {k: max(s.uncapped[k] for s in ins if k in s.uncapped)
+                        for k in ("x", "dx") if any(k in s.uncapped for s in ins)
+                        and (x if k == "x" else dx) >= max(getattr(s, k) for s in ins if k in s.uncapped)}
         sizes[name] = Sizes(x=x, dx=dx, src=src, terms={k: v for k, v in extra.items()
                                                           if k in ("dW z0", "W0 dz", "dW dz")},
-                            logits=extra.get("logits"), uncapped=extra.get("uncapped"))
+                            logits=extra.get("logits"), uncapped={k: v for k, v in uncapped.items() if v})
     return sizes
 
 

@@ -407,3 +407,24 @@ def test_subset_sampling_matches_exact():
         for kind in ("size", "change"):
             a, b = exact.get(n, kind, 2), sub.get(n, kind, 2)
             assert abs(a.slope - b.slope) < 0.05, (n, kind, a.slope, b.slope)
+
+
+def test_hf_gpt2_predictions_hold_including_saturating_ops():
+    """HF GPT-2 keeps a constant 0.02 init, so its MLP pre-activations grow like n^{1/2}; its
+    tanh-GELU is predicted to saturate (Theta(1)) and, at these widths, is still growing towards
+    it. Nothing the engine predicts may be refuted."""
+    import transformers
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    transformers.logging.set_verbosity_error()
+
+    def make(n):
+        return GPT2LMHeadModel(GPT2Config(n_embd=n, n_layer=2, n_head=4, vocab_size=128,
+                                          n_positions=32, use_cache=False))
+
+    x = (torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0)),)
+    rep = check(make, (64, 128, 256), example_inputs=x, steps=2, seeds=1, progress=False,
+                make_optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3))
+    assert not rep.refuted(), [(r.node, r.kind, r.step, r.slope, r.predicted) for r in rep.refuted()]
+    tanh = rep.get("tanh", "size", 0)
+    assert tanh.status == "confirmed" and tanh.slope > 0.3 and "saturating" in tanh.note
