@@ -717,13 +717,8 @@ def _forward(graph, dW, weight_pos, align, unknown) -> dict[str, Sizes]:
             continue
         if a["kind"] != "call_function":
             continue
-        in_edges = sorted(graph.nx.in_edges(name, data=True), key=lambda e: e[2]["order"])
-        ins = [sizes.get(u, Sizes()) for u, _, _ in in_edges]
-        wp = weight_pos.get(name)
-        op = Op(name=name, attrs=a, ins=ins, in_names=[u for u, _, _ in in_edges],
-                pos=[d["pos"] for _, _, d in in_edges],
-                in_dims=[graph.node(u)["dims"] for u, _, _ in in_edges],
-                weight=wp[0] if wp else None, readout=bool(wp and wp[1]), align=align)
+        op, in_edges = _op_view(graph, sizes, name, weight_pos, align)
+        ins, wp = op.ins, weight_pos.get(name)
         fwd = RULES.get(a["op"], (None, None))[0]
         if fwd is None:
             unknown.setdefault(a["op"], [])
@@ -742,6 +737,17 @@ def _forward(graph, dW, weight_pos, align, unknown) -> dict[str, Sizes]:
                                                           if k in ("dW z0", "W0 dz", "dW dz")},
                             logits=extra.get("logits"), uncapped={k: v for k, v in uncapped.items() if v})
     return sizes
+
+
+def _op_view(graph, sizes, name, weight_pos, align):
+    """(the ``Op`` a rule sees for node ``name``, its input edges in argument order)."""
+    in_edges = sorted(graph.nx.in_edges(name, data=True), key=lambda e: e[2]["order"])
+    wp = weight_pos.get(name)
+    op = Op(name=name, attrs=graph.node(name), ins=[sizes.get(u, Sizes()) for u, _, _ in in_edges],
+            in_names=[u for u, _, _ in in_edges], pos=[d["pos"] for _, _, d in in_edges],
+            in_dims=[graph.node(u)["dims"] for u, _, _ in in_edges],
+            weight=wp[0] if wp else None, readout=bool(wp and wp[1]), align=align)
+    return op, in_edges
 
 
 def _placeholder(graph, a, name, dW):
@@ -776,13 +782,7 @@ def _backward(graph, sizes, out_name, weight_pos, align):
         g = sizes[name].g
         if g == NEG:
             continue
-        in_edges = sorted(graph.nx.in_edges(name, data=True), key=lambda e: e[2]["order"])
-        ins = [sizes.get(u, Sizes()) for u, _, _ in in_edges]
-        wp = weight_pos.get(name)
-        op = Op(name=name, attrs=a, ins=ins, in_names=[u for u, _, _ in in_edges],
-                pos=[d["pos"] for _, _, d in in_edges],
-                in_dims=[graph.node(u)["dims"] for u, _, _ in in_edges],
-                weight=wp[0] if wp else None, readout=bool(wp and wp[1]), align=align)
+        op, in_edges = _op_view(graph, sizes, name, weight_pos, align)
         bwd = RULES.get(a["op"], (None, _all_back))[1]
         grads = bwd(op, g)
         z_out = sizes[name].gz or frozenset()
