@@ -110,10 +110,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import itertools
 import math
-import os
 import re
 import sys
 import time
@@ -526,10 +524,10 @@ def _device(device) -> torch.device:
 
 
 def _say(progress):
-    def say(msg):
-        if progress:
-            print(f"[tensorprog check] {msg}", file=sys.stderr, flush=True)
-    return say
+    """Progress lines on stderr, as trace prints them."""
+    from .trace import _progress
+
+    return _progress(progress)
 
 
 def _default_optimizer(kind):
@@ -1453,22 +1451,15 @@ def _int_list(s: str) -> list[int]:
 
 
 def _load_target(target: str):
+    """(module, factory) for FILE.py:factory, with the CLI's own file loader."""
+    from .cli import _load_file
+
     if ":" not in target:
         raise CheckError(f"target must be FILE.py:factory, got {target!r}.")
     path, name = target.rsplit(":", 1)
-    if not os.path.exists(path):
-        raise CheckError(f"no such file: {path}")
-    spec = importlib.util.spec_from_file_location("_tensorprog_check_target", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-    try:
-        spec.loader.exec_module(mod)
-    except Exception as e:
-        raise CheckError(f"importing {path} raised {type(e).__name__}: {e}") from e
-    finally:
-        sys.path.pop(0)
+    mod = _load_file(path)
     if not hasattr(mod, name):
-        raise CheckError(f"{path} defines no {name!r}.")
+        raise CheckError(f"{path} defines no {name!r} (the factory width -> model).")
     return mod, getattr(mod, name)
 
 
