@@ -32,7 +32,7 @@ warnings.filterwarnings("ignore")
 
 import torch
 
-from tensorprog.check import check
+from tensorprog.measure.check import check
 from tensorprog.zoo import example
 
 

@@ -33,8 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tensorprog.check import check
-from tensorprog.trace import trace
+from tensorprog.measure.check import check
+from tensorprog.graph.trace import trace
 
 
 def main(argv=None):

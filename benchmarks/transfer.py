@@ -64,7 +64,7 @@ class AppliedMuP:
 
     def _get(self):
         if self._built is None:
-            from tensorprog.mup import apply_mup
+            from tensorprog.transform.mup import apply_mup
 
             self._built = apply_mup(self.sp_factory, self.base_width,
                                     example_inputs=self.example_inputs,
@@ -80,7 +80,7 @@ class AppliedMuP:
 
 def apply_mup_available() -> tuple[bool, str]:
     try:
-        from tensorprog.mup import apply_mup  # noqa: F401
+        from tensorprog.transform.mup import apply_mup  # noqa: F401
     except Exception as e:  # noqa: BLE001 -- any failure means: use the zoo's muP
         return False, f"{type(e).__name__}: {e}"
     return True, ""

@@ -4,10 +4,10 @@ model factory -> ``trace`` (width-annotated ATen graph) -> ``analyze`` (exponent
 verdict) -> ``check`` (measured at growing widths) -> report.
 """
 from .errors import CheckError, TensorprogError, TraceError
-from .trace import ParamInfo, ParamUse, WidthGraph, trace
-from .analyze import Report, analyze
-from .rules import Rules, rules
-from .mup import apply_mup
+from .graph.trace import ParamInfo, ParamUse, WidthGraph, trace
+from .predict.analyze import Report, analyze
+from .transform.rules import Rules, rules
+from .transform.mup import apply_mup
 
 __version__ = "0.1.0"
 __all__ = ["trace", "analyze", "Report", "rules", "Rules", "apply_mup", "WidthGraph", "ParamInfo",

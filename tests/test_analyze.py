@@ -11,7 +11,7 @@ import sympy as sp
 import torch
 import torch.nn as nn
 
-from tensorprog.analyze import analyze
+from tensorprog.predict.analyze import analyze
 from tensorprog.cli import main as cli_main
 from tensorprog.zoo import example
 
@@ -232,8 +232,8 @@ def test_l2_norm_over_the_width_grows_like_sqrt_n():
 
 def test_softmax_over_the_width_spreads_its_mass():
     """softmax over n entries of Theta(1) logits: each coordinate is Theta(1/n)."""
-    from tensorprog.engine import propagate
-    from tensorprog.trace import trace
+    from tensorprog.predict.engine import propagate
+    from tensorprog.graph.trace import trace
 
     class Soft(nn.Module):
         def __init__(self, n):

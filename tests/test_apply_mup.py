@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from tensorprog import analyze
 from tensorprog.errors import TensorprogError
-from tensorprog.mup import MupState, apply_mup
+from tensorprog.transform.mup import MupState, apply_mup
 from tensorprog.zoo import example
 
 warnings.filterwarnings("ignore")

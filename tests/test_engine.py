@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tensorprog import theory
-from tensorprog.analyze import analyze
-from tensorprog.engine import RULES, propagate
-from tensorprog.trace import trace
+from tensorprog.predict.analyze import analyze
+from tensorprog.predict.engine import RULES, propagate
+from tensorprog.graph.trace import trace
 from tensorprog.zoo import ABCMLP, abc_optimizer
 
 WIDTHS = (64, 128, 256)

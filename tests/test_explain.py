@@ -8,11 +8,11 @@ import pytest
 import sympy as sp
 import torch
 
-from tensorprog.analyze import analyze
+from tensorprog.predict.analyze import analyze
 from tensorprog.cli import main
 from tensorprog.errors import TensorprogError
-from tensorprog.explain import explain_abc, explain_parameter, explain_preset, find_parameter
-from tensorprog.theory import preset
+from tensorprog.text.explain import explain_abc, explain_parameter, explain_preset, find_parameter
+from tensorprog.theory.abc import preset
 from tensorprog.zoo import example
 
 VERDICT = re.compile(r"=> ([a-z ]+?)\s+\(r = (\S+)\)")

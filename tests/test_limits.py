@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tensorprog.limits import (
+from tensorprog.theory.limits import (
     NONLINEARITIES,
     Convergence,
     convergence,

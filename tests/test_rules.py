@@ -27,10 +27,10 @@ import torch.nn as nn
 
 from tensorprog import analyze
 from tensorprog.errors import TensorprogError
-from tensorprog.layers import example_inputs as layer_inputs
-from tensorprog.layers import model as layer_model
-from tensorprog.mup import apply_mup
-from tensorprog.rules import (CONVENTIONS, FAN_IN, FAN_OUT, WIDTH_MULT, add_cli_arguments, cli_main,
+from tensorprog.zoo.layers import example_inputs as layer_inputs
+from tensorprog.zoo.layers import model as layer_model
+from tensorprog.transform.mup import apply_mup
+from tensorprog.transform.rules import (CONVENTIONS, FAN_IN, FAN_OUT, WIDTH_MULT, add_cli_arguments, cli_main,
                               convention_table, rules)
 from tensorprog.zoo import example
 

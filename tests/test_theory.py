@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tensorprog.errors import TensorprogError
-from tensorprog.theory import (
+from tensorprog.theory.abc import (
     ABC, OPTIMIZER_CLASSES, Condition, TheoryError, max_stable_lr_exponent, optimizer_class,
     preset, uniform,
 )

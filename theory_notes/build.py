@@ -174,7 +174,7 @@ def _yes(x) -> str:
 @generator("presets")
 def gen_presets(ns, optimizer: str = "sgd") -> str:
     """The named parametrizations of the sheet's table, computed by theory.preset + ABC."""
-    from tensorprog.theory import preset
+    from tensorprog.theory.abc import preset
 
     rows = []
     cases = [("SP, LR Theta(1)", "SP", None), ("SP, LR 1/n", "SP", 1), ("NTK", "NTK", None),
@@ -198,7 +198,7 @@ def gen_uniform(ns, optimizer: str = "sgd", L: str = "2") -> str:
     """UP_r (TP4 App G) for r between 0 (muP) and 1/2 (NTK)."""
     import sympy as sp
 
-    from tensorprog.theory import preset, uniform
+    from tensorprog.theory.abc import preset, uniform
 
     rows = []
     for k in range(5):
@@ -214,7 +214,7 @@ def gen_uniform(ns, optimizer: str = "sgd", L: str = "2") -> str:
 @generator("max-lr")
 def gen_max_lr(ns, L: str = "2") -> str:
     """Largest stable learning rate n^{-c*} for the a, b of each preset (TP4 / TP4b)."""
-    from tensorprog.theory import max_stable_lr_exponent, preset
+    from tensorprog.theory.abc import max_stable_lr_exponent, preset
 
     rows = []
     for opt in ("sgd", "adam"):
@@ -231,7 +231,7 @@ def gen_max_lr(ns, L: str = "2") -> str:
 
 @generator("optimizer-classes")
 def gen_optimizer_classes(ns) -> str:
-    from tensorprog.theory import OPTIMIZER_CLASSES
+    from tensorprog.theory.abc import OPTIMIZER_CLASSES
 
     by = {}
     for name, cls in OPTIMIZER_CLASSES.items():
@@ -247,8 +247,8 @@ def gen_rules(ns) -> str:
     """analyze.expected for every role, class and optimizer class, at the usual fan exponents."""
     import sympy as sp
 
-    from tensorprog.analyze import expected
-    from tensorprog.explain import rule_text, update_text
+    from tensorprog.predict.analyze import expected
+    from tensorprog.text.explain import rule_text, update_text
 
     one, zero = sp.Integer(1), sp.Integer(0)
     fans = {"input": (zero, one), "hidden": (one, one), "output": (one, zero),

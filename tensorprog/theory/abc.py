@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import sympy as sp
 from sympy.logic.boolalg import BooleanAtom
 
-from .errors import TensorprogError
+from ..errors import TensorprogError
 
 __all__ = [
     "ABC", "Condition", "TheoryError", "OPTIMIZER_CLASSES", "optimizer_class", "preset",

@@ -20,11 +20,11 @@ from typing import Any, Callable, Sequence
 
 import sympy as sp
 
-from .engine import NEG, ZERO, Propagation, propagate
-from .errors import TensorprogError
-from .exponents import fmt
-from .trace import VIEW_OPS, WidthGraph, scale_exp, trace
-from .jsonio import JSONMixin, jsonable
+from ..predict.engine import NEG, ZERO, Propagation, propagate
+from ..errors import TensorprogError
+from ..exponents import fmt
+from ..graph.trace import VIEW_OPS, WidthGraph, scale_exp, trace
+from ..jsonio import JSONMixin, jsonable
 
 CLASSES = ("muP", "SP", "NTK")
 INF = sp.oo
@@ -221,7 +221,7 @@ def analyze(
     alignment: "tp" (Tensor Programs, default) or "everett" (Everett et al. 2024's full
     alignment: W_0 dz is CLT-like for the readout too).
     """
-    from .theory import optimizer_class
+    from ..theory.abc import optimizer_class
 
     graph = factory if isinstance(factory, WidthGraph) else trace(
         factory, widths, example_inputs=example_inputs, make_optimizer=make_optimizer,
@@ -345,7 +345,7 @@ def _U(p, u, opt):
 def _chain_end(graph, node):
     """Follow single-user views, scalar multiplications and bias adds: where the layer's output
     lands (``(x W^T) * c + b`` and ``(x W^T + b) * c`` both end after the last op)."""
-    from .trace import _is_param_view
+    from ..graph.trace import _is_param_view
 
     while True:
         outs = list(graph.nx.successors(node))

@@ -37,8 +37,8 @@ from typing import Any, Sequence
 
 import sympy as sp
 
-from .errors import TensorprogError
-from .exponents import fmt
+from ..errors import TensorprogError
+from ..exponents import fmt
 
 __all__ = ["explain_abc", "explain_preset", "explain_parameter", "find_parameter", "rule_text",
            "add_cli_arguments", "cli_main", "update_text"]
@@ -151,7 +151,7 @@ def _layer_kind(l: int, L: int) -> str:
 
 def _symbolic(p):
     """The same parametrization with SymPy symbols for a, b, c (c per layer if p's c is)."""
-    from .theory import ABC
+    from ..theory.abc import ABC
 
     n = p.L + 1
     a = sp.symbols(f"a_1:{n + 1}")
@@ -161,7 +161,7 @@ def _symbolic(p):
 
 
 def _named_equivalent(p) -> list[str]:
-    from .theory import TheoryError, preset
+    from ..theory.abc import TheoryError, preset
 
     out = []
     for name in ("SP", "NTK", "muP", "MF"):
@@ -178,7 +178,7 @@ def _named_equivalent(p) -> list[str]:
 
 def explain_abc(p, *, label: str | None = None, markdown: bool = False) -> str:
     """The derivation of a ``theory.ABC``'s verdict, step by step."""
-    from .theory import TheoryError, max_stable_lr_exponent
+    from ..theory.abc import TheoryError, max_stable_lr_exponent
 
     d = _Doc(markdown)
     sgd = p.optimizer == "sgd"
@@ -339,7 +339,7 @@ def explain_preset(name: str | None = None, L: int | None = None, optimizer: Any
     ``lr_exponent``: learning rate ~ n^{lr_exponent}, i.e. c = -lr_exponent (one value or one
     per layer). ``c``: TP4's c directly. Bad input raises ``TensorprogError``.
     """
-    from .theory import ABC, preset
+    from ..theory.abc import ABC, preset
 
     def listify(x):
         if x is None:
@@ -408,7 +408,7 @@ def find_parameter(report, name: str) -> list[str]:
 def _c0(report) -> dict:
     """The global LR exponent SP and NTK are matched with: the value of U - offset that the
     most parameter entries agree on (as analyze's classifier does); muP fixes it at 0."""
-    from .analyze import expected
+    from ..predict.analyze import expected
 
     votes: dict[str, dict] = {"SP": {}, "NTK": {}}
     for pv in report.params.values():
@@ -472,7 +472,7 @@ def _dims_text(p, dims) -> str:
 def explain_parameter(report, name: str, *, label: str | None = None,
                       markdown: bool = False) -> str:
     """Why ``report`` gives parameter ``name`` its role, classes and fix."""
-    from .analyze import _init_ok, expected
+    from ..predict.analyze import _init_ok, expected
 
     hits = find_parameter(report, name)
     name = hits[0]
@@ -689,9 +689,9 @@ def cli_main(args) -> int:
                               "on the same model for the list of parameters)")
     if target is not None and ":" not in target:
         raise TensorprogError(f"{target!r} is neither 'mlp' nor FILE.py:factory")
-    from .analyze import analyze
-    from .cli import load_target
-    from .trace import trace
+    from ..predict.analyze import analyze
+    from ..cli import load_target
+    from ..graph.trace import trace
 
     t = load_target(args)
     widths = tuple(args.widths or t.widths)
@@ -705,6 +705,6 @@ def cli_main(args) -> int:
 
 
 def main(argv=None) -> int:  # pragma: no cover - convenience: python -m tensorprog.explain
-    from .cli import main as cli
+    from ..cli import main as cli
 
     return cli(["explain", *(sys.argv[1:] if argv is None else argv)])

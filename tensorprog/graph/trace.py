@@ -32,9 +32,9 @@ import sympy as sp
 import torch
 import torch.nn as nn
 
-from .errors import TraceError
-from .exponents import exact_exponent, noisy_exponent
-from .jsonio import JSONMixin, jsonable
+from ..errors import TraceError
+from ..exponents import exact_exponent, noisy_exponent
+from ..jsonio import JSONMixin, jsonable
 
 # ----------------------------------------------------------------------------- records
 
@@ -492,7 +492,7 @@ def _user_frame(e, model) -> str:
             tb = tb.tb_next
     for f in frames:
         fn = f.f_code.co_filename
-        if "/torch/" in fn or "/site-packages/torch" in fn or "tensorprog/trace.py" in fn:
+        if "/torch/" in fn or "/site-packages/torch" in fn or "/tensorprog/graph/" in fn:
             continue
         code = f.f_code
         first = code.co_varnames[0] if code.co_argcount else None

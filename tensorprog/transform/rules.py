@@ -65,9 +65,9 @@ from typing import Any, Callable, Sequence
 
 import sympy as sp
 
-from .errors import TensorprogError
-from .trace import VIEW_OPS, WidthGraph, scale_exp, trace
-from .jsonio import JSONMixin
+from ..errors import TensorprogError
+from ..graph.trace import VIEW_OPS, WidthGraph, scale_exp, trace
+from ..jsonio import JSONMixin
 
 __all__ = ["rules", "Rules", "ParamRule", "UseRule", "HookRule", "OpRule", "CONVENTIONS", "KINDS",
            "FAN_IN", "FAN_OUT", "WIDTH_MULT", "convention_table", "add_cli_arguments", "cli_main"]
@@ -342,7 +342,7 @@ def rules(
     ``WidthGraph``) in ``convention`` for ``optimizer`` ("sgd", "adam" or an optimizer class /
     name: AdamW, RMSprop... are Adam-like). ``base_width`` (default: the smallest width) is where
     every relative factor is 1."""
-    from .theory import optimizer_class
+    from ..theory.abc import optimizer_class
 
     _check_convention(convention)
     opt = optimizer_class(optimizer)
@@ -734,7 +734,7 @@ def _x(expr) -> str:
 
 
 def _format(r: Rules) -> str:
-    from .analyze import _fold
+    from ..predict.analyze import _fold
 
     lines = [
         f"muP rules for {r.label}: convention {r.convention} ({_CONVENTION_NAMES[r.convention]}), "
@@ -906,7 +906,7 @@ def _pytorch(r: Rules) -> str:
 def add_cli_arguments(parser) -> None:
     """Arguments of ``tensorprog rules``: FILE.py:factory or --example NAME, --optimizer,
     --convention, --base-width, --json, --pytorch."""
-    from .cli import _common
+    from ..cli import _common
 
     _common(parser)
     parser.add_argument("--convention", default="table3", choices=CONVENTIONS,
@@ -921,7 +921,7 @@ def cli_main(args) -> int:
     """``tensorprog rules``: print the table; --json / --pytorch write the other forms."""
     import sys
 
-    from .cli import load_target
+    from ..cli import load_target
 
     t = load_target(args)
     optimizer = args.optimizer or "adam"

@@ -125,8 +125,8 @@ import torch.fx
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from .errors import CheckError, TensorprogError, TraceError
-from .jsonio import JSONMixin
+from ..errors import CheckError, TensorprogError, TraceError
+from ..jsonio import JSONMixin
 
 __all__ = ["check", "CheckReport", "Record", "Tolerance", "Blowup", "cli_main",
            "add_cli_arguments", "default_loss"]
@@ -346,8 +346,8 @@ def check(
     thresholds. sample: tensors with more entries are measured on a fixed random subset of
     this many (None: every entry; see the module docstring). Returns a ``CheckReport``.
     """
-    from .engine import propagate
-    from .trace import trace, WidthGraph
+    from ..predict.engine import propagate
+    from ..graph.trace import trace, WidthGraph
 
     t_start = time.perf_counter()
     widths = _check_widths(widths)
@@ -359,7 +359,7 @@ def check(
         raise CheckError("factory must be a callable width -> nn.Module (e.g. `lambda n: "
                          "MyModel(hidden=n)`), not a model instance.")
     if optimizer is not None and optimizer not in ("sgd", "adam"):
-        from .theory import optimizer_class
+        from ..theory.abc import optimizer_class
         optimizer = optimizer_class(optimizer)
     tolerance = tolerance or Tolerance()
     if sample is not None and (not isinstance(sample, int) or sample < 1):
@@ -378,7 +378,7 @@ def check(
     if graph is None:
         tw = sorted(set(int(w) for w in trace_widths)) if trace_widths else widths[:3]
         say(f"tracing at widths {tw} for the predictions")
-        from .errors import TraceError
+        from ..errors import TraceError
         try:
             graph = trace(factory, tw, example_inputs=example_inputs, make_optimizer=make_optimizer)
         except TraceError as e:
@@ -386,7 +386,7 @@ def check(
     elif not isinstance(graph, WidthGraph):
         raise CheckError(f"graph must be a WidthGraph from tensorprog.trace, got {type(graph).__name__}.")
     if optimizer is None:
-        from .theory import optimizer_class
+        from ..theory.abc import optimizer_class
         optimizer = optimizer_class(graph.optimizer) if graph.optimizer else "adam"
     prop = propagate(graph, optimizer, steps=steps, align=alignment)
     t_predict = time.perf_counter() - t0
@@ -501,7 +501,7 @@ def default_loss(output, inputs) -> torch.Tensor:
 
 def _check_widths(widths) -> list[int]:
     """trace's width validation, reported as a CheckError."""
-    from .trace import _check_widths as check_trace_widths
+    from ..graph.trace import _check_widths as check_trace_widths
 
     try:
         return check_trace_widths(widths)
@@ -525,7 +525,7 @@ def _device(device) -> torch.device:
 
 def _say(progress):
     """Progress lines on stderr, as trace prints them."""
-    from .trace import _progress
+    from ..graph.trace import _progress
 
     return _progress(progress)
 
@@ -587,8 +587,8 @@ def _split(batch):
 def _batches(data_fn, example_inputs, model, w, dev, dtype, count) -> list:
     """``count`` batches (tuples or keyword dicts, on the device); the same object every step
     for a fixed batch. What the loss receives as ``inputs``."""
-    from .trace import _inputs
-    from .errors import TraceError
+    from ..graph.trace import _inputs
+    from ..errors import TraceError
 
     try:
         args, kwargs = _inputs(example_inputs, model, w, "cpu")
@@ -690,8 +690,8 @@ def _free(dev):
 
 def _program_for(graph, factory, w, example_inputs, dev, dtype, say):
     """(exported program at width w for the device, the seed-0 model it was exported from)."""
-    from .trace import _export, _inputs
-    from .errors import TraceError
+    from ..graph.trace import _export, _inputs
+    from ..errors import TraceError
 
     model = _build(factory, w, dev, dtype, 0)
     ep = graph.programs.get(w)
@@ -733,7 +733,7 @@ def _ref_nodes(graph):
 
 def _measured_nodes(graph):
     """(measured node names in order, skipped {name: why}, focus set)."""
-    from .trace import VIEW_OPS, scale_exp
+    from ..graph.trace import VIEW_OPS, scale_exp
 
     has_param = set()
     floats = _float_nodes(graph)
@@ -1452,7 +1452,7 @@ def _int_list(s: str) -> list[int]:
 
 def _load_target(target: str):
     """(module, factory) for FILE.py:factory, with the CLI's own file loader."""
-    from .cli import _load_file
+    from ..cli import _load_file
 
     if ":" not in target:
         raise CheckError(f"target must be FILE.py:factory, got {target!r}.")
@@ -1467,7 +1467,7 @@ def cli_main(args: argparse.Namespace) -> int:
     """Run ``tensorprog check``; returns the exit code (0 unless a prediction is refuted: 1)."""
     kw: dict[str, Any] = {}
     if args.example:
-        from .zoo import example
+        from ..zoo import example
         ex = example(args.example, param=args.param, optimizer=args.optimizer or "adam", lr=args.lr)
         factory = ex.factory
         kw.update(example_inputs=ex.example_inputs, make_optimizer=ex.make_optimizer, loss=ex.loss)

@@ -121,7 +121,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import TensorprogError
+from ..errors import TensorprogError
 
 __all__ = [
     "TransferError", "Sweep", "sweep", "plot_sweeps", "drift_of",
@@ -167,7 +167,7 @@ def default_forward(model: nn.Module, batch):
 def default_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """The zoo's per-role Adam (``zoo.make_optimizer(model, "adam", lr)``) for zoo models, plain
     ``torch.optim.Adam(model.parameters(), lr)`` for anything else."""
-    from . import zoo
+    from .. import zoo
 
     if isinstance(model, zoo.ZooModel):
         return zoo.make_optimizer(model, "adam", lr)
@@ -175,7 +175,7 @@ def default_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 def _zoo_make_optimizer(model: nn.Module, lr: float, *, kind: str, **kwargs) -> torch.optim.Optimizer:
-    from . import zoo
+    from .. import zoo
 
     return zoo.make_optimizer(model, kind, lr, **kwargs)
 
@@ -183,7 +183,7 @@ def _zoo_make_optimizer(model: nn.Module, lr: float, *, kind: str, **kwargs) -> 
 def zoo_optimizer(kind: str = "adam", **kwargs) -> Callable[[nn.Module, float], torch.optim.Optimizer]:
     """A picklable ``make_optimizer(model, lr)`` for zoo models: ``zoo.make_optimizer(model, kind,
     lr, **kwargs)``, i.e. per-role learning-rate groups (lr * lr_scale) for muP, one group for SP."""
-    from . import zoo
+    from .. import zoo
 
     if kind not in zoo.OPTIMIZERS:
         raise TransferError(f"unknown optimizer {kind!r}; choose one of: {', '.join(zoo.OPTIMIZERS)}")

@@ -50,8 +50,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import TensorprogError
-from .rules import Rules, rules as derive_rules
+from ..errors import TensorprogError
+from ..transform.rules import Rules, rules as derive_rules
 
 __all__ = ["apply_mup", "MupState"]
 
@@ -176,7 +176,7 @@ def apply_mup(
     torch.nn.functional).
     Returns ``model_factory(width) -> nn.Module`` and ``optimizer_factory(model) -> Optimizer``.
     """
-    from .theory import optimizer_class
+    from ..theory.abc import optimizer_class
 
     if weight_decay_scaling not in ("mup", "constant"):
         raise TensorprogError(f"weight_decay_scaling must be 'mup' or 'constant', got {weight_decay_scaling!r}.")
@@ -303,7 +303,7 @@ class _Plan:
         return optimizer_cls(list(groups.values()), lr=lr, **kwargs)
 
     def check(self, model_factory, example_inputs, width):
-        from .trace import _inputs
+        from ..graph.trace import _inputs
 
         model = model_factory(width)
         args, kwargs = _inputs(example_inputs, model, width, "cpu")

@@ -24,7 +24,7 @@ from typing import Callable
 
 import sympy as sp
 
-from .trace import VIEW_OPS, WidthGraph
+from ..graph.trace import VIEW_OPS, WidthGraph
 
 NEG = -sp.oo  # the exponent of an exactly-zero quantity
 HALF = sp.Rational(1, 2)
@@ -373,7 +373,7 @@ def _norm_fwd(op: Op):
 
 
 def _norm_params(op):
-    from .trace import NORM_PARAM_POS
+    from ..graph.trace import NORM_PARAM_POS
     positions = NORM_PARAM_POS.get(op.op, ())
     gain = op.input_at(str(positions[0])) if positions else None
     shift = op.input_at(str(positions[1])) if len(positions) > 1 else None
@@ -811,7 +811,7 @@ ZERO_SUM = {
 def _zero_sum_input(graph, op: Op, i, u, z_out):
     """Dims of input ``u`` along which its gradient sums to zero, given the output's; None when
     the input is broadcast along such a dim through a linear op (its gradient is exactly 0)."""
-    from .trace import _follow
+    from ..graph.trace import _follow
 
     declared = ZERO_SUM.get(op.op, {}).get(i)
     if declared is not None:

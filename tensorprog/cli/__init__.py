@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import TensorprogError
+from ..errors import TensorprogError
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Target:
 def load_target(args) -> Target:
     """A zoo example (--example) or a FILE.py:factory spec."""
     if getattr(args, "example", None):
-        from .zoo import example
+        from ..zoo import example
 
         try:
             ex = example(args.example, param=args.param, optimizer=args.optimizer or "adam")
@@ -106,8 +106,8 @@ def _parse_lr_rule(items):
 
 
 def cmd_analyze(args) -> int:
-    from .analyze import analyze
-    from .trace import trace
+    from ..predict.analyze import analyze
+    from ..graph.trace import trace
 
     lr_rule = _parse_lr_rule(args.lr_rule)  # bad input fails before the (slow) trace
     t = load_target(args)
@@ -129,7 +129,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_trace(args) -> int:
-    from .trace import trace
+    from ..graph.trace import trace
 
     t = load_target(args)
     graph = trace(t.factory, tuple(args.widths or t.widths), example_inputs=t.example_inputs,
@@ -164,21 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_trace)
 
-    from .explain import add_cli_arguments as explain_arguments, cli_main as explain_main
+    from ..text.explain import add_cli_arguments as explain_arguments, cli_main as explain_main
 
     p = sub.add_parser("explain", help="derive a verdict step by step: the MLP theory "
                                        "(explain mlp --preset muP) or one parameter of a model")
     explain_arguments(p)
     p.set_defaults(func=explain_main)
 
-    from .rules import add_cli_arguments as rules_arguments, cli_main as rules_main
+    from ..transform.rules import add_cli_arguments as rules_arguments, cli_main as rules_main
 
     p = sub.add_parser("rules", help="derive the muP init, multiplier and LR of every parameter")
     rules_arguments(p)
     p.set_defaults(func=rules_main)
 
     try:
-        from .check import add_cli_arguments, cli_main
+        from ..measure.check import add_cli_arguments, cli_main
     except ImportError:
         pass
     else:
