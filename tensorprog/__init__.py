@@ -4,7 +4,8 @@ model factory -> ``trace`` (width-annotated ATen graph) -> ``analyze`` (exponent
 verdict) -> ``check`` (measured at growing widths) -> report.
 """
 from .errors import CheckError, TensorprogError, TraceError
-from .graph.trace import ParamInfo, ParamUse, WidthGraph, trace
+from .graph.trace import trace
+from .graph.widthgraph import ParamInfo, ParamUse, WidthGraph
 from .predict.analyze import Report, analyze
 from .transform.rules import Rules, rules
 from .transform.mup import apply_mup

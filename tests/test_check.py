@@ -15,7 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tensorprog.predict import engine
+import dataclasses
+
+from tensorprog.ops import SPECS
 from tensorprog.measure.check import CheckReport, check, default_loss
 from tensorprog.errors import CheckError
 from tensorprog.zoo import example
@@ -148,12 +150,13 @@ def test_parameters_with_exactly_zero_gradient():
 
 
 def test_wrong_engine_rule_is_refuted(monkeypatch):
-    fwd, bwd = engine.RULES["tanh"]
+    spec = SPECS["tanh"]
+    fwd = spec.forward
 
     def wrong(op):
         x, dx, extra = fwd(op)
         return x + sp.Rational(1, 2), dx + sp.Rational(1, 2), extra
-    monkeypatch.setitem(engine.RULES, "tanh", (wrong, bwd))
+    monkeypatch.setitem(SPECS, "tanh", dataclasses.replace(spec, forward=wrong))
     rep = run_zoo("mlp", "mup", "adam", widths=(64, 128, 256), steps=1)
     assert rep.verdict == "refuted"
     bad = {(r.node, r.kind, r.step) for r in rep.refuted()}
@@ -167,24 +170,26 @@ def test_wrong_engine_rule_is_refuted(monkeypatch):
 def test_wrong_zero_prediction_is_refuted(monkeypatch):
     """A predicted exact zero that is not one (tanh outputs do change) stays refuted after the
     float64 re-measurement: a real change does not shrink with the precision."""
-    fwd, bwd = engine.RULES["tanh"]
+    spec = SPECS["tanh"]
+    fwd = spec.forward
 
     def frozen(op):
         x, dx, extra = fwd(op)
         return x, -sp.oo, extra
-    monkeypatch.setitem(engine.RULES, "tanh", (frozen, bwd))
+    monkeypatch.setitem(SPECS, "tanh", dataclasses.replace(spec, forward=frozen))
     rep = run_zoo("mlp", "mup", "adam", widths=(64, 128, 256), steps=1, seeds=1)
     r = rep.get("tanh_1", "change", 1)
     assert r.predicted == -sp.oo and r.status == "refuted" and "not roundoff" in r.note
 
 
 def test_wrong_linear_rule_is_refuted(monkeypatch):
-    fwd, bwd = engine.RULES["linear"]
+    spec = SPECS["linear"]
+    fwd = spec.forward
 
     def wrong(op):
         x, dx, extra = fwd(op)
         return x + sp.Rational(1, 2), dx, extra
-    monkeypatch.setitem(engine.RULES, "linear", (wrong, bwd))
+    monkeypatch.setitem(SPECS, "linear", dataclasses.replace(spec, forward=wrong))
     rep = run_zoo("mlp", "mup", "sgd", widths=(64, 128, 256), steps=1, seeds=1)
     assert ("linear_1", "size", 0) in {(r.node, r.kind, r.step) for r in rep.refuted()}
 

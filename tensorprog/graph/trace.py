@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import warnings
-from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import networkx as nx
 import sympy as sp
@@ -34,191 +34,9 @@ import torch.nn as nn
 
 from ..errors import TraceError
 from ..exponents import exact_exponent, noisy_exponent
-from ..jsonio import JSONMixin, jsonable
-
-# ----------------------------------------------------------------------------- records
-
-
-@dataclass
-class ParamUse:
-    """One place where the graph consumes a parameter."""
-
-    node: str  # the consuming op node
-    op: str  # its short op name, e.g. "linear"
-    kind: str  # "matrix" (contracted), "vector" (elementwise / norm gain / bias), "unknown"
-    fan_in: tuple[int, ...]  # parameter dims that the op contracts
-    fan_out: tuple[int, ...]  # parameter dims that index the op's output
-    role: str  # input / hidden / output / vector / scalar / unknown
-    mult_exp: Any  # width exponent of the scalar multipliers on this use (TP4's -a)
-
-
-@dataclass
-class ParamInfo:
-    """Everything tensorprog knows about one parameter (a tied parameter appears once)."""
-
-    name: str
-    node: str  # its placeholder node in the graph
-    shapes: dict[int, tuple[int, ...]]
-    dims: tuple  # width exponent of each dim
-    trainable: bool
-    uses: list[ParamUse] = field(default_factory=list)
-    aliases: list[str] = field(default_factory=list)  # other names of a tied parameter
-    nodes: list[str] = field(default_factory=list)  # all placeholders (one per alias in export)
-    init_rms: dict[int, float] = field(default_factory=dict)
-    init_mean: dict[int, float] = field(default_factory=dict)
-    init_exp: Any = None  # RMS ~ n^init_exp (= -b); "zero" when zero-initialised
-    init_fit: float | None = None  # the raw least-squares slope behind init_exp
-    lr: dict[int, float] = field(default_factory=dict)
-    lr_exp: Any = None  # learning rate ~ n^lr_exp (= -c); None without an optimizer
-    weight_decay: dict[int, float] = field(default_factory=dict)
-    wd_exp: Any = None
-
-    @property
-    def primary(self) -> ParamUse | None:
-        return self.uses[0] if self.uses else None
-
-    @property
-    def role(self) -> str:
-        roles = list(dict.fromkeys(u.role for u in self.uses))
-        return "+".join(roles) if roles else "unused"
-
-    @property
-    def fan_in(self) -> tuple[int, ...]:
-        return self.primary.fan_in if self.primary else ()
-
-    @property
-    def fan_out(self) -> tuple[int, ...]:
-        return self.primary.fan_out if self.primary else ()
-
-    def dims_exp(self, dims: Sequence[int]):
-        """Width exponent of the product of ``dims`` (fan_in or fan_out); None if unknown."""
-        vals = [self.dims[d] for d in dims]
-        return None if any(v is None for v in vals) else sp.Add(*vals, evaluate=True) + 0
-
-    @property
-    def fan_in_exp(self):
-        return self.dims_exp(self.fan_in)
-
-    @property
-    def fan_out_exp(self):
-        return self.dims_exp(self.fan_out)
-
-    @property
-    def mult_exp(self):
-        return self.primary.mult_exp if self.primary else sp.Integer(0)
-
-
-@dataclass
-class WidthGraph(JSONMixin):
-    """The traced program, annotated with width exponents.
-
-    ``nx`` is a networkx MultiDiGraph: one node per ATen node (attributes: ``kind``, ``op``,
-    ``target``, ``module``, ``shapes``, ``dims``, ``scalars``, ``param``/``buffer``/``input``),
-    one edge per tensor argument (attribute ``pos``: the argument position).
-    """
-
-    nx: nx.MultiDiGraph
-    params: dict[str, ParamInfo]
-    widths: tuple[int, ...]
-    order: list[str]
-    programs: dict[int, Any] = field(default_factory=dict, repr=False)
-    optimizer: str | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    def node(self, name: str) -> dict:
-        return self.nx.nodes[name]
-
-    def inputs(self, name: str) -> list[str]:
-        """Tensor inputs of a node, in argument order."""
-        edges = sorted(self.nx.in_edges(name, data=True), key=lambda e: e[2]["order"])
-        return [u for u, _, _ in edges]
-
-    def unknown_power_laws(self) -> list[str]:
-        return [n for n in self.order if any(d is None for d in (self.node(n)["dims"] or ()))]
-
-    # ---------------------------------------------------------------- export
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able data: exponents as strings ("1/2"), None as null."""
-        def node_dict(name):
-            a = self.node(name)
-            return {
-                "name": name, "kind": a["kind"], "op": a["op"], "target": a["target"],
-                "module": a["module"], "shapes": {str(w): s for w, s in a["shapes"].items()},
-                "dims": jsonable(a["dims"]), "scalars": jsonable(a["scalars"]),
-                "param": a.get("param"), "buffer": a.get("buffer"), "input": a.get("input"),
-                "inputs": self.inputs(name), "args": jsonable(a["args"]),
-            }
-
-        def param_dict(p: ParamInfo):
-            return {
-                "name": p.name, "node": p.node, "shape": p.shapes[self.widths[-1]],
-                "dims": jsonable(p.dims), "role": p.role, "trainable": p.trainable,
-                "fan_in": list(p.fan_in), "fan_out": list(p.fan_out),
-                "fan_in_exp": jsonable(p.fan_in_exp), "fan_out_exp": jsonable(p.fan_out_exp),
-                "init_exp": jsonable(p.init_exp), "init_fit": p.init_fit,
-                "init_rms": {str(w): v for w, v in p.init_rms.items()},
-                "mult_exp": jsonable(p.mult_exp), "lr_exp": jsonable(p.lr_exp),
-                "lr": {str(w): v for w, v in p.lr.items()}, "wd_exp": jsonable(p.wd_exp),
-                "uses": [{"node": u.node, "op": u.op, "kind": u.kind, "role": u.role,
-                          "fan_in": list(u.fan_in), "fan_out": list(u.fan_out),
-                          "mult_exp": jsonable(u.mult_exp)} for u in p.uses],
-            }
-
-        return {
-            "widths": list(self.widths), "optimizer": self.optimizer, "warnings": self.warnings,
-            "nodes": [node_dict(n) for n in self.order],
-            "params": {k: param_dict(p) for k, p in self.params.items()},
-        }
-
-    def to_dot(self, path: str | None = None) -> str:
-        """Graphviz DOT: nodes labelled with op and dim exponents; parameters as boxes."""
-        lines = ["digraph tensorprog {", "  rankdir=TB; node [fontsize=10];"]
-        for n in self.order:
-            a = self.node(n)
-            dims = "[" + ", ".join("?" if d is None else str(d) for d in (a["dims"] or ())) + "]"
-            label = f"{a.get('param') or n}\\n{a['op']} {dims}"
-            shape = "box" if a.get("param") else "ellipse"
-            lines.append(f'  "{n}" [label="{label}", shape={shape}];')
-        for u, v, d in self.nx.edges(data=True):
-            lines.append(f'  "{u}" -> "{v}" [label="{d["pos"]}"];')
-        lines.append("}")
-        text = "\n".join(lines)
-        if path:
-            with open(path, "w") as f:
-                f.write(text)
-        return text
-
-
-
-
-# ----------------------------------------------------------------------------- op vocabulary
-
-
-def short_op(target) -> str:
-    """'aten.linear.default' -> 'linear'; builtins keep their name ('getitem')."""
-    name = getattr(target, "__name__", None) if not isinstance(target, str) else target
-    s = str(target)
-    if s.startswith("aten.") or s.startswith("torch.ops.aten."):
-        return s.replace("torch.ops.", "").split(".")[1]
-    return name or s
-
-
-#: Ops that only move, copy or re-view their first argument.
-VIEW_OPS = {
-    "t", "transpose", "permute", "view", "reshape", "_unsafe_view", "expand", "unsqueeze",
-    "squeeze", "flatten", "slice", "to", "_to_copy", "clone", "contiguous", "alias", "detach",
-    "type_as", "lift_fresh_copy", "numpy_T", "_assert_tensor_metadata", "dropout",
-}
-#: Elementwise arithmetic whose scalar arguments are candidate multipliers.
-SCALAR_ARITH = {"mul", "div", "add", "sub", "rsub", "true_divide", "pow"}
-#: Ops whose weight/bias arguments are elementwise (vector-like) uses.
-NORM_PARAM_POS = {"layer_norm": (2, 3), "group_norm": (2, 3), "rms_norm": (2,),
-                  "batch_norm": (1, 2), "native_batch_norm": (1, 2), "instance_norm": (1, 2),
-                  "_native_batch_norm_legit_no_training": (1, 2)}
-ELEMENTWISE = {"mul", "add", "sub", "div", "addcmul", "addcdiv", "where", "maximum", "minimum",
-               "rsub", "true_divide"}
-
+from ..ops import lookup
+from .uses import attach_uses
+from .widthgraph import ParamInfo, WidthGraph, short_op
 
 # ----------------------------------------------------------------------------- tracing
 
@@ -299,7 +117,7 @@ def trace(
     if make_optimizer is not None:
         say("reading learning rates from the optimizer")
         _read_optimizer(graph, models, make_optimizer)
-    _attach_uses(graph)
+    attach_uses(graph)
     for p in graph.params.values():  # the parameter record on its placeholder nodes, too
         for node in p.nodes:
             graph.nx.nodes[node].update(
@@ -536,6 +354,16 @@ def _module_path(node) -> str:
     return path.replace("L['self'].", "").replace("L__self___", "")
 
 
+def _source_line(node) -> str:
+    """'file.py:42' of the user code that emitted the node (from export's stack trace)."""
+    lines = [ln.strip() for ln in (node.meta.get("stack_trace") or "").splitlines()
+             if ln.strip().startswith("File ")]
+    if not lines:
+        return ""
+    m = re.match(r'File "([^"]+)", line (\d+)', lines[-1])
+    return f"{m.group(1).rsplit('/', 1)[-1]}:{m.group(2)}" if m else ""
+
+
 def _val_shape(node):
     v = node.meta.get("val")
     if isinstance(v, torch.Tensor):
@@ -579,7 +407,9 @@ def _annotate(programs, models, aligned, widths):
             elif name in user_inputs:
                 attrs["input"] = user_inputs.index(name)
         elif n0.op == "call_function":
-            attrs["scalars"] = _scalars(attrs["op"], nodes, widths)
+            attrs["tags"] = tuple(t.name for t in getattr(n0.target, "tags", ()))
+            attrs["source"] = _source_line(n0)
+            attrs["scalars"] = _scalars(attrs, nodes, widths)
         g.add_node(name, **attrs)
         order.append(name)
         for k, inp in enumerate(_tensor_inputs(n0)):
@@ -658,7 +488,7 @@ def _dim_exponents(widths, shapes):
                  else sp.Integer(0) for d in range(len(s0)))
 
 
-def _scalars(op, nodes, widths):
+def _scalars(attrs, nodes, widths):
     """Numeric arguments of an op that are multipliers or change with width.
 
     Returns {position: {"values": [...], "exp": Rational | None}}. For arithmetic ops every
@@ -674,8 +504,9 @@ def _scalars(op, nodes, widths):
         vals = [n.args[pos] if isinstance(pos, int) else n.kwargs[pos] for n in nodes]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
             continue
-        arith = op in SCALAR_ARITH
-        sdpa_scale = op == "scaled_dot_product_attention" and pos in (6, "scale")
+        spec = lookup(attrs)
+        arith = spec is not None and (spec.multiplier or "*" in spec.numeric_args)
+        sdpa_scale = spec is not None and "scale" in spec.numeric_args and pos in (6, "scale")
         changes = len(set(vals)) > 1
         if arith or sdpa_scale or (changes and isinstance(vals[0], float)):
             exp = sp.Integer(0) if not changes else exact_exponent(widths, vals)
@@ -717,283 +548,6 @@ def _check_width_matters(graph: WidthGraph):
         f"no tensor in the model changes size between widths {list(graph.widths)}: the factory "
         "ignores its width argument. Make factory(n) build the model with hidden size n (and "
         "check that the argument is passed through to the layers).")
-
-
-# ----------------------------------------------------------------------------- parameter uses
-
-
-def scale_exp(graph: WidthGraph, name: str):
-    """Exponent of the scalar factor a node applies (x * c, x / c, x * buffer), else None.
-
-    The node must be a mul/div with one full tensor operand and one scalar (a Python number,
-    a one-element buffer or constant).
-    """
-    a = graph.node(name)
-    if a["op"] not in ("mul", "div", "true_divide"):
-        return None
-    ins = graph.inputs(name)
-    scalar_nodes = [u for u in ins if _is_scalar_node(graph, u)]
-    exps = []
-    for pos, s in a["scalars"].items():
-        exps.append(s["exp"])
-    if len(ins) == 2 and len(scalar_nodes) == 1:
-        exps.append(graph.node(scalar_nodes[0])["scalars"].get("value", {}).get("exp"))
-    elif len(ins) != 1 or not a["scalars"]:
-        return None
-    if any(e is None for e in exps):
-        return None
-    e = sp.Add(*exps) + 0
-    return -e if a["op"] != "mul" else e
-
-
-def _is_scalar_node(graph, name):
-    a = graph.node(name)
-    return bool(a.get("buffer")) and "value" in a["scalars"]
-
-
-def _reshape_map(old, new):
-    """For each old dim, the set of new dims holding its elements (sizes matched by products)."""
-    m = [set() for _ in old]
-    i = j = 0
-    while i < len(old) and j < len(new):
-        go, gn, po, pn = [i], [j], old[i], new[j]
-        while po != pn:
-            if po < pn and i + 1 < len(old):
-                i += 1
-                go.append(i)
-                po *= old[i]
-            elif j + 1 < len(new):
-                j += 1
-                gn.append(j)
-                pn *= new[j]
-            else:
-                break
-        for o in go:
-            m[o] = {d for d in gn if new[d] != 1} if old[o] != 1 else set()
-        i += 1
-        j += 1
-    return m
-
-
-def _follow(graph, name, user):
-    """How ``user`` (a view-like op) maps the dims of its input ``name``: list of sets, or None."""
-    a, u = graph.node(name), graph.node(user)
-    op = u["op"]
-    w = graph.widths[-1]
-    old, new = a["shapes"][w], u["shapes"][w]
-    if old is None or new is None:
-        return None
-    args = u["args"]
-    ident = [{d} for d in range(len(old))]
-    if op in ("t", "numpy_T"):
-        return [{1}, {0}] if len(old) == 2 else ident
-    if op == "transpose":
-        d0, d1 = (x % len(old) for x in args[1:3])
-        m = list(range(len(old)))
-        m[d0], m[d1] = d1, d0
-        return [{x} for x in m]
-    if op == "permute":
-        perm = [x % len(old) for x in args[1]]
-        return [{perm.index(d)} for d in range(len(old))]
-    if op == "expand":
-        off = len(new) - len(old)
-        return [{d + off} for d in range(len(old))]
-    if len(old) == len(new) and (op not in ("view", "reshape", "_unsafe_view") or old == new):
-        return ident
-    return _reshape_map(list(old), list(new))
-
-
-def _consumer(graph, user, pos, ndim):
-    """(kind, fan_in dims, fan_out dims) of a tensor consumed at argument ``pos`` of ``user``."""
-    op = graph.node(user)["op"]
-    allv = set(range(ndim))
-    if op == "linear":
-        return ("matrix", {1}, {0}) if pos == "1" else ("vector", set(), allv)
-    if op == "addmm":
-        if pos == "2":
-            return "matrix", {0}, {1}
-        if pos == "1":
-            return "matrix", {1}, {0}
-        return "vector", set(), allv
-    if op in ("mm", "bmm", "matmul"):
-        if ndim == 1:
-            return "matrix", {0}, set()
-        if pos == "1":
-            return "matrix", {ndim - 2}, {ndim - 1}
-        if pos == "0":
-            return "matrix", {ndim - 1}, {ndim - 2}
-    if op in ("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d",
-              "conv_transpose2d", "conv_transpose3d"):
-        if pos == "1":
-            transposed = op.startswith("conv_transpose") or (
-                op == "convolution" and _arg(graph, user, 6) is True)
-            if transposed:
-                return "matrix", {0} | set(range(2, ndim)), {1}
-            return "matrix", set(range(1, ndim)), {0}
-        return "vector", set(), allv
-    if op == "embedding" and pos == "0":
-        return "matrix", {0}, {1}
-    if op == "bilinear":  # y_k = sum_ij W_kij x1_i x2_j + b_k: W contracts (in1, in2)
-        return ("matrix", {1, 2}, {0}) if pos == "2" else ("vector", set(), allv)
-    if op in NORM_PARAM_POS:
-        return "vector", set(), allv
-    if op in ELEMENTWISE:
-        return "vector", set(), allv
-    return "unknown", set(), set()
-
-
-def _arg(graph, name, i):
-    args = graph.node(name)["args"]
-    return args[i] if i < len(args) else None
-
-
-def _role(kind, dims, fan_in, fan_out):
-    inf = (lambda ds: any(dims[d] is None or dims[d] > 0 for d in ds))
-    if not inf(range(len(dims))):  # no infinite dim: scalar-like whatever consumes it (TP5 §B)
-        return "scalar"
-    if kind == "vector":
-        return "vector" if inf(range(len(dims))) else "scalar"
-    if kind != "matrix":
-        return "unknown"
-    i, o = inf(fan_in), inf(fan_out)
-    return {(True, True): "hidden", (False, True): "input", (True, False): "output",
-            (False, False): "scalar"}[(i, o)]
-
-
-def _attach_uses(graph: WidthGraph):
-    """Walk from every parameter through view-like and scaling ops to the ops that consume it."""
-    owners = _param_modules(graph)
-    for p in graph.params.values():
-        ndim = len(p.dims)
-        stack = [(node, [{d} for d in range(ndim)], sp.Integer(0)) for node in p.nodes]
-        seen = set()
-        while stack:
-            name, dmap, mult = stack.pop()
-            for _, user, data in sorted(graph.nx.out_edges(name, data=True), key=lambda e: e[1]):
-                if (name, user, data["pos"]) in seen:
-                    continue
-                seen.add((name, user, data["pos"]))
-                op = graph.node(user)["op"]
-                s = scale_exp(graph, user)
-                if op in VIEW_OPS or s is not None:
-                    step = [{d} for d in range(len(graph.node(name)["shapes"][graph.widths[-1]] or ()))]
-                    if op in VIEW_OPS:
-                        step = _follow(graph, name, user) or step
-                    new_map = [set().union(*(step[d] for d in ds if d < len(step))) if ds else set()
-                               for ds in dmap]
-                    stack.append((user, new_map, mult + (s or 0)))
-                    continue
-                cur_ndim = len(graph.node(name)["shapes"][graph.widths[-1]] or ())
-                kind, cin, cout = _consumer(graph, user, data["pos"], cur_ndim)
-                fan_in = tuple(d for d in range(ndim) if dmap[d] & cin)
-                fan_out = tuple(d for d in range(ndim) if dmap[d] & cout)
-                if kind == "vector":
-                    fan_in, fan_out = (), tuple(d for d in range(ndim) if dmap[d])
-                total = mult + _io_multiplier(graph, user, data["pos"], kind, owners)
-                p.uses.append(ParamUse(node=user, op=op, kind=kind, fan_in=fan_in, fan_out=fan_out,
-                                       role=_role(kind, p.dims, fan_in, fan_out),
-                                       mult_exp=sp.nsimplify(total)))
-        p.uses.sort(key=lambda u: graph.order.index(u.node))
-
-
-def _param_modules(graph) -> set:
-    """Module paths (top level excluded) of the ops that consume a parameter, through views."""
-    mods = set()
-    for p in graph.params.values():
-        stack, seen = list(p.nodes), set()
-        while stack:
-            n = stack.pop()
-            for s in graph.nx.successors(n):
-                if s in seen:
-                    continue
-                seen.add(s)
-                if graph.node(s)["op"] in VIEW_OPS:
-                    stack.append(s)
-                else:
-                    mods.add(graph.node(s)["module"])
-    mods.discard("")
-    return mods
-
-
-def _is_param_view(graph, name) -> bool:
-    cur = name
-    for _ in range(16):
-        a = graph.node(cur)
-        if a.get("param"):
-            return True
-        if a["kind"] != "call_function" or a["op"] not in VIEW_OPS:
-            return False
-        ins = graph.inputs(cur)
-        if not ins:
-            return False
-        cur = ins[0]
-    return False
-
-
-def _io_multiplier(graph, user, pos, kind, owners=frozenset()):
-    """Scalar factors on the op's data operand (matrix uses) and on its output chain.
-
-    ``linear(x * c, W)`` and ``linear(x, W) * c`` both give W the multiplier c (TP4's n^{-a});
-    only chains that feed nothing else count, so a shared activation is never charged twice.
-    The output chain passes through a bias add (``(x W^T + b) * c`` gives W the multiplier c).
-    A factor applied inside (or by a hook of) another module that consumes parameters belongs
-    to that module's parameters (``owners``): in ``fc(ln(x) * c)`` with the ``* c`` run by
-    ``ln``'s forward hook, c is ln's multiplier, not fc's.
-    """
-    total = sp.Integer(0)
-    here = graph.node(user)["module"]
-
-    def foreign(n):
-        m = graph.node(n)["module"]
-        return m != here and m in owners
-
-    if kind == "matrix":
-        data_pos = {"linear": "0", "addmm": "1", "embedding": None, "bilinear": "0"}.get(graph.node(user)["op"])
-        if data_pos is None and graph.node(user)["op"] in ("mm", "bmm", "matmul"):
-            data_pos = "0" if pos == "1" else "1"
-        if data_pos is None and graph.node(user)["op"].startswith("conv"):
-            data_pos = "0"
-        src = _input_at(graph, user, data_pos) if data_pos else None
-        while src is not None:
-            s = scale_exp(graph, src)
-            if graph.nx.out_degree(src) != 1 or (s is None and graph.node(src)["op"] not in VIEW_OPS):
-                break
-            if s is not None and foreign(src):
-                break
-            total += s or 0
-            src = _first_tensor_input(graph, src)
-    node = user
-    while True:
-        outs = list(graph.nx.successors(node))
-        if len(outs) != 1 or graph.nx.number_of_edges(node, outs[0]) != 1:
-            break
-        nxt = outs[0]
-        s = scale_exp(graph, nxt)
-        if s is None and graph.node(nxt)["op"] in ("add", "sub"):
-            others = [u for u in graph.inputs(nxt) if u != node]
-            if len(others) == 1 and _is_param_view(graph, others[0]):
-                node = nxt  # a bias added to the op's output: the chain goes on
-                continue
-            break
-        if s is None and graph.node(nxt)["op"] not in VIEW_OPS:
-            break
-        if s is not None and foreign(nxt):
-            break
-        total += s or 0
-        node = nxt
-    return total
-
-
-def _input_at(graph, name, pos):
-    for u, _, d in graph.nx.in_edges(name, data=True):
-        if d["pos"] == pos:
-            return u
-    return None
-
-
-def _first_tensor_input(graph, name):
-    ins = [u for u in graph.inputs(name) if not _is_scalar_node(graph, u)]
-    return ins[0] if ins else None
 
 
 # ----------------------------------------------------------------------------- init and optimizer

@@ -133,10 +133,6 @@ __all__ = ["check", "CheckReport", "Record", "Tolerance", "Blowup", "cli_main",
 
 NEG = -sp.oo
 
-#: Ops whose outputs are features (the focus list), as in the engine's matrix rules.
-FEATURE_OPS = {"linear", "addmm", "mm", "bmm", "matmul", "conv1d", "conv2d", "conv3d",
-               "convolution", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-               "embedding", "scaled_dot_product_attention"}
 
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}
 
@@ -733,7 +729,8 @@ def _ref_nodes(graph):
 
 def _measured_nodes(graph):
     """(measured node names in order, skipped {name: why}, focus set)."""
-    from ..graph.trace import VIEW_OPS, scale_exp
+    from ..graph.uses import is_view, scale_exp
+    from ..ops import lookup
 
     has_param = set()
     floats = _float_nodes(graph)
@@ -760,7 +757,8 @@ def _measured_nodes(graph):
         nodes.append(n)
     focus = set()
     for n in nodes:
-        if graph.node(n)["op"] in FEATURE_OPS:
+        spec = lookup(graph.node(n))  # features: the outputs of contractions and attention
+        if spec is not None and (spec.new_source or spec.attention):
             focus.add(n)
             cur, end = n, None
             while True:  # the end of its scalar-multiplier chain (NTK's x * fan_in^-1/2)
@@ -769,7 +767,7 @@ def _measured_nodes(graph):
                     break
                 nxt = outs[0]
                 s = scale_exp(graph, nxt)
-                if graph.node(nxt)["op"] not in VIEW_OPS and s is None:
+                if not is_view(graph, nxt) and s is None:
                     break
                 if s is not None:
                     end = nxt

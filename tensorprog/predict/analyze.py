@@ -20,10 +20,13 @@ from typing import Any, Callable, Sequence
 
 import sympy as sp
 
-from ..predict.engine import NEG, ZERO, Propagation, propagate
+from .engine import NEG, ZERO, Propagation, matrix_weight_positions, propagate
 from ..errors import TensorprogError
 from ..exponents import fmt
-from ..graph.trace import VIEW_OPS, WidthGraph, scale_exp, trace
+from ..graph.trace import trace
+from ..graph.uses import (activation_contractions, chain_end, feeds_softmax, operand_scale,
+                          output_scale)
+from ..graph.widthgraph import WidthGraph
 from ..jsonio import JSONMixin, jsonable
 
 CLASSES = ("muP", "SP", "NTK")
@@ -159,6 +162,7 @@ class Report(JSONMixin):
     notes: list[str]
     graph: WidthGraph = field(repr=False)
     propagation: Propagation = field(repr=False)
+    undetermined: list[dict] = field(default_factory=list)
 
     def not_mup(self) -> list[ParamVerdict]:
         return [p for p in self.params.values() if p.trainable and "muP" not in p.classes]
@@ -187,7 +191,7 @@ class Report(JSONMixin):
             "constants": j(self.constants),
             "problems": [{"node": p.node, "module": p.module, "what": p.what, "when": p.when,
                           "exponent": j(p.exponent)} for p in self.problems],
-            "unknown_ops": self.unknown_ops, "notes": self.notes,
+            "unknown_ops": self.unknown_ops, "undetermined": self.undetermined, "notes": self.notes,
             "warnings": self.graph.warnings,
         }
 
@@ -258,7 +262,7 @@ def _verdict(graph: WidthGraph, prop: Propagation, opt: str) -> Report:
             uv = UseVerdict(node=u.node, op=u.op, role=u.role, fan_in_exp=p.dims_exp(u.fan_in),
                             fan_out_exp=p.dims_exp(u.fan_out), mult_exp=u.mult_exp, A=A, U=U)
             if u.kind == "matrix" and u.role in ("input", "hidden"):
-                feat = _chain_end(graph, u.node)
+                feat = chain_end(graph, u.node)
                 # r_l as TP4 Def 3.2 defines it: the second step, the first whose update sees
                 # the readout's own change in the backward pass (later steps of an unstable
                 # model only compound).
@@ -280,6 +284,11 @@ def _verdict(graph: WidthGraph, prop: Propagation, opt: str) -> Report:
     # --- outputs
     out = prop.outputs[0] if prop.outputs else None
     trainable = [p for p in graph.params.values() if p.trainable]
+    if not trainable:
+        raise TensorprogError(
+            "the model has no trainable parameters: there is no training to analyse and no "
+            "parametrization to name. Check requires_grad (a frozen model) or that the factory "
+            "registers its weights as nn.Parameter.")
     if out and trainable and all(init[n].g == NEG for p in trainable for n in p.nodes):
         raise TensorprogError(
             f"no gradient reaches any parameter from the model's output `{out}` (an integer or "
@@ -314,16 +323,29 @@ def _verdict(graph: WidthGraph, prop: Propagation, opt: str) -> Report:
               else "kernel" if kernel else "trivial")
     maximal = bool(r_layers) and all(x == 0 for x in r_layers)
 
-    # --- classes
+    # --- classes, checked against the dynamics
     name = _classify(graph, params, attention, opt, notes)
-    if prop.unknown:
-        notes.append("ops without a rule (treated as elementwise with a Theta(1) Jacobian): "
-                     + ", ".join(f"{k} ({len(v)}x)" for k, v in prop.unknown.items()))
+    name = _consistent(name, stable, nontrivial, feature_learning, kernel, problems, notes)
+    blocking = prop.blocking(out) if out else []
+    undetermined = [vars(u) for u in prop.undetermined.values()]
+    if blocking:
+        name, regime = "undetermined", "undetermined"
+        stable = nontrivial = feature_learning = kernel = maximal = None
+        notes.insert(0, "undetermined: the engine cannot size "
+                     + "; ".join(str(u) for u in blocking[:5])
+                     + ("" if len(blocking) <= 5 else f"; and {len(blocking) - 5} more")
+                     + ". Its size feeds the output, so no verdict is given. Add the op to the op "
+                     "table (tensorprog/ops/, one file per op family) or write the model with ops "
+                     "the table knows.")
+    elif prop.undetermined:
+        notes.append("ops the engine could not size, none of which reaches the output: "
+                     + "; ".join(str(u) for u in prop.undetermined.values()))
     return Report(parametrization=name, stable=stable, stable_init=stable_init,
                   nontrivial=nontrivial, feature_learning=feature_learning, kernel_regime=kernel,
                   regime=regime, r=r, every_layer_maximal=maximal, optimizer=opt, params=params,
                   attention=attention, constants=constants, problems=problems,
                   output_init=out_x, output_change=out_dx, unknown_ops=dict(prop.unknown),
+                  undetermined=undetermined,
                   notes=notes, graph=graph, propagation=prop)
 
 
@@ -340,27 +362,6 @@ def _U(p, u, opt):
     c = -(p.lr_exp if p.lr_exp is not None else ZERO)
     a = -u.mult_exp
     return (2 * a + c) if opt == "sgd" else (a + c)
-
-
-def _chain_end(graph, node):
-    """Follow single-user views, scalar multiplications and bias adds: where the layer's output
-    lands (``(x W^T) * c + b`` and ``(x W^T + b) * c`` both end after the last op)."""
-    from ..graph.trace import _is_param_view
-
-    while True:
-        outs = list(graph.nx.successors(node))
-        if len(outs) != 1 or graph.nx.number_of_edges(node, outs[0]) != 1:
-            return node
-        nxt = outs[0]
-        if graph.node(nxt)["op"] in ("add", "sub"):
-            others = [u for u in graph.inputs(nxt) if u != node]
-            if len(others) == 1 and _is_param_view(graph, others[0]):
-                node = nxt
-                continue
-            return node
-        if graph.node(nxt)["op"] not in VIEW_OPS and scale_exp(graph, nxt) is None:
-            return node
-        node = nxt
 
 
 def _first_growth(prop, node, get=lambda s: s.dx):
@@ -388,20 +389,31 @@ def _check_feature(graph, prop, feat, layer, p, problems):
 
 
 def _attention(graph, prop, problems):
+    """Every attention: sdpa, and contractions of two activations over a width-sized dim that
+    feed a softmax (hand-written q @ k^T). The scale is the op's own and any factor folded into
+    q or k (or, by hand, onto the logits), judged against TP5 Def 4.1's 1/d."""
     out = []
-    for n in graph.order:
-        s = prop.steps[0].get(n)
-        if s is None or s.logits is None:
-            continue
-        lx, _ = s.logits
-        d = (graph.node(graph.inputs(n)[0])["dims"] or (ZERO,))[-1] or ZERO
-        sc = graph.node(n)["scalars"].get("scale", {}).get("exp")
-        if sc is None:
-            sc = -d / 2
+    found = [(n, None) for n in graph.order if graph.node(n)["op"] == "scaled_dot_product_attention"
+             and prop.steps[0].get(n) is not None and prop.steps[0][n].logits is not None]
+    found += [(n, d) for n, d in activation_contractions(graph, matrix_weight_positions(graph))
+              if feeds_softmax(graph, n)]
+    for n, d in sorted(found, key=lambda x: graph.order.index(x[0])):
+        if d is None:  # sdpa
+            d = (graph.node(graph.inputs(n)[0])["dims"] or (ZERO,))[-1] or ZERO
+            own = graph.node(n)["scalars"].get("scale", {}).get("exp")
+            sc = (-d / 2 if own is None else own) + operand_scale(graph, n)
+            logits = lambda s, n=n: s[n].logits  # noqa: E731
+        else:
+            post, end = output_scale(graph, n)
+            sc = operand_scale(graph, n) + post
+            logits = lambda s, end=end: (s[end].x, s[end].dx)  # noqa: E731
+        sc = sp.nsimplify(sc)
         kind = ("fixed d_head" if d == 0 else "1/d" if sc == -d else "1/sqrt(d)" if sc == -d / 2
                 else f"n^{sc}")
-        grown = _first_growth(prop, n, lambda s: max(s.logits))
-        trained = grown[1] if grown else max(prop.final[n].logits)
+        lx = logits(prop.steps[0])[0]
+        grown = next(((t, max(logits(st))) for t, st in enumerate(prop.steps[1:], start=1)
+                      if max(logits(st)) > 0), None)
+        trained = grown[1] if grown else max(logits(prop.final))
         mod = graph.node(n)["module"]
         out.append(AttentionVerdict(n, mod, d, sc, kind, lx, trained))
         if lx > 0:
@@ -483,6 +495,24 @@ def _classify(graph, params, attention, opt, notes) -> str:
     if names[0] in ("SP", "NTK") and c0[names[0]] != 0:
         notes.append(f"{names[0]} with a global learning rate ~ n^{-c0[names[0]]}.")
     return names[0]
+
+
+def _consistent(name, stable, nontrivial, feature_learning, kernel, problems, notes) -> str:
+    """The class named from the abc exponents must agree with the engine's own dynamics (TP4
+    Thms 3.3-3.8): muP (whose LR exponents are fixed) is stable, nontrivial and feature learning;
+    NTK (whose global LR is free, so it may be unstable) never learns features. Where they
+    disagree the model is "mixed", and the report says why."""
+    if name == "NTK" and feature_learning:  # NTK's free global LR may make it unstable, never FL
+        why = "feature learning (r = 0)"
+    elif name == "muP" and not feature_learning:
+        why = ("unstable: " + "; ".join(f"{p.module or p.node} {p.what} {p.when}" for p in problems[:3])
+               if not stable else "trivial (the output does not move)" if not nontrivial
+               else "not feature learning (r > 0)")
+    else:
+        return name
+    notes.append(f"every parameter follows {name}'s abc rules, but the engine's dynamics are {why}; "
+                 "the model is named mixed.")
+    return "mixed"
 
 
 def _use_matches(cls, u, opt, c0) -> bool:

@@ -66,7 +66,9 @@ from typing import Any, Callable, Sequence
 import sympy as sp
 
 from ..errors import TensorprogError
-from ..graph.trace import VIEW_OPS, WidthGraph, scale_exp, trace
+from ..graph.trace import trace
+from ..graph.uses import is_view, scale_exp
+from ..graph.widthgraph import WidthGraph
 from ..jsonio import JSONMixin
 
 __all__ = ["rules", "Rules", "ParamRule", "UseRule", "HookRule", "OpRule", "CONVENTIONS", "KINDS",
@@ -529,7 +531,7 @@ def _module_structure(graph: WidthGraph, path: str):
             return False
         cur = cands[0]
         while cur in inside:
-            if graph.node(cur)["op"] not in VIEW_OPS:
+            if not is_view(graph, cur):
                 return False
             ins = graph.inputs(cur)
             cur = ins[0] if ins else None
@@ -557,7 +559,7 @@ def _module_structure(graph: WidthGraph, path: str):
                     if not _reaches_param(graph, u):
                         walk(u, seen)
             return
-        if a["op"] in VIEW_OPS or scale_exp(graph, n) is not None:
+        if is_view(graph, n) or scale_exp(graph, n) is not None:
             ins = [u for u in graph.inputs(n) if not graph.node(u).get("buffer")]
             if ins:
                 walk(ins[0], seen)
@@ -578,7 +580,7 @@ def _reaches_param(graph, node) -> bool:
     while cur is not None and hops < 16:
         if graph.node(cur).get("param") is not None:
             return True
-        if graph.node(cur)["kind"] != "call_function" or graph.node(cur)["op"] not in VIEW_OPS:
+        if graph.node(cur)["kind"] != "call_function" or not is_view(graph, cur):
             return False
         ins = graph.inputs(cur)
         cur, hops = (ins[0] if ins else None), hops + 1
@@ -660,7 +662,7 @@ def _contraction_scale(graph, n):
     for src in graph.inputs(n):
         while src is not None and graph.nx.out_degree(src) == 1 and graph.node(src)["module"] == module:
             s = scale_exp(graph, src)
-            if s is None and graph.node(src)["op"] not in VIEW_OPS:
+            if s is None and not is_view(graph, src):
                 break
             total += s or 0
             ins = [u for u in graph.inputs(src) if not graph.node(u).get("buffer")]
@@ -671,7 +673,7 @@ def _contraction_scale(graph, n):
         if len(outs) != 1:
             break
         s = scale_exp(graph, outs[0])
-        if s is None and graph.node(outs[0])["op"] not in VIEW_OPS:
+        if s is None and not is_view(graph, outs[0]):
             break
         total += s or 0
         node = outs[0]

@@ -1,0 +1,152 @@
+"""Ops that move, copy, view, slice or index a tensor, and ops that make constants.
+
+Sizes pass through them unchanged. Views also say how they map dims (so a parameter's fan-in and
+fan-out dims can be followed through ``W.t()`` or ``W.view(...)``), and slicing ops say along
+which dim they cut: disjoint slices of a fresh projection's output dim are independent at init
+(q, k, v from one packed projection), while slices along a batch or sequence dim are not.
+"""
+from __future__ import annotations
+
+from .core import NEG, ZERO, Op, OpSpec, no_back, pass_back, same, vector_use
+from .registry import register
+
+
+def reshape_map(old, new):
+    """For each old dim, the set of new dims holding its elements (sizes matched by products)."""
+    m = [set() for _ in old]
+    i = j = 0
+    while i < len(old) and j < len(new):
+        go, gn, po, pn = [i], [j], old[i], new[j]
+        while po != pn:
+            if po < pn and i + 1 < len(old):
+                i += 1
+                go.append(i)
+                po *= old[i]
+            elif j + 1 < len(new):
+                j += 1
+                gn.append(j)
+                pn *= new[j]
+            else:
+                break
+        for o in go:
+            m[o] = {d for d in gn if new[d] != 1} if old[o] != 1 else set()
+        i += 1
+        j += 1
+    return m
+
+
+def _ident(args, old, new):
+    if len(old) == len(new):
+        return [{d} for d in range(len(old))]
+    return reshape_map(list(old), list(new))
+
+
+def _t(args, old, new):
+    return [{1}, {0}] if len(old) == 2 else [{d} for d in range(len(old))]
+
+
+def _transpose(args, old, new):
+    d0, d1 = (x % len(old) for x in args[1:3])
+    m = list(range(len(old)))
+    m[d0], m[d1] = d1, d0
+    return [{x} for x in m]
+
+
+def _permute(args, old, new):
+    perm = [x % len(old) for x in args[1]]
+    return [{perm.index(d)} for d in range(len(old))]
+
+
+def _expand(args, old, new):
+    off = len(new) - len(old)
+    return [{d + off} for d in range(len(old))]
+
+
+def _reshape(args, old, new):
+    if old == new:
+        return [{d} for d in range(len(old))]
+    return reshape_map(list(old), list(new))
+
+
+_view_use = (lambda attrs, pos, ndim: vector_use(ndim))
+
+
+def _view(names, dim_map=_ident, backward=pass_back, forward=None):
+    def fwd(op: Op):
+        x, dx, _ = same(op)
+        z = op.ins[0] if op.ins else None
+        return x, dx, {"centered": bool(z and z.centered), "sign": z.sign if z else 0}
+    register(OpSpec(tuple(names), forward or fwd, backward, view=True, dim_map=dim_map))
+
+
+_view(("t", "numpy_T"), _t)
+_view(("transpose", "swapaxes"), _transpose)
+_view(("permute",), _permute)
+_view(("expand", "expand_as"), _expand)
+_view(("view", "reshape", "_unsafe_view", "view_as", "reshape_as", "flatten", "unflatten"), _reshape)
+_view(("unsqueeze", "squeeze", "squeeze_", "unsqueeze_", "to", "_to_copy", "clone", "contiguous",
+       "alias", "type_as", "lift_fresh_copy", "dropout", "copy", "float", "type", "movedim"))
+_view(("detach",), backward=no_back)  # no gradient flows back through detach
+
+
+# ----------------------------------------------------------------------------- slicing
+
+
+def _slice_dim(attrs):
+    """(dim, key) a slicing op cuts along; distinct keys are disjoint pieces."""
+    a, op = attrs["args"], attrs["op"]
+    kw = attrs.get("kwargs") or {}
+    if op == "slice":
+        return (a[1] if len(a) > 1 else kw.get("dim", 0)), tuple(a[2:5])
+    if op in ("select", "narrow"):
+        return a[1], tuple(a[2:4])
+    return None
+
+
+#: tuple-valued splits: getitem i of their output is piece i along ``dim``
+SPLITS = {"chunk": 2, "split": 2, "split_with_sizes": 2, "unbind": 1, "unsafe_split": 2,
+          "tensor_split": 2, "unsafe_chunk": 2}
+
+
+def split_dim(attrs):
+    """Dim a tuple-valued split cuts along (for its getitem pieces)."""
+    i = SPLITS.get(attrs["op"])
+    if i is None:
+        return None
+    a = attrs["args"]
+    return a[i] if len(a) > i else (attrs.get("kwargs") or {}).get("dim", 0)
+
+
+def _slice_fwd(op: Op):
+    z = op.ins[0]
+    return z.x, z.dx, {"centered": z.centered, "sign": z.sign}
+
+
+register(OpSpec(("slice", "select", "narrow"), _slice_fwd, pass_back, view=True,
+                dim_map=_ident, use=_view_use))
+register(OpSpec(tuple(SPLITS) + ("getitem",), _slice_fwd, pass_back))
+# gathering and rearranging entries keeps the coordinate scale
+register(OpSpec(("index", "index_select", "gather", "roll", "flip", "repeat", "repeat_interleave",
+                 "tile", "pad", "constant_pad_nd", "tril", "triu", "take_along_dim",
+                 "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+                 "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool2d"),
+                same, pass_back, use=_view_use))
+
+
+# ----------------------------------------------------------------------------- constants
+
+
+def _const_fwd(op: Op):
+    return ZERO, NEG, {}
+
+
+register(OpSpec(("arange", "zeros", "ones", "full", "empty", "zeros_like", "ones_like", "full_like",
+                 "empty_like", "new_ones", "new_zeros", "new_full", "new_empty", "scalar_tensor",
+                 "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not",
+                 "__and__", "__or__", "bitwise_and", "bitwise_or", "bitwise_not", "any", "all",
+                 "isnan", "isinf", "isfinite", "diff", "argmax", "argmin", "randn_like", "rand_like",
+                 "randint", "lift_fresh", "sym_size", "_assert_scalar", "sym_constrain_range_for_size",
+                 "bernoulli", "_assert_tensor_metadata", "sign", "floor", "ceil", "round", "trunc",
+                 "sort", "argsort", "topk", "bucketize", "searchsorted", "one_hot", "_local_scalar_dense",
+                 "sym_numel", "sym_stride", "item"),
+                _const_fwd, no_back))
