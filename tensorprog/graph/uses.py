@@ -115,19 +115,22 @@ def chain_end(graph, node):
 
 
 def feeds_attention(graph, node, depth=8) -> bool:
-    """Whether ``node``'s value reaches, through views and scalar factors only, an operand of an
-    attention contraction (sdpa's q or k, or a product of two activations): a factor there is
-    the attention scale, not a multiplier of the projection that made the node."""
+    """Whether ``node``'s value reaches, through views and scalar factors only, q or k of an
+    attention (sdpa's first two operands, or a contraction of two activations feeding a
+    softmax): a factor on that path outside the projection's module is the attention scale."""
     cur = node
     for _ in range(depth):
         outs = list(graph.nx.successors(cur))
         if len(outs) != 1:
             return False
         nxt = outs[0]
+        a = graph.node(nxt)
+        if a["op"] == "scaled_dot_product_attention":
+            return any(d["pos"] in ("0", "1") for _, _, d in graph.nx.in_edges(nxt, data=True)
+                       if _ == cur)
         spec = _spec(graph, nxt)
-        if spec is not None and spec.attention and not any(
-                graph.node(u).get("param") for u in graph.inputs(nxt) if is_param_view(graph, u)):
-            return True
+        if spec is not None and spec.attention and not any(is_param_view(graph, u) for u in graph.inputs(nxt)):
+            return feeds_softmax(graph, nxt)
         if not is_view(graph, nxt) and scale_exp(graph, nxt) is None:
             return False
         cur = nxt
@@ -287,8 +290,7 @@ def io_multiplier(graph, user, pos, kind, owners=frozenset()):
                 break
             total += s or 0
             src = first_tensor_input(graph, src)
-    if feeds_attention(graph, user):
-        return total
+    to_attention = feeds_attention(graph, user)
     node = user
     while True:
         outs = list(graph.nx.successors(node))
@@ -304,8 +306,8 @@ def io_multiplier(graph, user, pos, kind, owners=frozenset()):
             break
         if s is None and not is_view(graph, nxt):
             break
-        if s is not None and foreign(nxt):
-            break
+        if s is not None and (foreign(nxt) or (to_attention and graph.node(nxt)["module"] != here)):
+            break  # another module's multiplier, or the attention's scale folded into q or k
         total += s or 0
         node = nxt
     return total
