@@ -70,7 +70,7 @@ from ..graph.trace import VIEW_OPS, WidthGraph, scale_exp, trace
 from ..jsonio import JSONMixin
 
 __all__ = ["rules", "Rules", "ParamRule", "UseRule", "HookRule", "OpRule", "CONVENTIONS", "KINDS",
-           "FAN_IN", "FAN_OUT", "WIDTH_MULT", "convention_table", "add_cli_arguments", "cli_main"]
+           "FAN_IN", "FAN_OUT", "WIDTH_MULT", "convention_table"]
 
 FAN_IN, FAN_OUT, WIDTH_MULT = sp.symbols("fan_in fan_out width_mult", positive=True)
 _N = sp.Symbol("n", positive=True)  # the width, for exponents
@@ -898,46 +898,3 @@ def _pytorch(r: Rules) -> str:
             "    return list(groups.values())",
             ""]
     return "\n".join(out)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def add_cli_arguments(parser) -> None:
-    """Arguments of ``tensorprog rules``: FILE.py:factory or --example NAME, --optimizer,
-    --convention, --base-width, --json, --pytorch."""
-    from ..cli import _common
-
-    _common(parser)
-    parser.add_argument("--convention", default="table3", choices=CONVENTIONS,
-                        help="table3 (default), table8 (the mup package), table9 (TP4), unit")
-    parser.add_argument("--base-width", type=int, help="width where every factor is 1 "
-                        "(default: the smallest traced width)")
-    parser.add_argument("--pytorch", help="write ready-to-paste PyTorch code here ('-': stdout)")
-    parser.add_argument("--device", default="cpu", help="cpu, or meta to trace without weights")
-
-
-def cli_main(args) -> int:
-    """``tensorprog rules``: print the table; --json / --pytorch write the other forms."""
-    import sys
-
-    from ..cli import load_target
-
-    t = load_target(args)
-    optimizer = args.optimizer or "adam"
-    r = rules(t.factory, tuple(args.widths or t.widths), example_inputs=t.example_inputs,
-              optimizer="adam" if optimizer == "adamw" else optimizer, convention=args.convention,
-              base_width=args.base_width, device=getattr(args, "device", "cpu"), label=t.label)
-    print(r)
-    if args.json:
-        r.to_json(args.json)
-        print(f"wrote {args.json}", file=sys.stderr)
-    if getattr(args, "pytorch", None):
-        code = r.to_pytorch()
-        if args.pytorch == "-":
-            print(code)
-        else:
-            with open(args.pytorch, "w") as f:
-                f.write(code)
-            print(f"wrote {args.pytorch}", file=sys.stderr)
-    return 0
