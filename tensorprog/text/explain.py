@@ -298,7 +298,7 @@ def explain_abc(p, *, label: str | None = None, markdown: bool = False) -> str:
                "The learning rates are too small for this width scaling.")
     elif regime == "kernel":
         d.para(f"Stable and nontrivial with r = {_e(p.r)} > 0: the features move by "
-               f"n^{{-{_e(p.r)}}} -> 0 and f evolves by a fixed kernel (TP4 Thm 3.8). By the "
+               f"{fmt(-p.r)} -> 0 and f evolves by a fixed kernel (TP4 Thm 3.8). By the "
                "Dynamical Dichotomy (TP4 Cor 3.9) it cannot learn features.")
     elif regime == "feature learning":
         maximal = all(x == 0 for x in p.r_layers)
@@ -309,7 +309,7 @@ def explain_abc(p, *, label: str | None = None, markdown: bool = False) -> str:
                   " Not every layer updates maximally: the layers with r_l > 0 are frozen in "
                   "the limit."))
     if A.is_number and regime != "unstable":
-        d.para(f"At init the output is Theta(n^{{{_e(sp.Rational(1, 2) - A)}}}) "
+        d.para(f"At init the output is Theta({fmt(sp.Rational(1, 2) - A)}) "
                f"(a_{{L+1}} + b_{{L+1}} = {_e(A)})"
                + (": it vanishes in the limit, as in every feature-learning parametrization "
                   "(TP4 Cor 3.10)." if A > sp.Rational(1, 2) else "."))
@@ -456,7 +456,7 @@ def _dims_text(p, dims) -> str:
 def explain_parameter(report, name: str, *, label: str | None = None,
                       markdown: bool = False) -> str:
     """Why ``report`` gives parameter ``name`` its role, classes and fix."""
-    from ..predict.analyze import _init_ok, expected
+    from ..predict.analyze import expected, init_ok
 
     hits = find_parameter(report, name)
     name = hits[0]
@@ -555,15 +555,15 @@ def explain_parameter(report, name: str, *, label: str | None = None,
         rows, matched = [], []
         for cls in ("muP", "SP", "NTK"):
             rule, off = expected(cls, uv.role, ai, ao, opt)
-            init_ok = _init_ok(rule, uv.A)
+            init_is_ok = init_ok(rule, uv.A)
             want_u = off + c0[cls]
             upd_ok = uv.U is None or uv.U == want_u
-            if init_ok and upd_ok:
+            if init_is_ok and upd_ok:
                 matched.append(cls)
             free = "" if cls == "muP" else f" (c0 = {_e(c0[cls])})"
-            rows.append([cls, rule_text(rule), "ok" if init_ok else "no",
+            rows.append([cls, rule_text(rule), "ok" if init_is_ok else "no",
                          f"U = {update_text(off, cls != 'muP')}{free}",
-                         "ok" if upd_ok else "no", "yes" if init_ok and upd_ok else "no"])
+                         "ok" if upd_ok else "no", "yes" if init_is_ok and upd_ok else "no"])
         d.table(["class", "init rule", "init", "update rule", "update", "matches"], rows)
         if set(matched) != set(uv.classes):
             mismatch.append(k)
@@ -578,8 +578,8 @@ def explain_parameter(report, name: str, *, label: str | None = None,
         d.step("Step 5. Its layer's r")
         for uv, r in rs:
             meaning = ("Theta(1): maximal, as muP wants for every layer" if r == 0 else
-                       f"n^{{-{_e(r)}}} -> 0: this layer barely moves (kernel-like)" if r > 0 else
-                       f"n^{{{_e(-r)}}}: it blows up; in an unstable model sizes compound from "
+                       f"{fmt(-r)} -> 0: this layer barely moves (kernel-like)" if r > 0 else
+                       f"{fmt(-r)}: it blows up; in an unstable model sizes compound from "
                        "step to step, so read the sign, not the size of this exponent")
             d.para(f"After {len(report.propagation.steps) - 1} steps the engine finds this "
                    f"layer's own update moving its output by {meaning} (r = {_e(r)}).")
@@ -590,7 +590,7 @@ def explain_parameter(report, name: str, *, label: str | None = None,
              {u.node for u in info.uses}]
     d.step(f"Step {6 if rs else 5}. Problems at its ops, and the fix")
     if probs:
-        d.bullets([f"{pr.module or pr.node}: {pr.what} {pr.when} (~ n^{_e(pr.exponent)})"
+        d.bullets([f"{pr.module or pr.node}: {pr.what} {pr.when} (~ {fmt(pr.exponent)})"
                    for pr in probs])
     else:
         d.para("No problem reported at the ops that use it.")
