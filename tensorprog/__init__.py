@@ -6,9 +6,10 @@ verdict) -> ``check`` (measured at growing widths) -> report.
 from .errors import CheckError, TensorprogError, TraceError
 from .graph.trace import ParamInfo, ParamUse, WidthGraph, trace
 from .predict.analyze import Report, analyze
+from .measure.check import CheckReport, check
 from .transform.rules import Rules, rules
 from .transform.mup import apply_mup
 
 __version__ = "0.1.0"
-__all__ = ["trace", "analyze", "Report", "rules", "Rules", "apply_mup", "WidthGraph", "ParamInfo",
+__all__ = ["trace", "analyze", "Report", "check", "CheckReport", "rules", "Rules", "apply_mup", "WidthGraph", "ParamInfo",
            "ParamUse", "TensorprogError", "TraceError", "CheckError"]

@@ -217,7 +217,7 @@ def analyze(
     steps: int = 3,
     device: str = "cpu",
     init_widths=None,
-    verbose: bool = False,
+    progress: bool = False,
 ) -> Report:
     """Trace ``factory`` (or take a traced ``WidthGraph``) and return the verdict.
 
@@ -225,13 +225,14 @@ def analyze(
     global learning rate for every parameter. With ``make_optimizer`` the class is read from
     the optimizer it builds (AdamW, RMSprop, Lion... are "adam"-like; SGD with momentum "sgd").
     alignment: "tp" (Tensor Programs, default) or "everett" (Everett et al. 2024's full
-    alignment: W_0 dz is CLT-like for the readout too).
+    alignment: W_0 dz is CLT-like for the readout too). progress: print trace's progress lines
+    (stderr), the same keyword as ``check`` and ``sweep``.
     """
     from ..theory.abc import optimizer_class
 
     graph = factory if isinstance(factory, WidthGraph) else trace(
         factory, widths, example_inputs=example_inputs, make_optimizer=make_optimizer,
-        device=device, init_widths=init_widths, verbose=verbose)
+        device=device, init_widths=init_widths, verbose=progress)
     if graph.optimizer is not None:
         opt = optimizer_class(graph.optimizer)
         if optimizer is not None and optimizer_class(optimizer) != opt:

@@ -314,7 +314,7 @@ def rules(
     base_width: int | None = None,
     device: str = "cpu",
     label: str = "model",
-    verbose: bool = False,
+    progress: bool = False,
 ) -> Rules:
     """The muP rules of every parameter of ``factory`` (width -> nn.Module, or a traced
     ``WidthGraph``) in ``convention`` for ``optimizer`` ("sgd", "adam" or an optimizer class /
@@ -325,7 +325,7 @@ def rules(
     _check_convention(convention)
     opt = optimizer_class(optimizer)
     graph = factory if isinstance(factory, WidthGraph) else trace(
-        factory, widths, example_inputs=example_inputs, device=device, verbose=verbose)
+        factory, widths, example_inputs=example_inputs, device=device, verbose=progress)
     base = int(base_width if base_width is not None else min(graph.widths))
     return derive(graph, opt, convention, base, label=label)
 
