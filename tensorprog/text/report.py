@@ -39,13 +39,13 @@ def format_report(rep) -> str:
         f"  output: {fmt(rep.output_init)} at init, change {fmt(rep.output_change)} after "
         f"{len(rep.propagation.steps) - 1} steps",
         "",
-        f"  {'parameter':44s} {'role':13s} {'fan_in':>7s} {'init':>8s} {'mult':>7s} {'lr':>7s} "
+        f"  {'parameter':44s} {'role':13s} {'fan_in':>7s} {'init':>9s} {'mult':>7s} {'lr':>7s} "
         f"{'r':>5s}  class",
     ]
     rows = []
     for name, p in rep.params.items():
         r = next((u.r for u in p.uses if u.r is not None), None)
-        rows.append((name, f"{p.role[:13]:13s} {fmt(_n(p.fan_in_exp)):>7s} {fmt(p.init_exp):>8s} "
+        rows.append((name, f"{p.role[:13]:13s} {fmt(_n(p.fan_in_exp)):>7s} {fmt(p.init_exp):>9s} "
                            f"{fmt(p.mult_exp):>7s} {fmt(p.lr_exp) if p.lr_exp is not None else '-':>7s} "
                            f"{_s(r) if r is not None else '':>5s}  {','.join(p.classes) or 'none'}"))
     for name, text, count in fold(rows):
