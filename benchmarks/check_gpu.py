@@ -32,7 +32,7 @@ warnings.filterwarnings("ignore")
 
 import torch
 
-from tensorprog.measure.check import check
+from tensorprog import check
 from tensorprog.zoo import example
 
 

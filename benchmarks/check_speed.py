@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tensorprog.measure.check import check
+from tensorprog import check
 from tensorprog.graph.trace import trace
 
 

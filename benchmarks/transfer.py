@@ -8,7 +8,7 @@ doubling of width for each, and draws TP5 Figure 1 (training loss vs log2 lr, on
 width): SP's optimum should slide to smaller learning rates as width grows (drift clearly < 0),
 muP's should stay put (drift ~ 0).
 
-The muP side is ``tensorprog.mup.apply_mup`` applied to the SP GPT when that module is importable
+The muP side is ``tensorprog.transform.mup.apply_mup`` applied to the SP GPT when that module is importable
 (``--mup auto``, the default; ``--mup apply_mup`` insists on it), and the zoo's hand-written muP GPT
 (``zoo.GPT(param="mup")``, TP5 Table 3) otherwise (``--mup zoo`` forces it). Base width 64: there
 both sides are the same model with the same learning rates, so their width-64 curves coincide.
@@ -45,7 +45,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class AppliedMuP:
-    """Picklable muP version of an SP factory via ``tensorprog.mup.apply_mup`` (Adam).
+    """Picklable muP version of an SP factory via ``tensorprog.transform.mup.apply_mup`` (Adam).
 
     ``apply_mup`` returns closures (which do not pickle), so each worker process calls it itself,
     once, on first use (it traces the model at base, 2x and 4x base width: a few seconds).
@@ -93,14 +93,14 @@ def sides(args):
     sp = ("SP", gpt, zoo_optimizer("adam"))
     ok, why = apply_mup_available()
     if args.mup == "apply_mup" and not ok:
-        sys.exit(f"--mup apply_mup: tensorprog.mup.apply_mup is not importable ({why})")
+        sys.exit(f"--mup apply_mup: tensorprog.transform.mup.apply_mup is not importable ({why})")
     if args.mup != "zoo" and ok:
         inputs = (torch.randint(64, (2, args.block), generator=torch.Generator().manual_seed(0)),)
         m = AppliedMuP(gpt, args.base_width, inputs)
         mup = ("muP = apply_mup(SP GPT)", m.factory, m.make_optimizer)
     else:
         if args.mup == "auto":
-            print(f"tensorprog.mup.apply_mup not importable ({why}); muP side = zoo.GPT(param='mup')",
+            print(f"tensorprog.transform.mup.apply_mup not importable ({why}); muP side = zoo.GPT(param='mup')",
                   file=sys.stderr)
         mup = ("muP (zoo GPT, Table 3)",
                functools.partial(zoo.GPT, param="mup", base_width=args.base_width,

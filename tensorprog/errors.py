@@ -15,3 +15,7 @@ class TraceError(TensorprogError):
 
 class CheckError(TensorprogError):
     """The empirical check could not run."""
+
+
+class TransferError(TensorprogError):
+    """A learning-rate sweep could not run (bad arguments, unpicklable pieces, a failing trial)."""

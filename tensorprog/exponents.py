@@ -56,15 +56,31 @@ def noisy_exponent(widths: Sequence[float], values: Sequence[float], step: Fract
     return sp.Rational(snapped.numerator, snapped.denominator), slope
 
 
+#: How every report and printer spells a quantity that is exactly zero (exponent -oo).
+EXACT_ZERO = "0 (exact)"
+
+
 def fmt(e) -> str:
-    """Readable exponent: 'n^-1/2', '1', 'zero', '?' (None)."""
+    """The one printer of a width exponent e (a quantity ~ n^e), used by every report.
+
+    0 -> '1', 1 -> 'n', -1/2 -> 'n^-1/2'; exactly zero (e = -oo, or the string "zero" that
+    trace records for a zero init) -> '0 (exact)'; +oo -> 'inf'; unknown (None) -> '?'.
+    """
     if e is None:
         return "?"
-    if e == "zero":
-        return "zero"
+    if isinstance(e, str):
+        if e in ("zero", "-inf", "-oo"):
+            return EXACT_ZERO
+        if e in ("inf", "oo"):
+            return "inf"
+        e = sp.sympify(e)
     e = sp.nsimplify(e)
+    if e == -sp.oo:
+        return EXACT_ZERO
+    if e == sp.oo:
+        return "inf"
     if e == 0:
         return "1"
     if e == 1:
         return "n"
-    return f"n^{e}"
+    return f"n^{e}" if e.is_Rational or e.is_Atom else f"n^({e})"

@@ -21,7 +21,8 @@ def jsonable(x):
 
 
 class JSONMixin:
-    """``to_json(path=None)`` for any class with a ``to_dict()``."""
+    """``to_json(path=None)`` for any class with a ``to_dict()``, and ``from_json`` to read it back
+    (as the plain dict: the SymPy values, graph and propagation of a report are not rebuilt)."""
 
     def to_json(self, path: str | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=1)
@@ -29,3 +30,11 @@ class JSONMixin:
             with open(path, "w") as f:
                 f.write(text)
         return text
+
+    @classmethod
+    def from_json(cls, source: str) -> dict:
+        """What ``to_json`` wrote, as a plain dict: ``source`` is a file path or the JSON text."""
+        if not source.lstrip().startswith(("{", "[")):
+            with open(source) as f:
+                source = f.read()
+        return json.loads(source)

@@ -349,7 +349,7 @@ def test_report_json_plot_and_cli(tmp_path):
     assert "linear_1" in text and "hidden.0" in text
 
     import argparse
-    from tensorprog.measure.check import add_cli_arguments, cli_main
+    from tensorprog.cli.check import add_arguments as add_cli_arguments, run as cli_main
     parser = add_cli_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["--example", "mlp", "--param", "mup", "--widths", "64,128",
                               "--steps", "1", "--seeds", "1", "--quiet", "--device", "cpu",
@@ -366,7 +366,7 @@ def test_cli_file_target(tmp_path, capsys):
         "    return nn.Sequential(nn.Linear(16, n), nn.Tanh(), nn.Linear(n, 4))\n"
         "example_inputs = (torch.randn(8, 16),)\n")
     import argparse
-    from tensorprog.measure.check import add_cli_arguments, cli_main
+    from tensorprog.cli.check import add_arguments as add_cli_arguments, run as cli_main
     args = add_cli_arguments(argparse.ArgumentParser()).parse_args(
         [f"{f}:factory", "--widths", "64,128,256", "--steps", "1", "--seeds", "1", "--quiet",
          "--device", "cpu", "--optimizer", "sgd"])

@@ -30,8 +30,8 @@ from tensorprog.errors import TensorprogError
 from tensorprog.zoo.layers import example_inputs as layer_inputs
 from tensorprog.zoo.layers import model as layer_model
 from tensorprog.transform.mup import apply_mup
-from tensorprog.transform.rules import (CONVENTIONS, FAN_IN, FAN_OUT, WIDTH_MULT, add_cli_arguments, cli_main,
-                              convention_table, rules)
+from tensorprog.cli.rules import add_arguments as add_cli_arguments, run as cli_main
+from tensorprog.transform.rules import CONVENTIONS, FAN_IN, FAN_OUT, WIDTH_MULT, convention_table, rules
 from tensorprog.zoo import example
 
 warnings.filterwarnings("ignore")

@@ -51,7 +51,7 @@ def trace(
     init_widths: Sequence[int] | None = None,
     init_seeds: int | None = None,
     seed: int = 0,
-    verbose: bool = False,
+    progress: bool = False,
 ) -> WidthGraph:
     """Trace ``factory(n)`` at each width into one width-annotated ``WidthGraph``.
 
@@ -64,21 +64,21 @@ def trace(
     for ~4096 values of the smallest weight matrix (512 of a width-sized vector), at most 16,
     within ~5e6 values per width; small tensors then snap their exponent to halves.
     """
-    widths = _check_widths(widths)
+    widths = check_widths(widths)
     if not callable(factory) or isinstance(factory, nn.Module):
         what = " (a model instance, not a factory)" if isinstance(factory, nn.Module) else ""
         raise TraceError(
             f"factory must be a callable width -> nn.Module, got {type(factory).__name__}{what}. "
             "Pass a function, e.g. `lambda n: MyModel(hidden=n)`.")
-    say = _progress(verbose)
+    say = progress_printer(progress)
 
     models, programs, modes = {}, {}, (False, True)
     for w in widths:
         say(f"building and exporting width {w}")
         model = _build(factory, w, device, seed)
-        args, kwargs = _inputs(example_inputs, model, w, device)
+        args, kwargs = example_args(example_inputs, model, w, device)
         models[w] = model
-        programs[w], strict = _export(model, args, kwargs, w, modes)
+        programs[w], strict = export_program(model, args, kwargs, w, modes)
         modes = (strict,)  # the mode that worked at the first width serves the others
     aligned = _align(programs, widths)
     g, order, params = _annotate(programs, models, aligned, widths)
@@ -104,7 +104,7 @@ def trace(
                    math.ceil(512 / min(vectors)) if vectors else 1)
         init_seeds = max(1, min(16, need, int(5e6 // max(sum(sizes), 1))))
     if device == "meta":
-        iw = _check_widths(init_widths) if init_widths else _small_widths(widths)
+        iw = check_widths(init_widths) if init_widths else _small_widths(widths)
         init_models = {w: [_build(factory, w, "cpu", seed + s) for s in range(init_seeds)] for w in iw}
     else:
         iw = widths
@@ -127,16 +127,16 @@ def trace(
     return graph
 
 
-def _progress(verbose):
+def progress_printer(enabled):
     import sys
 
     def say(msg):
-        if verbose:
+        if enabled:
             print(f"[tensorprog] {msg}", file=sys.stderr, flush=True)
     return say
 
 
-def _check_widths(widths) -> list[int]:
+def check_widths(widths) -> list[int]:
     try:
         ws = sorted({int(w) for w in widths})
     except (TypeError, ValueError):
@@ -189,7 +189,7 @@ def _finite(t: torch.Tensor) -> bool:
     return math.isfinite(float(t.sum(dtype=torch.float64))) or bool(torch.isfinite(t).all())
 
 
-def _inputs(example_inputs, model, width, device):
+def example_args(example_inputs, model, width, device):
     ex = example_inputs
     from_model = False
     if ex is None:
@@ -216,7 +216,7 @@ def _inputs(example_inputs, model, width, device):
     return tuple(move(t) for t in ex), {k: move(v) for k, v in kwargs.items()}
 
 
-def _export(model, args, kwargs, width, modes=(False, True)):
+def export_program(model, args, kwargs, width, modes=(False, True)):
     """(ExportedProgram, strict?) at ATen level: non-strict first, then strict (strict keeps
     tensor attributes such as mup's ``weight.infshape``, which non-strict export drops)."""
     errors = []

@@ -14,7 +14,6 @@ The model's name is the class every parameter (and every attention op) matches; 
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -66,7 +65,7 @@ def expected(cls: str, role: str, ai, ao, optimizer: str):
     raise ValueError(cls)
 
 
-def _init_ok(rule, A) -> bool:
+def init_ok(rule, A) -> bool:
     kind, v = rule
     if kind == "eq":
         return A == v
@@ -195,7 +194,14 @@ class Report(JSONMixin):
             "warnings": self.graph.warnings,
         }
 
+    @property
+    def verdict(self) -> str:
+        """The short answer: "muP", "SP", "NTK" or what else ``parametrization`` says."""
+        return self.parametrization
+
     def __str__(self) -> str:
+        from ..text.report import format_report
+
         return format_report(self)
 
 
@@ -215,7 +221,7 @@ def analyze(
     steps: int = 3,
     device: str = "cpu",
     init_widths=None,
-    verbose: bool = False,
+    progress: bool = False,
 ) -> Report:
     """Trace ``factory`` (or take a traced ``WidthGraph``) and return the verdict.
 
@@ -223,13 +229,14 @@ def analyze(
     global learning rate for every parameter. With ``make_optimizer`` the class is read from
     the optimizer it builds (AdamW, RMSprop, Lion... are "adam"-like; SGD with momentum "sgd").
     alignment: "tp" (Tensor Programs, default) or "everett" (Everett et al. 2024's full
-    alignment: W_0 dz is CLT-like for the readout too).
+    alignment: W_0 dz is CLT-like for the readout too). progress: print trace's progress lines
+    (stderr), the same keyword as ``check`` and ``sweep``.
     """
     from ..theory.abc import optimizer_class
 
     graph = factory if isinstance(factory, WidthGraph) else trace(
         factory, widths, example_inputs=example_inputs, make_optimizer=make_optimizer,
-        device=device, init_widths=init_widths, verbose=verbose)
+        device=device, init_widths=init_widths, progress=progress)
     if graph.optimizer is not None:
         opt = optimizer_class(graph.optimizer)
         if optimizer is not None and optimizer_class(optimizer) != opt:
@@ -517,7 +524,7 @@ def _consistent(name, stable, nontrivial, feature_learning, kernel, problems, no
 
 def _use_matches(cls, u, opt, c0) -> bool:
     rule, offset = expected(cls, u.role, u.fan_in_exp, u.fan_out_exp or ZERO, opt)
-    return _init_ok(rule, u.A) and (u.U is None or u.U - offset == c0)
+    return init_ok(rule, u.A) and (u.U is None or u.U - offset == c0)
 
 
 def _numel(shape) -> int:
@@ -536,7 +543,7 @@ def _mup_fixes(p, pv, opt) -> list[str]:
         ai, ao = u.fan_in_exp, u.fan_out_exp or ZERO
         rule, offset = expected("muP", u.role, ai, ao, opt)
         where = f"{pv.name} ({u.role}, used by {u.op})"
-        if not _init_ok(rule, u.A):
+        if not init_ok(rule, u.A):
             if u.role == "output":
                 fixes.append(
                     f"{where}: readout output scales as n^{-u.A} per unit input, needs "
@@ -566,94 +573,3 @@ def _describe_lr(e, ai, ao):
     if ao and e == ao:
         return "fan_out"
     return fmt(e)
-
-
-# ----------------------------------------------------------------------------- text report
-
-
-def _pattern(name: str) -> str:
-    """'blocks.3.attn.query.weight' -> 'blocks.*.attn.query.weight' (repeated layers fold)."""
-    return re.sub(r"(?<=\.)\d+(?=\.)", "*", name)
-
-
-def _fold(rows):
-    """[(name, text)] -> [(pattern or name, text, count)], folding repeated layers."""
-    out: dict[tuple, list] = {}
-    for name, text in rows:
-        key = (_pattern(name), text)
-        out.setdefault(key, []).append(name)
-    return [(names[0] if len(names) == 1 else key[0], key[1], len(names))
-            for key, names in out.items()]
-
-
-def format_report(rep: Report) -> str:
-    g = rep.graph
-    lines = [
-        f"tensorprog verdict: {rep.parametrization}   (optimizer class: {rep.optimizer}, "
-        f"widths {list(g.widths)})",
-        f"  regime: {rep.regime}; stable: {rep.stable} (at init: {rep.stable_init}); "
-        f"nontrivial: {rep.nontrivial}; r = {_s(rep.r)}; every layer maximal: "
-        f"{rep.every_layer_maximal}",
-        f"  output: {fmt(rep.output_init)} at init, change {fmt(rep.output_change)} after "
-        f"{len(rep.propagation.steps) - 1} steps",
-        "",
-        f"  {'parameter':44s} {'role':13s} {'fan_in':>7s} {'init':>8s} {'mult':>7s} {'lr':>7s} "
-        f"{'r':>5s}  class",
-    ]
-    rows = []
-    for name, p in rep.params.items():
-        r = next((u.r for u in p.uses if u.r is not None), None)
-        rows.append((name, f"{p.role[:13]:13s} {fmt(_n(p.fan_in_exp)):>7s} {fmt(p.init_exp):>8s} "
-                           f"{fmt(p.mult_exp):>7s} {fmt(p.lr_exp) if p.lr_exp is not None else '-':>7s} "
-                           f"{_s(r) if r is not None else '':>5s}  {','.join(p.classes) or 'none'}"))
-    for name, text, count in _fold(rows):
-        label = name if count == 1 else f"{name} (x{count})"
-        lines.append(f"  {label[:44]:44s} {text}")
-    if rep.attention:
-        lines.append("")
-        att = [(a.module or a.node, f"scale {a.kind} (d_head ~ {fmt(_n(a.d_head_exp))}); logits "
-                f"{fmt(a.logits_init)} at init, {fmt(a.logits_trained)} after training")
-               for a in rep.attention]
-        for name, text, count in _fold([(m + ".", t) for m, t in att]):
-            lines.append(f"  attention {name.rstrip('.')}{'' if count == 1 else f' (x{count})'}: {text}")
-    consts = [c for c in rep.constants if c["arg"] != "scale"]
-    if consts:
-        lines.append("")
-        for name, text, count in _fold([((c["module"] or c["node"]) + ".",
-                                         f"{c['op']} by a width-dependent constant ~ {fmt(c['exp'])}")
-                                        for c in consts]):
-            lines.append(f"  constant {name.rstrip('.')}{'' if count == 1 else f' (x{count})'}: {text}")
-    if rep.problems:
-        lines += ["", "  problems:"]
-        probs = _fold([((p.module or p.node) + ".", f"{p.what} {p.when} (~ n^{_s(p.exponent)})")
-                       for p in rep.problems])
-        for name, text, count in probs[:20]:
-            lines.append(f"    {name.rstrip('.')}{'' if count == 1 else f' (x{count})'}: {text}")
-        if len(probs) > 20:
-            lines.append(f"    ... {len(probs) - 20} more")
-    fixes = [(p.name, f.replace(p.name, "{}")) for p in rep.params.values() for f in p.fixes]
-    if rep.parametrization != "muP" and (fixes or any(a.kind == "1/sqrt(d)" for a in rep.attention)):
-        lines += ["", "  to make it muP:"]
-        if any(a.kind == "1/sqrt(d)" for a in rep.attention):
-            lines.append("    - attention: use scale 1/d_head instead of 1/sqrt(d_head) (e.g. "
-                         "scale=sqrt(base_d_head)/d_head; TP5 Def 4.1).")
-        for name, text, count in _fold(fixes):
-            label = name if count == 1 else f"{name} (x{count})"
-            lines.append(f"    - {text.replace('{}', label, 1)}")
-    for n in rep.notes + rep.graph.warnings:
-        lines.append(f"  note: {n}")
-    return "\n".join(lines)
-
-
-def _s(x):
-    if x is None:
-        return "-"
-    if x == INF:
-        return "inf"
-    if x == NEG:
-        return "-inf"
-    return str(x)
-
-
-def _n(x):
-    return ZERO if x is None else x

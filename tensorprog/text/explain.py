@@ -15,7 +15,7 @@ Two things can be explained:
 
 Both render as terminal text or, with ``markdown=True``, as Markdown.
 
-Command line (wired into ``tensorprog`` by ``cli.build_parser``)::
+Command line (``cli/explain.py``)::
 
     tensorprog explain mlp --preset SP --optimizer sgd --layers 3 --lr-exponent 0
     tensorprog explain mlp --a -1/2 0 1/2 --b 1/2 1/2 1/2 --c 0
@@ -31,7 +31,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-import sys
 import textwrap
 from typing import Any, Sequence
 
@@ -41,7 +40,7 @@ from ..errors import TensorprogError
 from ..exponents import fmt
 
 __all__ = ["explain_abc", "explain_preset", "explain_parameter", "find_parameter", "rule_text",
-           "add_cli_arguments", "cli_main", "update_text"]
+           "update_text", "THEORY_TARGETS"]
 
 THEORY_TARGETS = ("mlp",)
 
@@ -299,7 +298,7 @@ def explain_abc(p, *, label: str | None = None, markdown: bool = False) -> str:
                "The learning rates are too small for this width scaling.")
     elif regime == "kernel":
         d.para(f"Stable and nontrivial with r = {_e(p.r)} > 0: the features move by "
-               f"n^{{-{_e(p.r)}}} -> 0 and f evolves by a fixed kernel (TP4 Thm 3.8). By the "
+               f"{fmt(-p.r)} -> 0 and f evolves by a fixed kernel (TP4 Thm 3.8). By the "
                "Dynamical Dichotomy (TP4 Cor 3.9) it cannot learn features.")
     elif regime == "feature learning":
         maximal = all(x == 0 for x in p.r_layers)
@@ -310,26 +309,11 @@ def explain_abc(p, *, label: str | None = None, markdown: bool = False) -> str:
                   " Not every layer updates maximally: the layers with r_l > 0 are frozen in "
                   "the limit."))
     if A.is_number and regime != "unstable":
-        d.para(f"At init the output is Theta(n^{{{_e(sp.Rational(1, 2) - A)}}}) "
+        d.para(f"At init the output is Theta({fmt(sp.Rational(1, 2) - A)}) "
                f"(a_{{L+1}} + b_{{L+1}} = {_e(A)})"
                + (": it vanishes in the limit, as in every feature-learning parametrization "
                   "(TP4 Cor 3.10)." if A > sp.Rational(1, 2) else "."))
     return d.render()
-
-
-def _rationals(values, what: str) -> list:
-    if values is None:
-        return None
-    out = []
-    for v in values:
-        out += [x for x in str(v).replace(",", " ").split() if x]
-    if not out:
-        raise TensorprogError(f"{what}: give at least one number")
-    for x in out:
-        if not re.fullmatch(r"[+-]?(\d+(/\d+)?|\d*\.\d+)", x):
-            raise TensorprogError(f"{what}: {x!r} is not a rational number (write e.g. 0, 1/2, "
-                                  "-1/2 or 0.5)")
-    return [sp.Rational(x) for x in out]
 
 
 def explain_preset(name: str | None = None, L: int | None = None, optimizer: Any = "sgd", *,
@@ -472,7 +456,7 @@ def _dims_text(p, dims) -> str:
 def explain_parameter(report, name: str, *, label: str | None = None,
                       markdown: bool = False) -> str:
     """Why ``report`` gives parameter ``name`` its role, classes and fix."""
-    from ..predict.analyze import _init_ok, expected
+    from ..predict.analyze import expected, init_ok
 
     hits = find_parameter(report, name)
     name = hits[0]
@@ -571,15 +555,15 @@ def explain_parameter(report, name: str, *, label: str | None = None,
         rows, matched = [], []
         for cls in ("muP", "SP", "NTK"):
             rule, off = expected(cls, uv.role, ai, ao, opt)
-            init_ok = _init_ok(rule, uv.A)
+            init_is_ok = init_ok(rule, uv.A)
             want_u = off + c0[cls]
             upd_ok = uv.U is None or uv.U == want_u
-            if init_ok and upd_ok:
+            if init_is_ok and upd_ok:
                 matched.append(cls)
             free = "" if cls == "muP" else f" (c0 = {_e(c0[cls])})"
-            rows.append([cls, rule_text(rule), "ok" if init_ok else "no",
+            rows.append([cls, rule_text(rule), "ok" if init_is_ok else "no",
                          f"U = {update_text(off, cls != 'muP')}{free}",
-                         "ok" if upd_ok else "no", "yes" if init_ok and upd_ok else "no"])
+                         "ok" if upd_ok else "no", "yes" if init_is_ok and upd_ok else "no"])
         d.table(["class", "init rule", "init", "update rule", "update", "matches"], rows)
         if set(matched) != set(uv.classes):
             mismatch.append(k)
@@ -594,8 +578,8 @@ def explain_parameter(report, name: str, *, label: str | None = None,
         d.step("Step 5. Its layer's r")
         for uv, r in rs:
             meaning = ("Theta(1): maximal, as muP wants for every layer" if r == 0 else
-                       f"n^{{-{_e(r)}}} -> 0: this layer barely moves (kernel-like)" if r > 0 else
-                       f"n^{{{_e(-r)}}}: it blows up; in an unstable model sizes compound from "
+                       f"{fmt(-r)} -> 0: this layer barely moves (kernel-like)" if r > 0 else
+                       f"{fmt(-r)}: it blows up; in an unstable model sizes compound from "
                        "step to step, so read the sign, not the size of this exponent")
             d.para(f"After {len(report.propagation.steps) - 1} steps the engine finds this "
                    f"layer's own update moving its output by {meaning} (r = {_e(r)}).")
@@ -606,7 +590,7 @@ def explain_parameter(report, name: str, *, label: str | None = None,
              {u.node for u in info.uses}]
     d.step(f"Step {6 if rs else 5}. Problems at its ops, and the fix")
     if probs:
-        d.bullets([f"{pr.module or pr.node}: {pr.what} {pr.when} (~ n^{_e(pr.exponent)})"
+        d.bullets([f"{pr.module or pr.node}: {pr.what} {pr.when} (~ {fmt(pr.exponent)})"
                    for pr in probs])
     else:
         d.para("No problem reported at the ops that use it.")
@@ -618,93 +602,3 @@ def explain_parameter(report, name: str, *, label: str | None = None,
     elif not pv.trainable:
         d.para("It is not trained, so no learning-rate rule applies.")
     return d.render()
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_cli_arguments(parser) -> None:
-    """Arguments of ``tensorprog explain`` (the parser is a subparser of cli.build_parser)."""
-    # let "-1/2" be a value, not an option (argparse only knows "-1" and "-0.5")
-    if hasattr(parser, "_negative_number_matcher"):
-        parser._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d+/\d+$")
-    parser.add_argument("target", nargs="?",
-                        help="'mlp' for the closed-form theory of the L-hidden-layer MLP, or "
-                             "FILE.py:factory (with --parameter)")
-    t = parser.add_argument_group("closed-form MLP theory (target 'mlp')")
-    t.add_argument("--preset", help="SP, NTK, muP or MF (MF needs --layers 1)")
-    t.add_argument("--layers", type=int, help="L, the number of hidden layers (default 2)")
-    t.add_argument("--lr-exponent", nargs="+", metavar="E",
-                   help="learning rate ~ n^E, so c = -E (one value, or one per layer)")
-    t.add_argument("--a", nargs="+", metavar="A", help="a_1 ... a_{L+1} (multipliers n^{-a})")
-    t.add_argument("--b", nargs="+", metavar="B", help="b_1 ... b_{L+1} (init std n^{-b})")
-    t.add_argument("--c", nargs="+", metavar="C",
-                   help="c (learning rate n^{-c}): one value or c_1 ... c_{L+1}")
-    m = parser.add_argument_group("one parameter of a model (FILE.py:factory or --example)")
-    m.add_argument("--parameter", metavar="NAME",
-                   help="the parameter to explain: a full name, a pattern "
-                        "(blocks.*.attn.query.weight) or a unique suffix (readout.weight)")
-    m.add_argument("--example", help="a built-in model: mlp, cnn or gpt")
-    m.add_argument("--param", default="mup",
-                   help="zoo parametrization of --example: sp, ntk, mup, mup_table8")
-    m.add_argument("--widths", type=int, nargs="+", help="widths to trace (default 64 128 256)")
-    m.add_argument("--inputs", help="name of example_inputs in FILE")
-    m.add_argument("--make-optimizer", help="name of make_optimizer(model) in FILE")
-    m.add_argument("--alignment", default="tp", choices=["tp", "everett"],
-                   help="tp (default) or everett")
-    m.add_argument("--device", default="cpu", help="cpu, or meta to trace without weights")
-    parser.add_argument("--optimizer",
-                        help="theory: any optimizer name (SGD, Adam, AdamW, Lion...; default "
-                             "sgd); model: sgd | adam | adamw for --example")
-    parser.add_argument("--markdown", action="store_true", help="print Markdown")
-
-
-def cli_main(args) -> int:
-    target = args.target
-    theory_flags = [f for f in ("preset", "layers", "lr_exponent", "a", "b", "c")
-                    if getattr(args, f, None) is not None]
-    if target is not None and target.lower() in THEORY_TARGETS:
-        if args.parameter or args.example:
-            raise TensorprogError(
-                f"'{target}' is the closed-form MLP theory, which has no named parameters; for "
-                "the zoo MLP write: tensorprog explain --example mlp --parameter NAME")
-        print(explain_preset(
-            args.preset, args.layers, args.optimizer or "sgd",
-            a=_rationals(args.a, "--a"), b=_rationals(args.b, "--b"),
-            c=_rationals(args.c, "--c"), lr_exponent=_rationals(args.lr_exponent, "--lr-exponent"),
-            markdown=args.markdown), end="")
-        return 0
-    if target is None and not args.example:
-        if theory_flags:
-            raise TensorprogError("name the target 'mlp' for the closed-form theory, e.g. "
-                                  "tensorprog explain mlp --preset muP")
-        raise TensorprogError("say what to explain: 'mlp --preset NAME' (or --a/--b/--c) for the "
-                              "closed-form MLP theory, or FILE.py:factory / --example NAME with "
-                              "--parameter NAME for one parameter of a model")
-    if theory_flags:
-        raise TensorprogError(f"--{theory_flags[0].replace('_', '-')} is for the closed-form "
-                              "theory (target 'mlp'), not for a model")
-    if not args.parameter:
-        raise TensorprogError("which parameter? add --parameter NAME (run `tensorprog analyze` "
-                              "on the same model for the list of parameters)")
-    if target is not None and ":" not in target:
-        raise TensorprogError(f"{target!r} is neither 'mlp' nor FILE.py:factory")
-    from ..predict.analyze import analyze
-    from ..cli import load_target
-    from ..graph.trace import trace
-
-    t = load_target(args)
-    widths = tuple(args.widths or t.widths)
-    graph = trace(t.factory, widths, example_inputs=t.example_inputs,
-                  make_optimizer=t.make_optimizer, device=args.device, verbose=True)
-    opt = args.optimizer
-    opt = None if graph.optimizer is not None else ("adam" if opt in (None, "adamw") else opt)
-    report = analyze(graph, optimizer=opt, alignment=args.alignment)
-    print(explain_parameter(report, args.parameter, label=t.label, markdown=args.markdown), end="")
-    return 0
-
-
-def main(argv=None) -> int:  # pragma: no cover - convenience: python -m tensorprog.explain
-    from ..cli import main as cli
-
-    return cli(["explain", *(sys.argv[1:] if argv is None else argv)])

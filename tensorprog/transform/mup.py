@@ -159,7 +159,7 @@ def apply_mup(
     convention: str = "table8",
     weight_decay_scaling: str = "mup",
     check: bool = True,
-    verbose: bool = False,
+    progress: bool = False,
     **optimizer_kwargs,
 ):
     """(model_factory, optimizer_factory) that build ``factory``'s model in muP.
@@ -185,7 +185,7 @@ def apply_mup(
     opt = optimizer_class(optimizer_cls)
     ws = tuple(widths) if widths is not None else (base_width, 2 * base_width, 4 * base_width)
     r = derive_rules(factory, ws, example_inputs=example_inputs, optimizer=opt,
-                     convention=convention, base_width=base_width, verbose=verbose)
+                     convention=convention, base_width=base_width, progress=progress)
     _refuse(r)
     plan = _Plan.from_rules(r)
 
@@ -303,7 +303,7 @@ class _Plan:
         return optimizer_cls(list(groups.values()), lr=lr, **kwargs)
 
     def check(self, model_factory, example_inputs, width):
-        from ..graph.trace import _inputs
+        from ..graph.trace import example_args as _inputs
 
         model = model_factory(width)
         args, kwargs = _inputs(example_inputs, model, width, "cpu")

@@ -67,12 +67,12 @@ import sympy as sp
 
 from ..errors import TensorprogError
 from ..graph.trace import trace
-from ..graph.uses import is_view, scale_exp
 from ..graph.widthgraph import WidthGraph
 from ..jsonio import JSONMixin
+from .hooks import HookRule, OpRule, derive_hooks, derive_ops, explicit_problem
 
 __all__ = ["rules", "Rules", "ParamRule", "UseRule", "HookRule", "OpRule", "CONVENTIONS", "KINDS",
-           "FAN_IN", "FAN_OUT", "WIDTH_MULT", "convention_table", "add_cli_arguments", "cli_main"]
+           "FAN_IN", "FAN_OUT", "WIDTH_MULT", "convention_table", "CONVENTION_NAMES"]
 
 FAN_IN, FAN_OUT, WIDTH_MULT = sp.symbols("fan_in fan_out width_mult", positive=True)
 _N = sp.Symbol("n", positive=True)  # the width, for exponents
@@ -81,7 +81,7 @@ HALF = sp.Rational(1, 2)
 
 KINDS = ("input-like", "hidden", "output-like", "scalar-like")
 CONVENTIONS = ("table3", "table8", "table9", "unit")
-_CONVENTION_NAMES = {
+CONVENTION_NAMES = {
     "table3": "TP5 Table 3 (init and learning rate only)",
     "table8": "TP5 Table 8 (the mup package: readout multiplier 1/fan_in)",
     "table9": "TP5 Table 9 (TP4's form: input multiplier sqrt(fan_out), readout 1/sqrt(fan_in))",
@@ -128,7 +128,7 @@ def convention_table(convention: str) -> dict[str, dict[str, sp.Expr]]:
 def _check_convention(convention):
     if convention not in CONVENTIONS:
         raise TensorprogError(f"unknown convention {convention!r}; choose one of: "
-                              f"{', '.join(CONVENTIONS)} ({'; '.join(f'{k}: {v}' for k, v in _CONVENTION_NAMES.items())}).")
+                              f"{', '.join(CONVENTIONS)} ({'; '.join(f'{k}: {v}' for k, v in CONVENTION_NAMES.items())}).")
 
 
 def _exp(expr, ai, ao):
@@ -228,39 +228,6 @@ class ParamRule:
 
 
 @dataclass
-class HookRule:
-    """Forward hooks on one module: input scaled by width_mult^pre_exp (only the weight's
-    contraction sees it, not a bias added inside the op), output by width_mult^post_exp."""
-
-    module: str
-    pre_exp: Any
-    post_exp: Any
-    params: list[str]
-
-
-@dataclass
-class OpRule:
-    """A width-sized contraction of two activations (attention logits) and the scale it needs."""
-
-    node: str
-    module: str
-    op: str  # "scaled_dot_product_attention" or the matmul op
-    attention: bool  # followed by a softmax
-    d_exp: Any  # contracted dim ~ n^d_exp
-    scale_exp: Any  # current scale ~ n^scale_exp
-    needed_exp: Any  # 1/d: -d_exp
-    fixable: bool  # apply_mup can patch it (sdpa); explicit matmuls need a hand fix
-
-    @property
-    def factor_exp(self):
-        return sp.nsimplify(self.needed_exp - self.scale_exp)
-
-    @property
-    def ok(self) -> bool:
-        return self.factor_exp == 0
-
-
-@dataclass
 class Rules(JSONMixin):
     """What ``rules`` found: per-parameter rules, the hooks that carry multipliers, and the
     contractions that need a 1/d scale. ``str()`` a table, ``to_dict()`` / ``to_json()``,
@@ -282,7 +249,7 @@ class Rules(JSONMixin):
         out = [p.problem for p in self.params.values() if p.problem]
         for o in self.ops:
             if not o.ok and not o.fixable:
-                out.append(_explicit_problem(o))
+                out.append(explicit_problem(o))
         return out
 
     # ------------------------------------------------------------------ outputs
@@ -316,13 +283,23 @@ class Rules(JSONMixin):
             "notes": self.notes, "problems": self.problems,
         }
 
+    @property
+    def verdict(self) -> str:
+        """"ready" when every parameter and contraction has a rule the generated code applies,
+        else "needs manual changes" (see ``problems``)."""
+        return "needs manual changes" if self.problems else "ready"
+
     def __str__(self) -> str:
-        return _format(self)
+        from ..text.rules import format_rules
+
+        return format_rules(self)
 
     def to_pytorch(self) -> str:
         """Python source: ``mup_init_``, ``mup_multipliers``, ``mup_attention``,
         ``mup_param_groups``; every factor is 1 at the base width."""
-        return _pytorch(self)
+        from .codegen import to_pytorch
+
+        return to_pytorch(self)
 
 
 # ----------------------------------------------------------------------------- derivation
@@ -338,7 +315,7 @@ def rules(
     base_width: int | None = None,
     device: str = "cpu",
     label: str = "model",
-    verbose: bool = False,
+    progress: bool = False,
 ) -> Rules:
     """The muP rules of every parameter of ``factory`` (width -> nn.Module, or a traced
     ``WidthGraph``) in ``convention`` for ``optimizer`` ("sgd", "adam" or an optimizer class /
@@ -349,7 +326,7 @@ def rules(
     _check_convention(convention)
     opt = optimizer_class(optimizer)
     graph = factory if isinstance(factory, WidthGraph) else trace(
-        factory, widths, example_inputs=example_inputs, device=device, verbose=verbose)
+        factory, widths, example_inputs=example_inputs, device=device, progress=progress)
     base = int(base_width if base_width is not None else min(graph.widths))
     return derive(graph, opt, convention, base, label=label)
 
@@ -363,7 +340,7 @@ def derive(graph: WidthGraph, optimizer: str, convention: str, base_width: int, 
     for _ in range(8):  # fixing a use can move another module's factors: iterate to a fixpoint
         params = {name: _param_rule(graph, p, optimizer, convention, fixed)
                   for name, p in graph.params.items()}
-        hooks, newly = _hooks(graph, params, structure)
+        hooks, newly = derive_hooks(graph, params, structure)
         if newly <= fixed:
             break
         fixed |= newly
@@ -374,7 +351,7 @@ def derive(graph: WidthGraph, optimizer: str, convention: str, base_width: int, 
                 pr.notes.append(f"no hook for its multiplier in `{u.module or '<top>'}` ({why}): "
                                 "its init and learning rate take the shift instead (TP5 Lemma J.1).")
                 break
-    ops = _ops(graph)
+    ops = derive_ops(graph)
     if any(not o.ok for o in ops if o.fixable):
         notes.append("attention logits need scale ~ 1/d_head (TP5 Def 4.1): multiply the scale of "
                      "each scaled_dot_product_attention listed by the factor shown.")
@@ -483,463 +460,3 @@ def _param_rule(graph, p, optimizer, convention, fixed) -> ParamRule:
 
 def _where(u: UseRule) -> str:
     return f"{u.op} in `{u.module or '<top>'}` ({u.kind})"
-
-
-# ----------------------------------------------------------------------------- hooks
-
-_DATA_POS = {"linear": "0", "addmm": "1", "conv1d": "0", "conv2d": "0", "conv3d": "0",
-             "convolution": "0", "conv_transpose1d": "0", "conv_transpose2d": "0",
-             "conv_transpose3d": "0", "bilinear": "0", "mm": None, "bmm": None, "matmul": None}
-
-
-def _module_structure(graph: WidthGraph, path: str):
-    """(hookable, why not, {(param, node): "post" | "prepost" | "none"}) for module ``path``.
-
-    "post": the use is scaled by scaling the module's output; "prepost": a contraction whose
-    data operand is the module's input, so scaling the input scales it alone (not a bias added
-    inside the op); "none": the use is not on a linear path to the output."""
-    nodes = [n for n in graph.order if graph.node(n)["kind"] == "call_function"
-             and graph.node(n)["module"] == path]
-    inside = set(nodes)
-    uses_at: dict[str, list] = {}
-    for pname, p in graph.params.items():
-        for u in p.uses:
-            if u.node in inside:
-                uses_at.setdefault(u.node, []).append((pname, u))
-    classes = {(pname, u.node): "none" for lst in uses_at.values() for pname, u in lst}
-    mods = {graph.node(n)["module"] for n in graph.order if graph.node(n)["kind"] == "call_function"}
-    if any(m != path and (m.startswith(path + ".") or not path) for m in mods):
-        return False, "it runs other modules inside it", classes
-    out_node = next(n for n in graph.order if graph.node(n)["kind"] == "output")
-    outputs = [n for n in nodes if any(s not in inside or s == out_node for s in graph.nx.successors(n))]
-    if not outputs:
-        return False, "its output was not found in the graph", classes
-    externals = {u for n in nodes for u in graph.inputs(n)
-                 if u not in inside and not graph.node(u).get("param") and not graph.node(u).get("buffer")}
-    single_input = len(externals) <= len(outputs)
-
-    def data_is_input(node, use):
-        op = graph.node(node)["op"]
-        pos = _DATA_POS.get(op, "x")
-        if pos == "x":
-            return False
-        if pos is None:  # mm / bmm / matmul: the operand that is not the parameter
-            cands = [u for u, _, d in graph.nx.in_edges(node, data=True) if not _reaches_param(graph, u)]
-        else:
-            cands = [u for u, _, d in graph.nx.in_edges(node, data=True) if d["pos"] == pos]
-        if len(cands) != 1:
-            return False
-        cur = cands[0]
-        while cur in inside:
-            if not is_view(graph, cur):
-                return False
-            ins = graph.inputs(cur)
-            cur = ins[0] if ins else None
-        return cur is not None and (single_input or op == "bilinear")
-
-    bad = []
-
-    def walk(n, seen):
-        if n in seen:
-            return
-        seen.add(n)
-        if n not in inside:
-            bad.append(f"its output passes its input `{n}` through unchanged")
-            return
-        a = graph.node(n)
-        if n in uses_at:
-            others = []
-            for pname, u in uses_at[n]:
-                if u.kind == "matrix" and data_is_input(n, u):
-                    classes[(pname, n)] = "prepost"
-                else:
-                    classes[(pname, n)] = "post"
-            if a["op"] in ("add", "sub"):  # a bias added to the rest of the output
-                for u in graph.inputs(n):
-                    if not _reaches_param(graph, u):
-                        walk(u, seen)
-            return
-        if is_view(graph, n) or scale_exp(graph, n) is not None:
-            ins = [u for u in graph.inputs(n) if not graph.node(u).get("buffer")]
-            if ins:
-                walk(ins[0], seen)
-            return
-        bad.append(f"its output is not linear in its parameters (`{a['op']}`)")
-
-    seen: set = set()
-    for o in outputs:
-        walk(o, seen)
-    if bad:
-        return False, bad[0], classes
-    return True, "", classes
-
-
-def _reaches_param(graph, node) -> bool:
-    """Whether ``node`` is the parameter of ``use`` seen through view-like ops."""
-    cur, hops = node, 0
-    while cur is not None and hops < 16:
-        if graph.node(cur).get("param") is not None:
-            return True
-        if graph.node(cur)["kind"] != "call_function" or not is_view(graph, cur):
-            return False
-        ins = graph.inputs(cur)
-        cur, hops = (ins[0] if ins else None), hops + 1
-    return False
-
-
-def _hooks(graph, params, structure):
-    """HookRules for every module whose uses need a multiplier, and the uses that cannot get
-    one (their module cannot be hooked, or the hooks cannot give each use its factor)."""
-    by_module: dict[str, list] = {}
-    for name, pr in params.items():
-        for u in pr.uses:
-            by_module.setdefault(u.module, []).append((name, u))
-    hooks, fixed = [], set()
-    for path, items in by_module.items():
-        need = [(n, u) for n, u in items if u.factor_exp != 0]
-        if not need:
-            continue
-        if path not in structure:
-            structure[path] = _module_structure(graph, path)
-        ok, why, classes = structure[path]
-        post, both = set(), set()
-        if ok:
-            for n, u in items:
-                c = classes.get((n, u.node), "none")
-                if c == "none" and u.factor_exp != 0:
-                    ok = False
-                elif c == "post":
-                    post.add(u.factor_exp)
-                elif c == "prepost":
-                    both.add(u.factor_exp)
-        if ok and len(post) <= 1 and len(both) <= 1:
-            P = next(iter(post)) if post else (next(iter(both)) if both else ZERO)
-            Q = (next(iter(both)) - P) if both else ZERO
-            hooks.append(HookRule(module=path, pre_exp=sp.nsimplify(Q), post_exp=sp.nsimplify(P),
-                                  params=sorted({n for n, _ in items})))
-            continue
-        if ok:
-            why = "its parameters need different multipliers that hooks on input and output cannot give"
-            structure[path] = (False, why, classes)
-        fixed |= {(n, u.node) for n, u in items}
-    return hooks, fixed
-
-
-# ----------------------------------------------------------------------------- ops without params
-
-
-def _ops(graph: WidthGraph) -> list[OpRule]:
-    """Width-sized contractions of two activations: sdpa's logits and explicit q @ k^T."""
-    matrix_nodes = {u.node for p in graph.params.values() for u in p.uses if u.kind == "matrix"}
-    out = []
-    for n in graph.order:
-        a = graph.node(n)
-        if a["kind"] != "call_function":
-            continue
-        if a["op"] == "scaled_dot_product_attention":
-            d = (graph.node(graph.inputs(n)[0])["dims"] or (ZERO,))[-1]
-            d = ZERO if d is None else d
-            sc = a["scalars"].get("scale", {}).get("exp")
-            sc = -d / 2 if sc is None else sc
-            if d == 0:
-                continue
-            out.append(OpRule(n, a["module"], a["op"], True, d, sp.nsimplify(sc), -d, True))
-        elif a["op"] in ("matmul", "bmm", "mm") and n not in matrix_nodes:
-            ins = graph.inputs(n)
-            dims = graph.node(ins[0])["dims"] if ins else None
-            d = dims[-1] if dims else None
-            if not d or d <= 0:
-                continue
-            sc = _contraction_scale(graph, n)
-            out.append(OpRule(n, a["module"], a["op"], _feeds_softmax(graph, n), d, sc, -d, False))
-    return out
-
-
-def _contraction_scale(graph, n):
-    """Scalar factors on the operands (single-use chains) and on the output chain."""
-    total = ZERO
-    module = graph.node(n)["module"]
-    for src in graph.inputs(n):
-        while src is not None and graph.nx.out_degree(src) == 1 and graph.node(src)["module"] == module:
-            s = scale_exp(graph, src)
-            if s is None and not is_view(graph, src):
-                break
-            total += s or 0
-            ins = [u for u in graph.inputs(src) if not graph.node(u).get("buffer")]
-            src = ins[0] if ins else None
-    node = n
-    while True:
-        outs = list(graph.nx.successors(node))
-        if len(outs) != 1:
-            break
-        s = scale_exp(graph, outs[0])
-        if s is None and not is_view(graph, outs[0]):
-            break
-        total += s or 0
-        node = outs[0]
-    return sp.nsimplify(total)
-
-
-def _feeds_softmax(graph, n, depth=6) -> bool:
-    frontier = [n]
-    for _ in range(depth):
-        nxt = []
-        for x in frontier:
-            for s in graph.nx.successors(x):
-                op = graph.node(s)["op"]
-                if op in ("softmax", "_softmax", "log_softmax", "_log_softmax", "_safe_softmax"):
-                    return True
-                nxt.append(s)
-        frontier = nxt
-    return False
-
-
-def _explicit_problem(o: OpRule) -> str:
-    what = "attention logits" if o.attention else "a contraction of two width-sized activations"
-    return (f"{what} in `{o.module or '<top>'}` (node {o.node}: `{o.op}` over a dim ~ "
-            f"n^{o.d_exp}) scaled ~ n^{o.scale_exp}; muP needs 1/d (TP5 Def 4.1). apply_mup "
-            "patches only F.scaled_dot_product_attention, so fix this one by hand in that "
-            f"module's forward: multiply the logits by (base_width / width)^{-o.factor_exp} "
-            "(for 1/sqrt(d_head) now: use sqrt(d_head_at_base_width) / d_head), or compute the "
-            "attention with F.scaled_dot_product_attention.")
-
-
-# ----------------------------------------------------------------------------- text
-
-
-def _fan(x) -> str:
-    return "fin" if x == 0 else _e(x)
-
-
-def _e(x) -> str:
-    if x is None:
-        return "-"
-    if x == "zero":
-        return "zero"
-    x = sp.nsimplify(x)
-    return "1" if x == 0 else ("n" if x == 1 else f"n^{x}")
-
-
-def _m(x) -> str:
-    if x is None:
-        return "-"
-    x = sp.nsimplify(x)
-    return "1" if x == 0 else ("m" if x == 1 else f"m^{x}")
-
-
-def _x(expr) -> str:
-    if expr is None:
-        return "-"
-    num, den = sp.fraction(sp.sympify(expr))
-    text = str(num) if den == 1 else (f"{num}/{den}" if den.is_Atom or den.is_Pow else f"{num}/({den})")
-    return text.replace("**", "^")
-
-
-def _format(r: Rules) -> str:
-    from ..predict.analyze import _fold
-
-    lines = [
-        f"muP rules for {r.label}: convention {r.convention} ({_CONVENTION_NAMES[r.convention]}), "
-        f"optimizer {r.optimizer}, base width {r.base_width}",
-        "  fan_in / fan_out: the parameter's fan-in / fan-out (n = width); m = width_mult = "
-        "width / base_width. The last three columns multiply the model's current init, forward "
-        "and base learning rate.",
-        "",
-        f"  {'parameter':40s} {'kind':11s} {'fan_in':>6s} {'fan_out':>7s}  {'init var':13s} "
-        f"{'multiplier':15s} {'lr':15s} {'init x':>7s} {'mult x':>7s} {'lr x':>6s}",
-    ]
-    rows = []
-    for name, p in r.params.items():
-        if p.problem:
-            rows.append((name, f"{p.kind:11s} no rule: see problems"))
-            continue
-        mult = ", ".join(sorted({_x(u.multiplier) for u in p.uses})) if p.uses else "-"
-        fx = ", ".join(sorted({_m(u.factor_exp) for u in p.uses})) if p.uses else "-"
-        rows.append((name, f"{p.kind:11s} {_fan(p.fan_in_exp):>6s} {_fan(p.fan_out_exp):>7s}  "
-                           f"{_x(p.init_var):13s} {mult:15s} "
-                           f"{(_x(p.lr) if p.trainable else 'frozen'):15s} {_m(p.init_factor_exp):>7s} "
-                           f"{fx:>7s} {(_m(p.lr_exp) if p.trainable else '-'):>6s}"))
-    for name, text, count in _fold(rows):
-        label = name if count == 1 else f"{name} (x{count})"
-        lines.append(f"  {label[:40]:40s} {text}")
-    if r.hooks:
-        lines += ["", "  multipliers as forward hooks (input x, output x):"]
-        for name, text, count in _fold([((h.module or "<top>") + ".", f"{_m(h.pre_exp)}, {_m(h.post_exp)}")
-                                         for h in r.hooks]):
-            lines.append(f"    {name.rstrip('.')}{'' if count == 1 else f' (x{count})'}: {text}")
-    if r.ops:
-        lines += ["", "  contractions of two width-sized activations (need scale ~ 1/d, TP5 Def 4.1):"]
-        for name, text, count in _fold([(o.module + ".", (
-                f"{o.op} over d ~ {_e(o.d_exp)}: scale {_e(o.scale_exp)} -> {_e(o.needed_exp)}"
-                + ("" if o.ok else f": multiply the scale by {_m(o.factor_exp)}"
-                   + ("" if o.fixable else " BY HAND (explicit matmul)")))) for o in r.ops]):
-            lines.append(f"    {name.rstrip('.') or '<top>'}{'' if count == 1 else f' (x{count})'}: {text}")
-    pnotes = [(name, n) for name, p in r.params.items() for n in p.notes]
-    if pnotes or r.notes:
-        lines += [""]
-        for name, text, count in _fold([(n + ".", t) for n, t in pnotes]):
-            lines.append(f"  note: {name.rstrip('.')}{'' if count == 1 else f' (x{count})'}: {text}")
-        for n in r.notes:
-            lines.append(f"  note: {n}")
-    if r.problems:
-        lines += ["", "  problems:"] + [f"    - {p}" for p in r.problems]
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- PyTorch
-
-
-def _f(e) -> str:
-    """Python source of width_mult ** e with ``m`` the width multiplier."""
-    e = sp.nsimplify(e)
-    return "m" if e == 1 else f"m ** {float(e)!r}"
-
-
-def _pytorch(r: Rules) -> str:
-    opt = r.optimizer
-    out = [
-        f'"""muP for {r.label}: convention {r.convention}, optimizer {opt}, base width {r.base_width}.',
-        "",
-        "Generated by tensorprog.rules. Every factor is (width / base_width) ** e, so at the base",
-        "width each one is exactly 1. Usage:",
-        "",
-        "    model = factory(width)",
-        "    mup_init_(model, width); mup_multipliers(model, width); mup_attention(model, width)",
-        f"    opt = torch.optim.{'SGD' if opt == 'sgd' else 'AdamW'}(mup_param_groups(model, lr, width))",
-        '"""',
-        "import math",
-        "",
-        "import torch",
-        "import torch.nn.functional as F",
-        "",
-        f"BASE_WIDTH = {r.base_width}",
-        "",
-        "",
-        "def mup_init_(model, width, base_width=BASE_WIDTH):",
-        '    """Rescale the freshly built weights (the distribution shape is kept)."""',
-        "    m = width / base_width",
-        "    with torch.no_grad():",
-    ]
-    body = []
-    for name, p in r.params.items():
-        if p.problem or p.init_factor_exp == 0:
-            continue
-        body.append(f"        model.get_parameter({name!r}).mul_({_f(p.init_factor_exp)})  "
-                    f"# {p.kind}: init var {_x(p.init_var)} (now RMS ~ {_e(p.measured_init_exp)})")
-    out += body or ["        pass"]
-    out += ["", "", "def mup_multipliers(model, width, base_width=BASE_WIDTH):",
-            '    """Forward multipliers as hooks: input factor (the weight\'s contraction only) and',
-            '    output factor of each module. Returns the hook handles."""',
-            "    m = width / base_width",
-            "    handles = []"]
-    for h in r.hooks:
-        if h.pre_exp != 0:
-            out.append(f"    handles.append(model.get_submodule({h.module!r}).register_forward_pre_hook("
-                       f"lambda mod, args, f={_f(h.pre_exp)}: (args[0] * f,) + tuple(args[1:])))")
-        if h.post_exp != 0:
-            out.append(f"    handles.append(model.get_submodule({h.module!r}).register_forward_hook("
-                       f"lambda mod, args, out, f={_f(h.post_exp)}: out * f))")
-    out += ["    return handles"]
-    fix = [o for o in r.ops if o.fixable]
-    factors = [o.factor_exp for o in fix]
-    out += ["", "", "def mup_attention(model, width, base_width=BASE_WIDTH):",
-            '    """Scale the logits of every F.scaled_dot_product_attention call in model.forward to',
-            '    ~ 1/d_head (TP5 Def 4.1): the call\'s scale (default 1/sqrt(d_head)) times a factor."""']
-    if not fix or all(f == 0 for f in factors):
-        out += ["    return []  # nothing to fix"]
-    else:
-        out += ["    m = width / base_width",
-                f"    factors = [{', '.join(_f(f) for f in factors)}]  # one per call, in order",
-                "    state = {'original': None, 'calls': 0}",
-                "",
-                "    def patched(query, key, value, *args, **kwargs):",
-                "        f = factors[min(state['calls'], len(factors) - 1)]",
-                "        state['calls'] += 1",
-                "        args = list(args)",
-                "        if len(args) >= 4:",
-                "            scale = args[3]",
-                "        else:",
-                "            scale = kwargs.get('scale')",
-                "        scale = (1.0 / math.sqrt(query.size(-1)) if scale is None else scale) * f",
-                "        if len(args) >= 4:",
-                "            args[3] = scale",
-                "        else:",
-                "            kwargs['scale'] = scale",
-                "        return state['original'](query, key, value, *args, **kwargs)",
-                "",
-                "    def pre(mod, args):",
-                "        state['original'], state['calls'] = F.scaled_dot_product_attention, 0",
-                "        F.scaled_dot_product_attention = patched",
-                "",
-                "    def post(mod, args, out):",
-                "        F.scaled_dot_product_attention = state['original']",
-                "",
-                "    return [model.register_forward_pre_hook(pre),",
-                "            model.register_forward_hook(post, always_call=True)]"]
-    hand = [o for o in r.ops if not o.fixable and not o.ok]
-    for o in hand:
-        out.append(f"# BY HAND: `{o.module or '<top>'}` computes attention logits with an explicit "
-                   f"{o.op}; multiply them by {_f(o.factor_exp)} (scale ~ 1/d_head).")
-    lrs = {name: p.lr_exp for name, p in r.params.items() if p.trainable and p.lr_exp not in (None, 0)
-           and not p.problem}
-    out += ["", "", "def mup_param_groups(model, lr, width, base_width=BASE_WIDTH, weight_decay=0.0):",
-            '    """Optimizer param groups: lr * m ** e per parameter; weight decay divided by the same',
-            '    factor, so lr * weight_decay stays constant in width (as the mup package does)."""',
-            "    m = width / base_width",
-            "    lr_exp = {"]
-    out += [f"        {name!r}: {float(e)!r}," for name, e in lrs.items()]
-    out += ["    }",
-            "    groups = {}",
-            "    for name, p in model.named_parameters():",
-            "        if not p.requires_grad:",
-            "            continue",
-            "        e = lr_exp.get(name, 0.0)",
-            "        g = groups.setdefault(e, {'params': [], 'lr': lr * m ** e,",
-            "                                  'weight_decay': weight_decay * m ** -e})",
-            "        g['params'].append(p)",
-            "    return list(groups.values())",
-            ""]
-    return "\n".join(out)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def add_cli_arguments(parser) -> None:
-    """Arguments of ``tensorprog rules``: FILE.py:factory or --example NAME, --optimizer,
-    --convention, --base-width, --json, --pytorch."""
-    from ..cli import _common
-
-    _common(parser)
-    parser.add_argument("--convention", default="table3", choices=CONVENTIONS,
-                        help="table3 (default), table8 (the mup package), table9 (TP4), unit")
-    parser.add_argument("--base-width", type=int, help="width where every factor is 1 "
-                        "(default: the smallest traced width)")
-    parser.add_argument("--pytorch", help="write ready-to-paste PyTorch code here ('-': stdout)")
-    parser.add_argument("--device", default="cpu", help="cpu, or meta to trace without weights")
-
-
-def cli_main(args) -> int:
-    """``tensorprog rules``: print the table; --json / --pytorch write the other forms."""
-    import sys
-
-    from ..cli import load_target
-
-    t = load_target(args)
-    optimizer = args.optimizer or "adam"
-    r = rules(t.factory, tuple(args.widths or t.widths), example_inputs=t.example_inputs,
-              optimizer="adam" if optimizer == "adamw" else optimizer, convention=args.convention,
-              base_width=args.base_width, device=getattr(args, "device", "cpu"), label=t.label)
-    print(r)
-    if args.json:
-        r.to_json(args.json)
-        print(f"wrote {args.json}", file=sys.stderr)
-    if getattr(args, "pytorch", None):
-        code = r.to_pytorch()
-        if args.pytorch == "-":
-            print(code)
-        else:
-            with open(args.pytorch, "w") as f:
-                f.write(code)
-            print(f"wrote {args.pytorch}", file=sys.stderr)
-    return 0

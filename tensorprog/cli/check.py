@@ -1,0 +1,121 @@
+"""``tensorprog check``: train at growing widths and test every prediction."""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from typing import Any
+
+import torch
+
+from ..errors import CheckError, TensorprogError
+from ..measure.check import check
+from ..measure.runner import DEFAULT_LR, resolve_device
+from .load import load_file
+
+__all__ = ["add_arguments", "run", "main"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``tensorprog check`` on an argparse (sub)parser."""
+    parser.add_argument("target", nargs="?", help="FILE.py:factory (a function width -> nn.Module). "
+                        "The file may also define example_inputs, make_optimizer, loss, data.")
+    parser.add_argument("--example", choices=("mlp", "cnn", "gpt"),
+                        help="check a zoo example instead of a file")
+    parser.add_argument("--param", default="mup", choices=("sp", "ntk", "mup", "mup_table8"),
+                        help="zoo parametrization (with --example)")
+    parser.add_argument("--optimizer", default=None, choices=("adam", "sgd", "adamw"),
+                        help="optimizer (zoo) or default optimizer class for a file without "
+                             "make_optimizer (default adam)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: adam 1e-3, sgd 1e-2)")
+    parser.add_argument("--widths", nargs="+", default=None,
+                        help="widths, space- or comma-separated (default 64 ... 2048; a zoo "
+                             "example on the CPU: 64 128 256 512)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--plot", default=None, help="write the coordinate-check PNG here")
+    parser.add_argument("--json", default=None, help="write the full report as JSON here")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--inputs", help="name of example_inputs in FILE (default: example_inputs)")
+    parser.add_argument("--make-optimizer", dest="make_optimizer",
+                        help="name of make_optimizer(model) in FILE (default: make_optimizer)")
+    parser.add_argument("--loss", help="name of loss(output, inputs) in FILE (default: loss)")
+    return parser
+
+
+def _int_list(s: str) -> list[int]:
+    try:
+        return [int(x) for x in re.split(r"[,\s]+", str(s).strip()) if x]
+    except ValueError:
+        raise CheckError(f"--widths must be integers (e.g. --widths 64 128 256), got {s!r}.") from None
+
+
+def _load_target(target: str):
+    """(module, factory) for FILE.py:factory, with the CLI's own file loader."""
+    if ":" not in target:
+        raise CheckError(f"target must be FILE.py:factory, got {target!r}.")
+    path, name = target.rsplit(":", 1)
+    mod = load_file(path)
+    if not hasattr(mod, name):
+        raise CheckError(f"{path} defines no {name!r} (the factory width -> model).")
+    return mod, getattr(mod, name)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tensorprog check``; returns the exit code (0 unless a prediction is refuted: 1)."""
+    kw: dict[str, Any] = {}
+    if args.example:
+        from ..zoo import example
+        ex = example(args.example, param=args.param, optimizer=args.optimizer or "adam", lr=args.lr)
+        factory = ex.factory
+        kw.update(example_inputs=ex.example_inputs, make_optimizer=ex.make_optimizer, loss=ex.loss)
+        default_widths = (64, 128, 256, 512) if resolve_device(args.device).type == "cpu" else \
+            (64, 128, 256, 512, 1024, 2048)
+    elif args.target:
+        mod, factory = _load_target(args.target)
+        names = {"example_inputs": getattr(args, "inputs", None),
+                 "make_optimizer": getattr(args, "make_optimizer", None),
+                 "loss": getattr(args, "loss", None), "data": None}
+        for key, name in names.items():
+            if name and not hasattr(mod, name):
+                raise CheckError(f"{args.target.rsplit(':', 1)[0]} defines no {name!r} (for {key}).")
+            if hasattr(mod, name or key):
+                kw[key] = getattr(mod, name or key)
+        if "make_optimizer" not in kw:
+            kind = "sgd" if args.optimizer == "sgd" else "adam"
+            lr = args.lr or DEFAULT_LR[kind]
+            cls = torch.optim.SGD if kind == "sgd" else torch.optim.Adam
+            kw["make_optimizer"] = lambda m: cls(m.parameters(), lr=lr)
+        default_widths = (64, 128, 256, 512, 1024, 2048)
+    else:
+        raise CheckError("give FILE.py:factory or --example NAME.")
+    widths = [w for item in args.widths for w in _int_list(item)] if args.widths else default_widths
+    rep = check(factory, widths, steps=args.steps, seeds=args.seeds,
+                device=args.device, progress=not args.quiet, **kw)
+    print(rep)
+    if args.json:
+        rep.to_json(args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        rep.plot(args.plot)
+        print(f"wrote {args.plot}")
+    return 1 if rep.verdict == "refuted" else 0
+
+
+def main(argv=None) -> int:  # standalone: python -m tensorprog.cli.check ...
+    parser = add_arguments(argparse.ArgumentParser(prog="tensorprog check"))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except TensorprogError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The coordinate-check figure of a ``CheckReport`` (see ``CheckReport.plot``)."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .judge import NEG, Record
+
+__all__ = ["plot_check"]
+
+
+def _group_key(r: Record) -> str:
+    mod = re.sub(r"(^|\.)\d+(?=\.|$)", r"\1*", r.module or "")
+    return f"{mod or 'top'}:{r.op}"
+
+
+def plot_check(rep, path: str, max_groups: int = 16) -> str:
+    """Write the figure of a CheckReport to ``path`` (PNG); returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
+
+    recs = [r for r in rep.records if r.focus]
+    groups: dict[str, list[Record]] = {}
+    for r in recs:
+        groups.setdefault(_group_key(r), []).append(r)
+    keys = list(groups)[:max_groups]
+    T = rep.steps
+    fig = Figure(figsize=(4 * (T + 1), 7.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, T + 1, squeeze=False)
+    cmap = [f"C{i % 10}" for i in range(len(keys))]
+    ws = np.asarray(rep.widths, dtype=float)
+    for row, kind in enumerate(("size", "change")):
+        for t in range(T + 1):
+            ax = axes[row][t]
+            if kind == "change" and t == 0:
+                ax.axis("off")
+                continue
+            for color, key in zip(cmap, keys):
+                members = [r for r in groups[key] if r.kind == kind and r.step == t]
+                if not members:
+                    continue
+                curves = np.array([[r.mean_values[w] for w in rep.widths] for r in members])
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    y = np.exp(np.nanmean(np.log(np.where(curves > 0, curves, np.nan)), axis=0))
+                ok = np.isfinite(y)
+                if ok.sum() == 0:
+                    continue
+                blown = any(r.blowup for r in members)
+                ax.plot(ws[ok], y[ok], "o-", color=color, ms=3, lw=1.2,
+                        label=key + (" (blow-up)" if blown else ""))
+                i0 = int(np.argmax(ok))
+                for pred in dict.fromkeys(r.predicted for r in members):  # one per distinct exponent
+                    if pred is not None and pred != NEG:
+                        ax.plot(ws, y[i0] * (ws / ws[i0]) ** float(pred), "--", color=color, lw=0.8)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticks(ws)
+            ax.set_xticklabels([str(int(w)) for w in ws], fontsize=7)
+            ax.set_xlabel("width")
+            ax.set_title(f"{'mean |x_t|' if kind == 'size' else 'mean |x_t - x_0|'}, step {t}",
+                         fontsize=9)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        axes[1][0].legend(handles, labels, loc="center", fontsize=7, frameon=False)
+    fig.suptitle(f"tensorprog check: {rep.verdict} ({rep.optimizer}; dashed: predicted slopes)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path

@@ -1,0 +1,600 @@
+"""Running the measured program: inputs and batches, building models, exporting per width, and the
+``torch.fx.Interpreter`` that trains the exported graph on the model's own parameters.
+
+See ``measure/check.py``'s module docstring ("How the measured program is run") for the design.
+"""
+from __future__ import annotations
+
+import gc
+import itertools
+import math
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.utils._pytree as pytree
+
+from ..errors import CheckError, TensorprogError, TraceError
+from .judge import NEG, Tolerance
+
+__all__ = ["Runner", "DEFAULT_LR", "default_loss", "check_widths", "resolve_device",
+           "progress_printer", "default_optimizer", "data_source", "first_batch", "batches_for",
+           "build_model", "make_opt", "free_memory", "program_for", "EXPORT_MODES",
+           "measured_nodes", "roundoff_recheck", "reference_nodes"]
+
+#: Ops whose outputs are features (the focus list), as in the engine's matrix rules.
+DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}
+
+
+def default_loss(output, inputs) -> torch.Tensor:
+    """The loss when none is given.
+
+    A scalar output is taken as the loss itself (a model that returns its loss). Otherwise
+    0.5 * mean((y - target)^2) on the first tensor output, with fixed N(0, 1) targets of y's
+    shape (a seeded generator, the same at every width and seed): a Theta(1) gradient per output
+    coordinate, as the engine assumes (TP4: the loss is a Theta(1) function of the finite-dim
+    output). 0.5 * mean(y^2) would not do: a muP network's output starts near zero, so its
+    gradient would vanish with width.
+    """
+    leaves = [x for x in pytree.tree_leaves(output) if isinstance(x, torch.Tensor)]
+    if not leaves:
+        raise CheckError(f"the model output ({type(output).__name__}) contains no tensor to build "
+                         "a loss from; pass loss=(output, inputs) -> scalar.")
+    y = leaves[0]
+    if y.numel() == 1:
+        return y.reshape(())
+    g = torch.Generator(device="cpu").manual_seed(1234)
+    target = torch.randn(tuple(y.shape), generator=g).to(device=y.device, dtype=y.dtype)
+    return 0.5 * ((y - target) ** 2).mean()
+
+
+def check_widths(widths) -> list[int]:
+    """trace's width validation, reported as a CheckError."""
+    from ..graph.trace import check_widths as check_trace_widths
+
+    try:
+        return check_trace_widths(widths)
+    except TraceError as e:
+        raise CheckError(str(e)) from None
+
+
+def resolve_device(device) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise CheckError(f"unknown device {device!r}: {e}") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise CheckError(f"device {device!r} requested but CUDA is not available; use device='auto'.")
+    if d.type == "meta":
+        raise CheckError("device='meta' cannot train; use 'cpu', 'cuda' or 'auto'.")
+    return d
+
+
+def progress_printer(progress):
+    """Progress lines on stderr, as trace prints them."""
+    from ..graph.trace import progress_printer as _progress
+
+    return _progress(progress)
+
+
+def default_optimizer(kind):
+    lr = DEFAULT_LR[kind]
+
+    def make(model):
+        cls = torch.optim.SGD if kind == "sgd" else torch.optim.Adam
+        return cls(model.parameters(), lr=lr)
+    return make
+
+
+def data_source(data):
+    """data -> None or a function width -> iterable of batches."""
+    if data is None:
+        return None
+    if callable(data) and not isinstance(data, (list, tuple, torch.Tensor)):
+        return data
+    if isinstance(data, torch.Tensor):
+        raise CheckError("data must be an iterable of input tuples (one batch per step) or a "
+                         "callable width -> batches, not a single tensor; for one fixed batch pass "
+                         "example_inputs=(tensor,).")
+    if not isinstance(data, Iterable):
+        raise CheckError(f"data must be an iterable of input tuples or a callable, got {type(data).__name__}.")
+    items = list(data)
+    if not items:
+        raise CheckError("data is empty: give at least one batch (a tuple of input tensors).")
+    return lambda w: items
+
+
+def _as_batch(b, k):
+    """A batch: a tuple of positional inputs, or a dict of keyword inputs (HuggingFace style)."""
+    if isinstance(b, torch.Tensor):
+        return (b,)
+    if isinstance(b, list):
+        b = tuple(b)
+    if isinstance(b, dict):
+        return dict(b)
+    if not isinstance(b, tuple):
+        raise CheckError(f"batch {k} of data is a {type(b).__name__}; each batch must be a tuple "
+                         "of model inputs, one tensor, or a dict of keyword inputs.")
+    return b
+
+
+def first_batch(d):
+    if isinstance(d, (tuple, dict, torch.Tensor)):
+        return _as_batch(d, 0)
+    if isinstance(d, list) and d and isinstance(d[0], torch.Tensor):
+        return _as_batch(d, 0)
+    return _as_batch(next(iter(d)), 0)
+
+
+def _split(batch):
+    """(positional, keyword) inputs of a batch, as torch.export's (args, kwargs)."""
+    return ((), batch) if isinstance(batch, dict) else (batch, {})
+
+
+def batches_for(data_fn, example_inputs, model, w, dev, dtype, count) -> list:
+    """``count`` batches (tuples or keyword dicts, on the device); the same object every step
+    for a fixed batch. What the loss receives as ``inputs``."""
+    from ..graph.trace import example_args as _inputs
+    from ..errors import TraceError
+
+    try:
+        args, kwargs = _inputs(example_inputs, model, w, "cpu")
+    except TraceError as e:
+        raise CheckError(str(e)) from e
+    ref = _cast(kwargs if kwargs and not args else args, dev, dtype)
+    if data_fn is None:
+        return [ref] * count
+    d = data_fn(w)
+    if isinstance(d, (tuple, dict, torch.Tensor)):
+        batches = [_as_batch(d, 0)]
+    else:
+        batches = [_as_batch(b, k) for k, b in zip(range(count), itertools.cycle(d))]
+        if not batches:
+            raise CheckError(f"data({w}) gave no batches.")
+    out = []
+    for k, b in enumerate(batches):
+        b = _cast(b, dev, dtype)
+        if isinstance(ref, dict):  # keyword inputs flatten in the export's key order
+            if not isinstance(b, dict) or set(b) != set(ref):
+                raise CheckError(f"batch {k} of data must be a dict with keys {sorted(ref)} like "
+                                 f"the example inputs, got {type(b).__name__} "
+                                 f"{sorted(b) if isinstance(b, dict) else ''}.")
+            b = {key: b[key] for key in ref}
+        _check_like(b, ref, k, w)
+        out.append(b)
+    if len(out) == 1:
+        return out * count
+    return [out[k % len(out)] for k in range(count)]
+
+
+def _cast(args, dev, dtype):
+    """Tensors of a batch (tuple or dict) moved to the device; float ones cast to dtype."""
+    def mv(t):
+        if isinstance(t, torch.Tensor):
+            t = t.to(dev)
+            return t.to(dtype) if t.is_floating_point() else t
+        return t
+    if isinstance(args, dict):
+        return {k: pytree.tree_map(mv, v) for k, v in args.items()}
+    return tuple(pytree.tree_map(mv, a) for a in args)
+
+
+def _check_like(batch, ref, k, w):
+    lb, lr = pytree.tree_leaves(batch), pytree.tree_leaves(ref)
+    if len(lb) != len(lr):
+        raise CheckError(f"batch {k} of data has {len(lb)} inputs but the model was exported with "
+                         f"{len(lr)} (width {w}); each batch must be a tuple like the example inputs.")
+    for i, (x, y) in enumerate(zip(lb, lr)):
+        if isinstance(y, torch.Tensor):
+            if not isinstance(x, torch.Tensor) or tuple(x.shape) != tuple(y.shape) or \
+                    x.is_floating_point() != y.is_floating_point():
+                got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+                raise CheckError(
+                    f"input {i} of batch {k} of data is {got} but the model was exported with "
+                    f"{tuple(y.shape)} {y.dtype} (width {w}). The exported graph has static "
+                    "shapes: every batch must match the example inputs' shapes (or pass "
+                    "example_inputs of the data's shape).")
+
+
+def build_model(factory, w, dev, dtype, seed) -> nn.Module:
+    torch.manual_seed(seed)
+    try:
+        with torch.device(dev):
+            model = factory(w)
+    except TensorprogError:
+        raise
+    except Exception as e:
+        raise CheckError(f"factory({w}) raised {type(e).__name__}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise CheckError(f"factory({w}) returned {type(model).__name__}, not an nn.Module.")
+    model.to(dev)
+    if dtype != torch.float32:
+        model.to(dtype)
+    return model
+
+
+def make_opt(make_optimizer, model, w):
+    try:
+        opt = make_optimizer(model)
+    except Exception as e:
+        raise CheckError(f"make_optimizer(model) raised {type(e).__name__}: {e} (width {w}).") from e
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise CheckError(f"make_optimizer must return a torch.optim.Optimizer, got {type(opt).__name__}.")
+    return opt
+
+
+def free_memory(dev):
+    """Between widths: on CUDA collect cycles and return cached blocks to the driver. On CPU
+    reference counting has already freed the width's tensors (a full gc.collect() costs ~0.3 s
+    with sympy's and networkx's object graphs in memory, more than a small width's training)."""
+    if dev.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------- programs
+
+
+def program_for(graph, factory, w, example_inputs, dev, dtype, say):
+    """(exported program at width w for the device, the seed-0 model it was exported from)."""
+    from ..graph.trace import export_program as _export, example_args as _inputs
+    from ..errors import TraceError
+
+    model = build_model(factory, w, dev, dtype, 0)
+    ep = graph.programs.get(w)
+    if ep is None or not _runs_on(ep, dev) or dtype != torch.float32:
+        say(f"exporting width {w}")
+        try:
+            args, kwargs = _inputs(example_inputs, model, w, "cpu")
+            args, kwargs = _cast(args, dev, dtype), _cast(kwargs, dev, dtype)
+            modes = EXPORT_MODES.get(id(factory))
+            try:  # the export mode (non-strict / strict) that worked at the previous width
+                ep = _export(model, args, kwargs, w, modes) if modes else _export(model, args, kwargs, w)
+            except TypeError:  # an older trace._export without the modes argument
+                ep = _export(model, args, kwargs, w)
+            if isinstance(ep, tuple):  # trace._export returns (program, strict?)
+                ep, strict = ep
+                EXPORT_MODES[id(factory)] = (strict,)
+        except TraceError as e:
+            raise CheckError(str(e)) from e
+    return ep, model
+
+
+#: id(factory) -> the export mode that worked for it (mup's MuReadout needs strict export;
+#: trying non-strict first at every width would cost a failed export each time). Per check call.
+EXPORT_MODES: dict[int, tuple] = {}
+
+
+def _runs_on(ep, dev) -> bool:
+    for n in ep.graph.nodes:
+        v = n.meta.get("val")
+        if isinstance(v, torch.Tensor) and v.device.type != dev.type:
+            return False
+    return True
+
+
+def reference_nodes(graph):
+    w0 = graph.widths[0]
+    return [(n.op, str(n.target)) for n in graph.programs[w0].graph.nodes]
+
+
+def measured_nodes(graph):
+    """(measured node names in order, skipped {name: why}, focus set)."""
+    from ..graph.uses import is_view, scale_exp
+    from ..ops import lookup
+
+    has_param = set()
+    floats = _float_nodes(graph)
+    nodes, skipped = [], {}
+    for n in graph.order:
+        a = graph.node(n)
+        ins = graph.inputs(n)
+        if a["param"] or any(u in has_param for u in ins):
+            has_param.add(n)
+        if a["kind"] == "output":
+            continue
+        if a["kind"] == "placeholder" and not a["param"]:
+            skipped[n] = "buffer" if a["buffer"] else "input" if a["input"] is not None else "placeholder"
+            continue
+        if a["kind"] not in ("placeholder", "call_function"):
+            skipped[n] = a["kind"]
+            continue
+        if n not in has_param:
+            skipped[n] = "constant (no parameter upstream)"
+            continue
+        if a["dims"] is None or n not in floats:
+            skipped[n] = "not a float tensor"
+            continue
+        nodes.append(n)
+    focus = set()
+    for n in nodes:
+        spec = lookup(graph.node(n))  # features: the outputs of contractions and attention
+        if spec is not None and (spec.new_source or spec.attention):
+            focus.add(n)
+            cur, end = n, None
+            while True:  # the end of its scalar-multiplier chain (NTK's x * fan_in^-1/2)
+                outs = list(graph.nx.successors(cur))
+                if len(outs) != 1 or graph.nx.number_of_edges(cur, outs[0]) != 1:
+                    break
+                nxt = outs[0]
+                s = scale_exp(graph, nxt)
+                if not is_view(graph, nxt) and s is None:
+                    break
+                if s is not None:
+                    end = nxt
+                cur = nxt
+            if end is not None and end in nodes:
+                focus.add(end)
+    out_node = next((n for n in graph.order if graph.node(n)["kind"] == "output"), None)
+    if out_node is not None:
+        focus.update(u for u in graph.inputs(out_node) if u in nodes)
+    return nodes, skipped, focus
+
+
+def _float_nodes(graph) -> set:
+    """Names of traced nodes whose value is one floating-point tensor (from the export's meta)."""
+    ep = graph.programs[graph.widths[0]]
+    return {n.name for n in ep.graph.nodes
+            if isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].is_floating_point()}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class _Recorder(torch.fx.Interpreter):
+    """Runs the exported graph and hands each recorded node's value to ``sink(column, value)``
+    (as torch.fx's ShapeProp writes shapes onto nodes, this records sizes)."""
+
+    def __init__(self, gm, columns: dict[str, int]):
+        super().__init__(gm, garbage_collect_values=True)
+        self.columns = columns
+        self.sink = None
+
+    def run_node(self, n):
+        v = super().run_node(n)
+        j = self.columns.get(n.name)
+        if j is not None and self.sink is not None and isinstance(v, torch.Tensor) \
+                and v.is_floating_point():
+            self.sink(j, v)
+        return v
+
+
+class Runner:
+    """One width: the exported program, how to feed it a model, and the training loop."""
+
+    def __init__(self, ep, graph, ref_nodes, nodes, w, sample=None, exact=()):
+        self.sample = sample  # entries per tensor to average over (None: all)
+        self.exact = set(exact)  # columns always measured over every entry
+        self._index = {}
+        mine = [(n.op, str(n.target)) for n in ep.graph.nodes]
+        if mine != ref_nodes:
+            i = next((k for k, (a, b) in enumerate(zip(mine, ref_nodes)) if a != b),
+                     min(len(mine), len(ref_nodes)))
+            raise CheckError(
+                f"the program exported at width {w} differs from the traced one at node {i} "
+                f"({mine[i] if i < len(mine) else 'end'} vs "
+                f"{ref_nodes[i] if i < len(ref_nodes) else 'end'}): the model's structure must "
+                "not depend on the width.")
+        canon = [n.name for n in graph.programs[graph.widths[0]].graph.nodes]
+        col = {c: j for j, c in enumerate(nodes)}
+        columns = {}
+        for n, c in zip(ep.graph.nodes, canon):
+            if c in col:
+                columns[n.name] = col[c]
+        self.n = len(nodes)
+        self.ep = ep
+        self.recorder = _Recorder(ep.graph_module, columns)
+        sig = ep.graph_signature
+        self.in_specs = list(sig.input_specs)
+        self.out_specs = list(sig.output_specs)
+        self.out_tree = ep.call_spec.out_spec
+
+    # -- feeding
+
+    def _flat_inputs(self, model, params, batch):
+        from torch.export.graph_signature import InputKind
+
+        user = pytree.tree_leaves(_split(batch))
+        k, flat = 0, []
+        for spec in self.in_specs:
+            if spec.kind == InputKind.PARAMETER:
+                flat.append(params[spec.target])
+            elif spec.kind == InputKind.BUFFER:
+                flat.append(model.get_buffer(spec.target))
+            elif spec.kind == InputKind.CONSTANT_TENSOR:
+                flat.append(self.ep.constants[spec.target])
+            elif spec.kind == InputKind.USER_INPUT:
+                if k >= len(user):
+                    raise CheckError("the batch has fewer inputs than the exported model takes.")
+                flat.append(user[k])
+                k += 1
+            else:
+                raise CheckError(f"exported programs with {spec.kind} inputs are not supported.")
+        return flat
+
+    def _run(self, model, params, batch):
+        from torch.export.graph_signature import OutputKind
+
+        outs = self.recorder.run(*self._flat_inputs(model, params, batch))
+        if not isinstance(outs, (tuple, list)):
+            outs = (outs,)
+        user = []
+        for spec, v in zip(self.out_specs, outs):
+            if spec.kind == OutputKind.BUFFER_MUTATION:
+                with torch.no_grad():
+                    model.get_buffer(spec.target).copy_(v)
+            elif spec.kind == OutputKind.USER_OUTPUT:
+                user.append(v)
+        try:
+            return pytree.tree_unflatten(user, self.out_tree)
+        except Exception:  # noqa: BLE001 - fall back to the flat outputs
+            return user[0] if len(user) == 1 else tuple(user)
+
+    # -- training
+
+    def _subset(self, v):
+        """Index tensors picking ``sample`` fixed random entries of a tensor of v's shape (the
+        same entries at every step and seed of this width), or None to use every entry."""
+        if not self.sample or v.numel() <= self.sample:
+            return None
+        key = (tuple(v.shape), v.device)
+        idx = self._index.get(key)
+        if idx is None:
+            g = torch.Generator(device="cpu").manual_seed(v.numel() % (2**31 - 1))
+            flat = torch.randint(v.numel(), (self.sample,), generator=g)
+            idx = self._index[key] = tuple(i.to(v.device) for i in torch.unravel_index(flat, v.shape))
+        return idx
+
+    def _scratch(self, v):
+        """A view of one shared buffer shaped like v (same dtype and device). The change of each
+        node is reduced right after it is written, so one buffer serves every node and step."""
+        buf = getattr(self, "_buf", None)
+        if buf is None or buf.numel() < v.numel() or buf.dtype != v.dtype or buf.device != v.device:
+            buf = self._buf = torch.empty(v.numel(), dtype=v.dtype, device=v.device)
+        return buf[:v.numel()].view(v.shape)
+
+    def train(self, model, opt, batches, loss_fn, T):
+        from torch.export.graph_signature import InputKind
+
+        names = [s.target for s in self.in_specs if s.kind == InputKind.PARAMETER]
+        try:
+            params = {n: model.get_parameter(n) for n in names}
+        except AttributeError as e:
+            raise CheckError(f"the model has no parameter named as in its export: {e}") from e
+        ptrs = {p.untyped_storage().data_ptr() for p in params.values()}
+        fixed = all(b is batches[0] for b in batches)
+        init = {n: p.detach().clone() for n, p in params.items()} if not fixed else None
+        sizes = [[None] * self.n for _ in range(T + 1)]
+        lgrad = [None] * T
+        changes = [[None] * self.n for _ in range(T + 1)]
+        x0: dict[int, torch.Tensor] = {}
+        ref = [None] * self.n
+
+        for t in range(T + 1):
+            batch = batches[t]
+            if t > 0 and not fixed:  # x_0 on this batch: the frozen initial parameters
+                x0 = {}
+
+                def keep(j, v):
+                    idx = None if j in self.exact else self._subset(v)
+                    x0[j] = v.detach() if idx is None else v.detach()[idx]
+                self.recorder.sink = keep
+                with torch.no_grad():
+                    self._run(model, init, batch)
+
+            def sink(j, v, t=t):
+                v = v.detach()
+                n = v.numel()
+                if n == 0:
+                    return
+                idx = None if j in self.exact else self._subset(v)
+                if idx is not None:  # a large tensor: a fixed random subset of its entries
+                    vs = v[idx]  # gathered: a copy, never an alias of a parameter
+                    sizes[t][j] = _l1(vs) / vs.numel()
+                    if t == 0:
+                        x0[j] = vs
+                        ref[j] = sizes[t][j]
+                    elif j in x0:
+                        changes[t][j] = _l1(vs - x0[j]) / vs.numel()
+                    return
+                # one pass, no temporary: the L1 norm accumulated in float32
+                sizes[t][j] = _l1(v) / n
+                if t == 0:
+                    alias = v.untyped_storage().data_ptr() in ptrs  # a parameter (or its view)
+                    x0[j] = v.clone() if alias else v
+                    ref[j] = sizes[t][j]
+                elif j in x0:
+                    d = self._scratch(v)  # reused buffer: no fresh allocation per node
+                    torch.sub(v, x0[j], out=d)
+                    changes[t][j] = _l1(d) / n
+            self.recorder.sink = sink
+            out = self._run(model, params, batch)
+            self.recorder.sink = None
+            if t == T:
+                break
+            value = _loss_value(loss_fn, out, batch)
+            y = next((x for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor)
+                      and x.requires_grad), None)
+            if y is not None:
+                def grab(g, t=t):
+                    lgrad[t] = g.detach().float().abs().mean()
+                y.register_hook(grab)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            del out, value
+        self._buf = None
+        return _to_array(sizes, self.n), _to_array(changes, self.n), \
+            _to_array([ref], self.n)[0], _to_array([lgrad], T)[0]
+
+
+def _l1(v):
+    """Sum of |v| in one pass without a temporary, accumulated in float32 (float64 for double)."""
+    return torch.linalg.vector_norm(v, 1, dtype=torch.float64 if v.dtype == torch.float64
+                                    else torch.float32)
+
+
+def _loss_value(loss_fn, out, batch):
+    try:
+        value = loss_fn(out, batch)
+    except TensorprogError:
+        raise
+    except Exception as e:
+        raise CheckError(f"loss(output, inputs) raised {type(e).__name__}: {e}") from e
+    if not isinstance(value, torch.Tensor):
+        raise CheckError(f"loss must return a scalar tensor, got {type(value).__name__}.")
+    if value.numel() != 1:
+        raise CheckError(
+            f"loss must return a scalar tensor, got shape {tuple(value.shape)}: reduce it (e.g. "
+            ".mean()) so one backward pass gives the gradient of one number.")
+    if not value.requires_grad:
+        raise CheckError("the loss does not depend on any trainable parameter (no grad); check "
+                         "that it is computed from the model output.")
+    return value.reshape(())
+
+
+def _to_array(rows, n) -> np.ndarray:
+    """List of rows of 0-d tensors (or None) -> float array; one device transfer."""
+    flat = [v for row in rows for v in row if v is not None]
+    vals = torch.stack([v.float() for v in flat]).cpu().double().numpy() if flat else []
+    out = np.full((len(rows), n), np.nan)
+    k = 0
+    for i, row in enumerate(rows):
+        for j, v in enumerate(row):
+            if v is not None:
+                out[i, j] = vals[k]
+                k += 1
+    return out
+
+
+def roundoff_recheck(records, nodes, graph, factory, w, example_inputs, data_fn, make_optimizer,
+                      loss_fn, T, dev, tol: Tolerance, say, ref_nodes, exact_cols):
+    """Re-measure in float64 (width w, seed 0) the predicted-zero records the float32 run
+    refuted; confirm those whose value collapses with the precision (see the module docstring)."""
+    bad = [r for r in records if r.predicted == NEG and r.status == "refuted" and not r.blowup]
+    if not bad:
+        return
+    say(f"re-measuring {len(bad)} predicted-zero records in float64 at width {w}")
+    f64 = torch.float64
+    ep, model = program_for(graph, factory, w, example_inputs, dev, f64, say)
+    runner = Runner(ep, graph, ref_nodes, nodes, w, None, exact_cols)
+    batches = batches_for(data_fn, example_inputs, model, w, dev, f64, T + 1)
+    sz, ch, _, _ = runner.train(model, make_opt(make_optimizer, model, w), batches, loss_fn, T)
+    col = {n: j for j, n in enumerate(nodes)}
+    for r in bad:
+        v32 = r.values[w][0]
+        v64 = (sz if r.kind == "size" else ch)[r.step, col[r.node]]
+        if math.isfinite(v64) and v32 > 0 and v64 <= tol.roundoff * v32:
+            r.status = "confirmed"
+            r.note = (f"predicted exactly zero; nonzero in float32 (max relative "
+                      f"{r.note.rsplit(' ', 1)[-1]}) but {v64 / v32:.1e} of that in float64 at "
+                      f"width {w}: roundoff (e.g. an exactly-zero gradient's noise divided by "
+                      "Adam's eps)")
+        else:
+            r.note += f"; float64 re-measurement at width {w}: {v64:.3g} vs {v32:.3g} (not roundoff)"
+    del runner, ep, model
+    free_memory(dev)

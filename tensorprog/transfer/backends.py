@@ -1,0 +1,174 @@
+"""Running the trials: one trial's training loop, and the process-pool and Ray backends.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import pickle
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import TransferError
+
+BACKENDS: tuple[str, ...] = ("local", "serial", "ray")
+
+__all__ = ["BACKENDS", "TrialConfig", "TrialResult", "run_trial", "worker_init", "worker_trial", "ray_trial", "mp_context", "run_ray", "PRELOAD"]
+
+
+@dataclass
+class TrialConfig:
+    factory: Callable
+    make_optimizer: Callable
+    loss: Callable
+    data: Any                 # callable (width, seed) -> iterable, or a list of batches
+    forward: Callable
+    steps: int
+    average_last: int
+    warmup: int
+    device: str
+    threads: int
+
+
+@dataclass
+class TrialResult:
+    key: tuple[int, int, int]
+    final: float
+    history: list
+    seconds: float
+    error: str | None = None
+
+
+def _to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, tuple):
+        return tuple(_to_device(b, device) for b in batch)
+    if isinstance(batch, list):
+        return [_to_device(b, device) for b in batch]
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _batch_iter(data, width: int, seed: int) -> Iterator:
+    if isinstance(data, (list, tuple)):
+        return _cycle(data)
+    return iter(data(width, seed))
+
+
+def _cycle(batches) -> Iterator:
+    while True:
+        yield from batches
+
+
+def _train(cfg: TrialConfig, width: int, lr: float, seed: int) -> tuple[float, list]:
+    device = torch.device(cfg.device)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+    model = cfg.factory(width).to(device)
+    model.train()
+    opt = cfg.make_optimizer(model, lr)
+    base = [group["lr"] for group in opt.param_groups]
+    batches = _batch_iter(cfg.data, width, seed)
+    history: list[float] = []
+    for step in range(cfg.steps):
+        if cfg.warmup:
+            f = min(1.0, (step + 1) / cfg.warmup)
+            for group, b in zip(opt.param_groups, base):
+                group["lr"] = b * f
+        try:
+            batch = next(batches)
+        except StopIteration:
+            raise TransferError(f"data({width}, {seed}) yielded only {step} batches; the sweep needs "
+                                f"steps={cfg.steps}") from None
+        batch = _to_device(batch, device)
+        out = cfg.forward(model, batch)
+        loss = cfg.loss(out, batch)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            history.append(math.inf)
+            return math.inf, history
+        history.append(value)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return float(np.mean(history[-cfg.average_last:])), history
+
+
+def run_trial(cfg: TrialConfig, key: tuple[int, int, int], width: int, lr: float, seed: int) -> TrialResult:
+    """One trial, in whatever process; exceptions come back as text (they may not pickle)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    try:
+        final, history = _train(cfg, width, lr, seed)
+        return TrialResult(key, final, history, time.perf_counter() - t0)
+    except Exception as e:  # noqa: BLE001 -- reported with the trial's coordinates by the parent
+        msg = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+        return TrialResult(key, math.nan, [], time.perf_counter() - t0, error=msg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+_WORKER_CFG: TrialConfig | None = None
+
+
+def worker_init(cfg_bytes: bytes) -> None:
+    global _WORKER_CFG
+    torch.set_num_threads(1)
+    _WORKER_CFG = pickle.loads(cfg_bytes)
+
+
+def worker_trial(key, width, lr, seed) -> TrialResult:
+    return run_trial(_WORKER_CFG, key, width, lr, seed)
+
+
+def ray_trial(cfg, key, width, lr, seed) -> TrialResult:
+    return run_trial(cfg, key, width, lr, seed)
+
+
+#: Modules the forkserver imports once, so that forked workers start warm (torch's optimizers
+#: import torch._dynamo on first construction: about a second per fresh process otherwise).
+PRELOAD = ["__main__", "torch", "torch._dynamo", "tensorprog.zoo", "tensorprog.transfer"]
+
+
+def mp_context():
+    """forkserver (workers forked from one warm server process that imported torch once) where the
+    platform has it, else spawn. Either way workers never inherit this process's threads or CUDA
+    state, and everything they run is pickled."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        return ctx
+    return mp.get_context("spawn")
+
+
+def run_ray(cfg: TrialConfig, trials, workers, ray_options: dict, collect) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise TransferError("backend='ray' needs Ray, which is not installed: pip install "
+                            "'tensorprog[ray]' (or pip install ray)") from None
+    if not ray.is_initialized():
+        kwargs = {} if os.environ.get("RAY_ADDRESS") or not workers else {"num_cpus": int(workers)}
+        ray.init(**kwargs)
+    options = {"num_cpus": 1, **ray_options}
+    remote = ray.remote(ray_trial).options(**options)
+    cfg_ref = ray.put(cfg)
+    pending = [remote.remote(cfg_ref, key, w, lr, s) for key, w, lr, s in trials]
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            collect(ray.get(ready[0]))
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
