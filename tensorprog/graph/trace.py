@@ -354,6 +354,40 @@ def _module_path(node) -> str:
     return path.replace("L['self'].", "").replace("L__self___", "")
 
 
+def _custom_functions() -> dict[str, list[tuple[int, int, str]]]:
+    """file -> [(first line, last line, name)] of the forward of every user-defined
+    torch.autograd.Function: export inlines their forward and drops their backward."""
+    out: dict[str, list] = {}
+    stack = list(torch.autograd.Function.__subclasses__())
+    seen = set()
+    while stack:
+        cls = stack.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        stack.extend(cls.__subclasses__())
+        if (cls.__module__ or "").startswith("torch"):
+            continue
+        fwd = cls.__dict__.get("forward")
+        code = getattr(getattr(fwd, "__func__", fwd), "__code__", None)
+        if code is None:
+            continue
+        lines = [ln for _, _, ln in code.co_lines() if ln is not None] or [code.co_firstlineno]
+        out.setdefault(code.co_filename, []).append((code.co_firstlineno, max(lines), cls.__qualname__))
+    return out
+
+
+def _custom_function(node, custom) -> str | None:
+    """Name of the custom autograd.Function whose forward emitted the node, if any."""
+    if not custom:
+        return None
+    for m in re.finditer(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or ""):
+        for lo, hi, name in custom.get(m.group(1), ()):
+            if lo <= int(m.group(2)) <= hi:
+                return name
+    return None
+
+
 def _source_line(node) -> str:
     """'file.py:42' of the user code that emitted the node (from export's stack trace)."""
     lines = [ln.strip() for ln in (node.meta.get("stack_trace") or "").splitlines()
@@ -382,6 +416,7 @@ def _annotate(programs, models, aligned, widths):
 
     g = nx.MultiDiGraph()
     order, params = [], {}
+    custom = _custom_functions()
     name_of = {}  # (width, fx node) -> canonical name
     for nodes in aligned:
         n0 = nodes[0]
@@ -409,6 +444,7 @@ def _annotate(programs, models, aligned, widths):
         elif n0.op == "call_function":
             attrs["tags"] = tuple(t.name for t in getattr(n0.target, "tags", ()))
             attrs["source"] = _source_line(n0)
+            attrs["custom_backward"] = _custom_function(n0, custom)
             attrs["scalars"] = _scalars(attrs, nodes, widths)
         g.add_node(name, **attrs)
         order.append(name)
@@ -553,6 +589,24 @@ def _check_width_matters(graph: WidthGraph):
 # ----------------------------------------------------------------------------- init and optimizer
 
 
+def _zero_blocks(t: torch.Tensor) -> dict:
+    """{dim: (k, zero block indices)} where splitting ``dim`` into k equal blocks (k = 2, 3, 4)
+    finds some blocks exactly zero and others not: a fused weight whose slices are initialised
+    differently (GPT-2's c_attn with a zero-initialised query)."""
+    out = {}
+    if t.dim() < 2 or t.is_meta:
+        return out
+    for d in range(t.dim()):
+        for k in (3, 2, 4):
+            if t.shape[d] % k or t.shape[d] < 2 * k:
+                continue
+            nonzero = [bool(b.any()) for b in t.chunk(k, dim=d)]
+            if any(nonzero) and not all(nonzero):
+                out[d] = (k, [i for i, nz in enumerate(nonzero) if not nz])
+                break
+    return out
+
+
 def _measure_init(graph: WidthGraph, init_models: dict[int, list[nn.Module]]):
     """Init RMS of every parameter at each width (pooled over seeds), and its width exponent."""
     ws = sorted(init_models)
@@ -572,6 +626,8 @@ def _measure_init(graph: WidthGraph, init_models: dict[int, list[nn.Module]]):
                     raise TraceError(
                         f"parameter {name!r} has NaN or inf values right after factory({w}): its "
                         "initialisation is broken. Fix the init of that parameter.")
+                if w == ws[-1] and m is init_models[w][0]:
+                    p.zero_blocks = _zero_blocks(t)
                 sq += float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
                 mean += total
                 count += t.numel()

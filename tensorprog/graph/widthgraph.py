@@ -51,6 +51,7 @@ class ParamInfo:
     lr_exp: Any = None  # learning rate ~ n^lr_exp (= -c); None without an optimizer
     weight_decay: dict[int, float] = field(default_factory=dict)
     wd_exp: Any = None
+    zero_blocks: dict = field(default_factory=dict)  # {dim: (blocks, [zero block indices])}
 
     @property
     def primary(self) -> ParamUse | None:

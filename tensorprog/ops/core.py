@@ -194,6 +194,8 @@ class OpSpec:
     new_source: its output is a fresh random source (a contraction with a parameter, a lookup).
     zero_sum: {input index: fn(op, ndim) -> dims} along which that input's gradient sums to zero.
     attention: contracts two activations into logits (q k^T): its scale is judged as TP5's 1/d.
+    positive: its output is never negative (exp, softplus, relu, norms): the sign an exp of a
+        product needs to tell a decay exp(-|z|) from a blow-up.
     """
 
     names: tuple[str, ...]
@@ -209,6 +211,7 @@ class OpSpec:
     new_source: bool = False
     zero_sum: dict = field(default_factory=dict)
     attention: bool = False
+    positive: bool = False
     doc: str = ""
 
 

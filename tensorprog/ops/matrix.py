@@ -277,6 +277,27 @@ register(OpSpec(("einsum",), _einsum_fwd, _einsum_bwd, use=_einsum_use, data_pos
                 attention=True))
 
 
+# ----------------------------------------------------------------------------- outer products
+
+
+def _outer_fwd(op: Op):
+    """outer(a, b)_ij = a_i b_j: no sum, sizes multiply (RoPE's positions x frequencies)."""
+    a, b = op.ins[0], op.ins[1]
+    o = _outer(a, b)
+    return o.x, o.dx, {}
+
+
+def _outer_bwd(op: Op, g):
+    """g_a_i = sum_j g_ij b_j over b's length (LLN: an upper bound)."""
+    a, b = op.ins[0], op.ins[1]
+    la = (op.in_dims[1] or (ZERO,))[0] or ZERO
+    lb = (op.in_dims[0] or (ZERO,))[0] or ZERO
+    return [add(g, mx(b.x, b.dx), la), add(g, mx(a.x, a.dx), lb)]
+
+
+register(OpSpec(("outer", "ger"), _outer_fwd, _outer_bwd, use=lambda attrs, pos, ndim: vector_use(ndim)))
+
+
 # ----------------------------------------------------------------------------- embedding
 
 

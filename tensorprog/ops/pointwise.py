@@ -116,7 +116,8 @@ def _nonnegative(op: Op):
 register(OpSpec(("neg", "positive", "identity"), _odd, pass_back, use=_elementwise_use))
 register(OpSpec(("gelu", "silu", "leaky_relu", "elu", "selu", "celu", "mish", "hardswish",
                  "prelu", "log_sigmoid", "gelu_", "silu_"), same, pass_back, use=_elementwise_use))
-register(OpSpec(("relu", "relu6", "abs", "relu_"), _nonnegative, pass_back, use=_elementwise_use))
+register(OpSpec(("relu", "relu6", "abs", "relu_"), _nonnegative, pass_back, use=_elementwise_use,
+                positive=True))
 
 
 def _bounded_fwd(op: Op):
@@ -132,11 +133,12 @@ register(OpSpec(("tanh", "erf", "sin", "hardtanh", "atan", "softsign", "tanh_"),
 def _offset_fwd(op: Op):
     """sigmoid, cos: Theta(1) at zero input and bounded, so their change is at most Theta(1)."""
     z = op.ins[0]
-    return ZERO, min(z.dx, ZERO), {**cap_note(dx=z.dx), "sign": 1 if op.op != "cos" else 0}
+    return ZERO, min(z.dx, ZERO), cap_note(dx=z.dx)
 
 
-register(OpSpec(("sigmoid", "cos", "hardsigmoid", "special_expit", "sigmoid_"), _offset_fwd,
-                pass_back, use=_elementwise_use))
+register(OpSpec(("sigmoid", "hardsigmoid", "special_expit", "sigmoid_"), _offset_fwd,
+                pass_back, use=_elementwise_use, positive=True))
+register(OpSpec(("cos",), _offset_fwd, pass_back, use=_elementwise_use))
 
 
 def _softplus_fwd(op: Op):
@@ -145,7 +147,7 @@ def _softplus_fwd(op: Op):
     return mx(ZERO, z.x), z.dx, {"sign": 1}
 
 
-register(OpSpec(("softplus",), _softplus_fwd, pass_back, use=_elementwise_use))
+register(OpSpec(("softplus",), _softplus_fwd, pass_back, use=_elementwise_use, positive=True))
 
 
 def _exp_of(z: Sizes, nonpositive: bool):
@@ -171,8 +173,7 @@ def _values_sign(op: Op) -> int:
 
 
 def _exp_fwd(op: Op):
-    x, dx, extra = _exp_of(op.ins[0], _nonpositive(op))
-    return x, dx, {**extra, "sign": 1}
+    return _exp_of(op.ins[0], _nonpositive(op))
 
 
 def _exp_bwd(op: Op, g):
@@ -180,7 +181,8 @@ def _exp_bwd(op: Op, g):
     return [g if z.x <= 0 or _nonpositive(op) else add(g, OO)] + [NEG] * (len(op.ins) - 1)
 
 
-register(OpSpec(("exp", "exp_", "exp2", "expm1"), _exp_fwd, _exp_bwd, use=_elementwise_use))
+register(OpSpec(("exp", "exp_", "exp2"), _exp_fwd, _exp_bwd, use=_elementwise_use, positive=True))
+register(OpSpec(("expm1",), _exp_fwd, _exp_bwd, use=_elementwise_use))
 
 
 def _log_fwd(op: Op):

@@ -58,21 +58,22 @@ register(OpSpec(("amax", "amin", "max", "min"), _extreme_fwd, pass_back))
 def _norm2_fwd(op: Op):
     """||z||_2 over n^alpha entries: z * n^{alpha/2} (a sum of squares, LLN)."""
     z, a = op.ins[0], reduced_alpha(op)
-    return add(z.x, a / 2), add(z.dx, a / 2), {"sign": 1}
+    return add(z.x, a / 2), add(z.dx, a / 2), {}
 
 
 register(OpSpec(("norm", "linalg_vector_norm"), _norm2_fwd,
-                lambda op, g: [g - reduced_alpha(op) / 2] + [NEG] * (len(op.ins) - 1)))
+                lambda op, g: [g - reduced_alpha(op) / 2] + [NEG] * (len(op.ins) - 1), positive=True))
 
 
 def _var_fwd(op: Op):
     """variance: a mean of squares, size 2 z; change z + dz."""
     z = op.ins[0]
-    return 2 * z.x, add(z.x, z.dx), {"sign": 1}
+    return 2 * z.x, add(z.x, z.dx), {}
 
 
 register(OpSpec(("var",), _var_fwd,
-                lambda op, g: [add(g, op.ins[0].x) - reduced_alpha(op)] + [NEG] * (len(op.ins) - 1)))
+                lambda op, g: [add(g, op.ins[0].x) - reduced_alpha(op)] + [NEG] * (len(op.ins) - 1),
+                positive=True))
 
 
 def _softmax_fwd(op: Op):
@@ -83,10 +84,10 @@ def _softmax_fwd(op: Op):
     if op.in_dims and op.in_dims[0]:
         d = op.in_dims[0][op.arg(1, -1) % len(op.in_dims[0])]
         spread = -(d or ZERO)
-    return spread, add(min(z.dx, ZERO), spread), {**cap_note(dx=add(z.dx, spread)), "sign": 1}
+    return spread, add(min(z.dx, ZERO), spread), cap_note(dx=add(z.dx, spread))
 
 
-register(OpSpec(("softmax", "_softmax", "_safe_softmax"), _softmax_fwd, pass_back))
+register(OpSpec(("softmax", "_softmax", "_safe_softmax"), _softmax_fwd, pass_back, positive=True))
 
 
 def _log_softmax_fwd(op: Op):

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import sympy as sp
 
-from .engine import NEG, ZERO, Propagation, matrix_weight_positions, propagate
+from .engine import NEG, ZERO, Propagation, Unresolved, matrix_weight_positions, propagate
 from ..errors import TensorprogError
 from ..exponents import fmt
 from ..graph.trace import trace
@@ -333,18 +333,22 @@ def _verdict(graph: WidthGraph, prop: Propagation, opt: str) -> Report:
     # --- classes, checked against the dynamics
     name = _classify(graph, params, attention, opt, notes)
     name = _consistent(name, stable, nontrivial, feature_learning, kernel, problems, notes)
-    blocking = prop.blocking(out) if out else []
-    undetermined = [vars(u) for u in prop.undetermined.values()]
+    sliced = _sliced_inits(graph)
+    blocking = (prop.blocking(out) if out else []) + sliced
+    undetermined = [vars(u) for u in list(prop.undetermined.values()) + sliced]
     if blocking:
         name, regime = "undetermined", "undetermined"
         stable = nontrivial = feature_learning = kernel = maximal = None
         notes.insert(0, "undetermined: the engine cannot size "
                      + "; ".join(str(u) for u in blocking[:5])
                      + ("" if len(blocking) <= 5 else f"; and {len(blocking) - 5} more")
-                     + ". Its size feeds the output, so no verdict is given. Add the op to the op "
-                     "table (tensorprog/ops/, one file per op family) or write the model with ops "
-                     "the table knows.")
-    elif prop.undetermined:
+                     + ". Its size feeds the output, so no verdict is given. To fix: "
+                     + "; or ".join(dict.fromkeys(u.fix for u in blocking)) + ".")
+    custom = sorted({a["custom_backward"] for _, a in graph.nx.nodes(data=True) if a.get("custom_backward")})
+    if custom and opt == "adam":
+        notes.append(f"custom autograd.Function {', '.join(custom)}: export sees its forward only; the "
+                     "Adam-like verdict holds whatever its backward's size, as long as it is not zero.")
+    if prop.undetermined and not blocking:
         notes.append("ops the engine could not size, none of which reaches the output: "
                      + "; ".join(str(u) for u in prop.undetermined.values()))
     return Report(parametrization=name, stable=stable, stable_init=stable_init,
@@ -354,6 +358,22 @@ def _verdict(graph: WidthGraph, prop: Propagation, opt: str) -> Report:
                   output_init=out_x, output_change=out_dx, unknown_ops=dict(prop.unknown),
                   undetermined=undetermined,
                   notes=notes, graph=graph, propagation=prop)
+
+
+def _sliced_inits(graph) -> list:
+    """Parameters whose blocks are initialised differently (one zero, others not): one init
+    exponent cannot describe them, so the verdict cannot rest on it."""
+    out = []
+    for p in graph.params.values():
+        for d, (k, zeros) in p.zero_blocks.items():
+            node = p.primary.node if p.primary else p.node
+            out.append(Unresolved(
+                node=node, op=graph.node(node)["op"], module=graph.node(node)["module"], source="",
+                reason=f"parameter {p.name!r} is zero on block(s) {zeros} of {k} along dim {d} and "
+                       "random elsewhere (a fused weight with a zero-initialised slice): one init "
+                       "exponent cannot describe it",
+                fix=f"keep the slices of {p.name!r} as separate parameters, or initialise them alike"))
+    return out
 
 
 def _A(p, u):

@@ -32,6 +32,8 @@ class Unresolved:
     module: str
     source: str
     reason: str
+    fix: str = ("add the op to the op table (tensorprog/ops/, one file per op family) or write "
+                "the model with ops the table knows")
 
     def __str__(self):
         where = f" in `{self.module}`" if self.module else ""
@@ -95,7 +97,7 @@ def propagate(graph: WidthGraph, optimizer: str = "adam", *, steps: int = 3,
         sizes = _forward(graph, dW, weight_pos, align, undetermined)
         if outputs:
             _backward(graph, sizes, outputs[min(output, len(outputs) - 1)], weight_pos, align,
-                      undetermined)
+                      undetermined, optimizer)
         history.append(sizes)
         updates.append(dict(dW))
         if t == steps:
@@ -166,7 +168,7 @@ def _forward(graph, dW, weight_pos, align, undetermined) -> dict[str, Sizes]:
             terms={k: v for k, v in extra.items() if k in TERMS}, logits=extra.get("logits"),
             uncapped={k: v for k, v in uncapped.items() if v},
             centered=bool(extra.get("centered", False)) or _fresh_centered(graph, name, op, weight_pos),
-            sign=int(extra.get("sign", 0)))
+            sign=1 if spec is not None and spec.positive else int(extra.get("sign", 0)))
     return sizes
 
 
@@ -182,9 +184,9 @@ def _unlisted(graph, op: Op):
     return ZERO, mx(*(s.dx for s in op.ins)), {}
 
 
-def _unresolved(a, name, reason) -> Unresolved:
+def _unresolved(a, name, reason, **kw) -> Unresolved:
     return Unresolved(node=name, op=a["op"], module=a.get("module") or "", source=a.get("source") or "",
-                      reason=reason)
+                      reason=reason, **kw)
 
 
 def op_view(graph, sizes, name, weight_pos, align) -> Op:
@@ -286,7 +288,7 @@ def _width_derived(graph, node, dim, depth=8) -> bool:
     return False
 
 
-def _backward(graph, sizes, out_name, weight_pos, align, undetermined):
+def _backward(graph, sizes, out_name, weight_pos, align, undetermined, optimizer):
     """Gradient exponents, from Theta(1) per coordinate at the output back to the parameters."""
     for s in sizes.values():
         s.g = NEG
@@ -310,9 +312,14 @@ def _backward(graph, sizes, out_name, weight_pos, align, undetermined):
         except Undetermined as e:
             undetermined.setdefault(name, _unresolved(a, name, str(e)))
             grads = [g] * len(op.ins)
-        if a.get("custom_backward"):
+        if a.get("custom_backward") and optimizer == "sgd":
+            # Adam-like updates are Theta(1) per coordinate whatever the gradient's size; SGD's
+            # are the gradient's size, which the hidden backward decides
             undetermined.setdefault(name, _unresolved(
-                a, name, "a custom autograd.Function: its backward is invisible to the trace"))
+                a, name, f"inside the custom autograd.Function {a['custom_backward']}: its backward "
+                "is invisible to the trace, and an SGD update is as large as that gradient",
+                fix="write the function with differentiable torch ops (export then sees its "
+                    "backward), or analyse with an Adam-like optimizer"))
         z_out = sizes[name].gz or frozenset()
         for i, (u, gi) in enumerate(zip(op.in_names, grads)):
             if u not in sizes or gi is None or gi == NEG:
