@@ -27,7 +27,10 @@ Exponents, all relative to ``base_width`` (64), where every model is the same SP
 whatever its exponents: init std = std0 * (n / base)^-b with std0 = 1/sqrt(fan_in at base width)
 (b in {0, 1/2, 1}); multiplier (n / base)^-a on the layer's output (a in {0, 1/2, 1}; a = 0: no
 multiplication in the graph); learning rate base_lr * (n / base)^c (c in {0, -1/2, -1}).
-Biases and norm gains get their layer's learning-rate exponent and PyTorch's default init.
+Biases and norm gains get their layer's learning-rate exponent; biases start at zero (as GPT-2
+and nanoGPT init them; PyTorch's default U(+-1/sqrt(fan_in)) bias would be a Theta(1) term that
+only overtakes a decaying W x beyond widths of several hundred, a pre-asymptotic artefact), norm
+gains at one.
 Sizes are tiny: input dim 8, output dim 4, sequence length 4, batch 4.
 """
 from __future__ import annotations
@@ -285,6 +288,13 @@ class NormBlock(nn.Module):
         return self.norm(h)
 
 
+def _zero_biases(model: nn.Module) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+
+
 class FuzzModel(nn.Module):
     """input Linear(8, n) (times its multiplier) -> blocks -> readout to 4 outputs."""
 
@@ -312,6 +322,7 @@ class FuzzModel(nn.Module):
                 self.readout.weight.normal_(0.0, std)
         else:
             self.v = nn.Parameter(torch.randn(D_OUT, width) * std)
+        _zero_biases(self)
 
     def forward(self, x):
         if self.inp_mult is None:
