@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import traceback
@@ -34,8 +35,8 @@ from tensorprog.measure.check import check  # noqa: E402
 from tensorprog.zoo import fuzz  # noqa: E402
 
 
-def run_one(seed: int, widths, steps: int, seeds: int, adam_eps: float) -> dict:
-    spec = fuzz.random_architecture(seed)
+def run_one(seed: int, widths, steps: int, seeds: int, adam_eps: float, exclude=()) -> dict:
+    spec = fuzz.random_architecture(seed, exclude)
     factory, inputs = fuzz.build(spec), fuzz.example_inputs(spec)
     opt = fuzz.make_optimizer(spec, eps=adam_eps)
     out = {"seed": seed, "description": spec.describe(), "spec": spec.to_dict(), "crash": None,
@@ -70,10 +71,37 @@ def run_one(seed: int, widths, steps: int, seeds: int, adam_eps: float) -> dict:
         key = (r.kind, r.step)
         d = r.to_dict()
         d.pop("values")
+        d["local_slope"] = _local_slope(r)
+        d["converging"] = _converging(r, d["local_slope"])
         d["first"] = key not in first
         first.add(key)
         out["records"].append(d)
     return out
+
+
+def _local_slope(r):
+    """Slope between the two largest widths (geometric means over seeds), or None."""
+    mv = r.mean_values
+    ws = sorted(w for w, v in mv.items() if math.isfinite(v) and v > 0)
+    if len(ws) < 2:
+        return None
+    a, b = ws[-2], ws[-1]
+    return (math.log(mv[b]) - math.log(mv[a])) / (math.log(b) - math.log(a))
+
+
+def _converging(r, local):
+    """The curve bends toward the prediction: the slope over the two largest widths is at
+    least 0.2 closer to the predicted exponent than the fitted slope (a lower-order term with
+    a larger constant still dominating: pre-asymptotic)."""
+    try:
+        p = float(r.predicted)
+    except (TypeError, ValueError):
+        return False
+    if local is None or r.slope is None or not math.isfinite(p):
+        return False
+    if p > 0:  # predicted growth: only the sign is tested
+        return local > r.slope + 0.2
+    return abs(local - p) < abs(r.slope - p) - 0.2
 
 
 def summarize(results: list[dict]) -> dict:
@@ -81,11 +109,18 @@ def summarize(results: list[dict]) -> dict:
     for r in results:
         tot.update(r["counts"])
     conf, ref = tot["confirmed"], tot["refuted"]
+    roots = [d for r in results for d in r["records"] if d["first"]]
     return {"architectures": len(results), "crashes": sum(r["crash"] is not None for r in results),
             "rejected": sum(r["rejected"] is not None for r in results),
             "architectures_with_refuted": sum(bool(r["records"]) for r in results),
             "confirmed": conf, "refuted": ref, "inconclusive": tot["inconclusive"],
-            "agreement": conf / (conf + ref) if conf + ref else float("nan")}
+            "agreement": conf / (conf + ref) if conf + ref else float("nan"),
+            "first_refuted": len(roots),
+            "first_refuted_converging": sum(bool(d.get("converging")) for d in roots)}
+
+
+def _fmt(x):
+    return "?" if x is None else f"{x:+.2f}"
 
 
 def main(argv=None) -> int:
@@ -97,6 +132,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--check-seeds", type=int, default=2)
     ap.add_argument("--adam-eps", type=float, default=1e-8)
+    ap.add_argument("--exclude", nargs="*", default=[], choices=fuzz.CONSTRUCTS,
+                    help="constructs never drawn (isolates a class of disagreements)")
     ap.add_argument("--json", default="fuzz.json")
     ap.add_argument("--quiet", action="store_true", help="summary and first refuted nodes only")
     args = ap.parse_args(argv)
@@ -104,7 +141,7 @@ def main(argv=None) -> int:
     seeds = args.seeds if args.seeds else list(range(args.start, args.start + args.n))
     results = []
     for s in seeds:
-        r = run_one(s, tuple(args.widths), args.steps, args.check_seeds, args.adam_eps)
+        r = run_one(s, tuple(args.widths), args.steps, args.check_seeds, args.adam_eps, args.exclude)
         results.append(r)
         print(f"[{s}] {r['counts']} {r['description']}", flush=True)
         if r["crash"]:
@@ -118,7 +155,8 @@ def main(argv=None) -> int:
                 continue
             print(f"  {'*' if d['first'] else ' '} {d['node']:<22} {d['op']:<16} {d['kind']:<6} "
                   f"t={d['step']} predicted n^{d['predicted']:<5} measured {d['slope']:+.2f}"
-                  f" +- {d['stderr']:.2f}", flush=True)
+                  f" +- {d['stderr']:.2f} (last two widths {_fmt(d['local_slope'])})"
+                  + ("  converging" if d["converging"] else ""), flush=True)
     summ = summarize(results)
     print(json.dumps(summ, indent=1))
     Path(args.json).write_text(json.dumps({"summary": summ, "args": vars(args), "results": results},

@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["Layer", "Block", "Spec", "random_architecture", "build", "example_inputs",
-           "make_optimizer", "D_IN", "D_OUT", "SEQ", "BATCH", "BASE_WIDTH", "N_HEAD"]
+           "make_optimizer", "CONSTRUCTS", "D_IN", "D_OUT", "SEQ", "BATCH", "BASE_WIDTH", "N_HEAD"]
 
 D_IN, D_OUT, SEQ, BATCH = 8, 4, 4, 4
 BASE_WIDTH = 64
@@ -139,13 +139,25 @@ def _layer(rng: random.Random) -> Layer:
                  mult_style=rng.choice(MULT_STYLES))
 
 
-def random_architecture(seed: int) -> Spec:
-    """A seeded random ``Spec``: 1-3 blocks from the vocabulary, random exponents per layer."""
+#: constructs ``random_architecture`` can leave out (``exclude=``): block kinds, readouts, optimizers
+CONSTRUCTS = ("linear", "einsum", "attn", "norm", "mulsum", "mulmean", "adam", "sgd")
+
+
+def random_architecture(seed: int, exclude: frozenset | set | tuple = ()) -> Spec:
+    """A seeded random ``Spec``: 1-3 blocks from the vocabulary, random exponents per layer.
+
+    exclude: constructs (``CONSTRUCTS``) never drawn, to isolate a class of disagreements; the
+    draw for a given seed then differs from the unrestricted one."""
+    exclude = set(exclude)
+    unknown = exclude - set(CONSTRUCTS)
+    if unknown:
+        raise ValueError(f"unknown constructs {sorted(unknown)}; choose from {CONSTRUCTS}")
     rng = random.Random(seed)
-    optimizer = rng.choice(("adam", "sgd"))
+    optimizer = rng.choice([o for o in ("adam", "sgd") if o not in exclude] or ["adam"])
+    kinds = [k for k in ("linear", "einsum", "attn", "norm") if k not in exclude] or ["linear"]
     blocks = []
     for _ in range(rng.randint(1, 3)):
-        kind = rng.choice(("linear", "einsum", "attn", "norm"))
+        kind = rng.choice(kinds)
         if kind == "norm":
             blocks.append(Block("norm", {"g": Layer(c=rng.choice(LR_EXPS))},
                                 norm=rng.choice(("layernorm", "rmsnorm", "rms_hand"))))
@@ -159,7 +171,7 @@ def random_architecture(seed: int) -> Spec:
             blocks.append(Block(kind, {"w": _layer(rng)}, residual=rng.random() < 0.5,
                                 act=rng.choice(("relu", "gelu", "tanh", "none")),
                                 bias=kind == "linear" and rng.random() < 0.5))
-    readout = rng.choice(("linear", "mulsum", "mulmean"))
+    readout = rng.choice([r for r in ("linear", "mulsum", "mulmean") if r not in exclude])
     return Spec(seed=seed, optimizer=optimizer, inp=_layer(rng), blocks=blocks, readout=readout,
                 out=_layer(rng), base_lr=BASE_LR[optimizer])
 
