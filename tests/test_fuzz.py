@@ -86,7 +86,7 @@ def test_exclude_leaves_constructs_out():
 # Architectures for the slow test: the first 8 seeds (a mix of every construct).
 SLOW_SEEDS = range(8)
 # Agreement floor. Measured today on seeds 0..7 (CPU, widths 64..1024, 2 steps, 2 seeds):
-# see the assertion message for the value. The disagreements are documented classes in
+# 68.7% (641 confirmed, 292 refuted); on seeds 0..59, 61.7%. The disagreements are documented classes in
 # benchmarks/FUZZ_FINDINGS.md: three engine bugs (einsum without a rule, multiply-then-sum /
 # mean readouts counted as LLN at init, packed-qkv slices treated as one random source), Adam's
 # epsilon floor and pre-asymptotic competing terms. The floor sits a margin below today's rate,
