@@ -388,6 +388,9 @@ class Runner:
         self.n = len(nodes)
         self.ep = ep
         self.recorder = _Recorder(ep.graph_module, columns)
+        # in-place ops (``y *= c``, ``y.mul_(c)``) stay in the exported graph and overwrite the
+        # value a node had when it was recorded: the initial values x_0 must then be copies
+        self.inplace = any(n.op == "call_function" and _mutates(n.target) for n in ep.graph.nodes)
         sig = ep.graph_signature
         self.in_specs = list(sig.input_specs)
         self.out_specs = list(sig.output_specs)
@@ -481,7 +484,8 @@ class Runner:
 
                 def keep(j, v):
                     idx = None if j in self.exact else self._subset(v)
-                    x0[j] = v.detach() if idx is None else v.detach()[idx]
+                    x0[j] = (v.detach().clone() if self.inplace else v.detach()) if idx is None \
+                        else v.detach()[idx]
                 self.recorder.sink = keep
                 with torch.no_grad():
                     self._run(model, init, batch)
@@ -505,7 +509,7 @@ class Runner:
                 sizes[t][j] = _l1(v) / n
                 if t == 0:
                     alias = v.untyped_storage().data_ptr() in ptrs  # a parameter (or its view)
-                    x0[j] = v.clone() if alias else v
+                    x0[j] = v.clone() if alias or self.inplace else v
                     ref[j] = sizes[t][j]
                 elif j in x0:
                     d = self._scratch(v)  # reused buffer: no fresh allocation per node
@@ -530,6 +534,12 @@ class Runner:
         self._buf = None
         return _to_array(sizes, self.n), _to_array(changes, self.n), \
             _to_array([ref], self.n)[0], _to_array([lgrad], T)[0]
+
+
+def _mutates(target) -> bool:
+    """Whether an ATen op writes into one of its inputs (``mul_``, ``add_``, ``copy_``...)."""
+    schema = getattr(target, "_schema", None)
+    return bool(schema is not None and schema.is_mutable)
 
 
 def _l1(v):
