@@ -126,8 +126,8 @@ def feeds_attention(graph, node, depth=8) -> bool:
         nxt = outs[0]
         a = graph.node(nxt)
         if a["op"] == "scaled_dot_product_attention":
-            return any(d["pos"] in ("0", "1") for _, _, d in graph.nx.in_edges(nxt, data=True)
-                       if _ == cur)
+            return any(d["pos"] in ("0", "1") for u, _, d in graph.nx.in_edges(nxt, data=True)
+                       if u == cur)
         spec = _spec(graph, nxt)
         if spec is not None and spec.attention and not any(is_param_view(graph, u) for u in graph.inputs(nxt)):
             return feeds_softmax(graph, nxt)
