@@ -205,6 +205,28 @@ def test_attention_written_by_hand_is_judged_as_sdpa_is(variant, kind):
         assert rep.parametrization == attn("chunk").parametrization == "SP"
 
 
+class NormThenScaledReadout(nn.Module):
+    """nanoGPT-mup's readout: ``lm_head(ln_f(h) * (1 / width_mult))``, the factor written in the
+    parent module, between a norm gain and the readout."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+        self.inp, self.ln, self.out = nn.Linear(8, n), nn.LayerNorm(n), nn.Linear(n, 4)
+
+    def forward(self, x):
+        return self.out(self.ln(F.relu(self.inp(x))) * (64 / self.n))
+
+
+def test_a_factor_between_a_norm_and_a_readout_is_the_readouts_multiplier_counted_once():
+    """One factor is one multiplier (TP4: W = n^{-a} w): charged to the readout that contracts
+    it (as mup's MuReadout), not also to the norm's gain before it."""
+    rep = analyze(NormThenScaledReadout, WIDTHS, example_inputs=(X,), make_optimizer=adam)
+    assert rep.params["out.weight"].mult_exp == -1
+    assert rep.params["ln.weight"].mult_exp == 0 == rep.params["ln.bias"].mult_exp
+    assert "muP" in rep.params["ln.weight"].classes
+
+
 # ----------------------------------------------------------------------------- pow, exp, custom
 
 
