@@ -140,6 +140,10 @@ class Attn(nn.Module):
         heads = (lambda t: t.view(B, T, self.h, d).transpose(1, 2))
         if v == "separate":
             q, k, val = heads(self.q(h)), heads(self.k(h)), heads(self.v(h))
+        elif v == "proj_sqrt":  # OPT / BART style: the scale on q_proj's output, sdpa scale 1
+            q, k, val = heads(self.q(h) * d ** -0.5), heads(self.k(h)), heads(self.v(h))
+            return self.out(h + self.o(F.scaled_dot_product_attention(q, k, val, scale=1.0)
+                                       .transpose(1, 2).reshape(B, T, self.n)))
         elif v == "slice":
             y = self.qkv(h)
             q, k, val = heads(y[..., :self.n]), heads(y[..., self.n:2 * self.n]), heads(y[..., 2 * self.n:])
@@ -183,12 +187,44 @@ def test_scale_folded_into_q_is_the_attention_scale(variant, kind):
     assert rep.attention[0].logits_init == (0 if kind == "1/sqrt(d)" else -R(1, 2))
 
 
+def test_scale_on_a_separate_q_projection_is_the_attention_scale_not_its_multiplier():
+    """``q_proj(h) * d**-0.5`` in the attention module, then sdpa(scale=1) (OPT, BART): the
+    factor reaches q through views only, so it is the attention scale (TP5 Def 4.1), and
+    q_proj keeps multiplier 1 like its k and v twins (the model is SP like the plain one)."""
+    rep = attn("proj_sqrt")
+    assert [a.kind for a in rep.attention] == ["1/sqrt(d)"]
+    assert rep.params["q.weight"].mult_exp == 0 == rep.params["q.bias"].mult_exp
+    assert rep.parametrization == attn("separate").parametrization == "SP"
+
+
 @pytest.mark.parametrize("variant,kind", [("by_hand_sqrt", "1/sqrt(d)"), ("by_hand_d", "1/d")])
 def test_attention_written_by_hand_is_judged_as_sdpa_is(variant, kind):
     rep = attn(variant)
     assert [a.kind for a in rep.attention] == [kind]
     if kind == "1/sqrt(d)":
         assert rep.parametrization == attn("chunk").parametrization == "SP"
+
+
+class NormThenScaledReadout(nn.Module):
+    """nanoGPT-mup's readout: ``lm_head(ln_f(h) * (1 / width_mult))``, the factor written in the
+    parent module, between a norm gain and the readout."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+        self.inp, self.ln, self.out = nn.Linear(8, n), nn.LayerNorm(n), nn.Linear(n, 4)
+
+    def forward(self, x):
+        return self.out(self.ln(F.relu(self.inp(x))) * (64 / self.n))
+
+
+def test_a_factor_between_a_norm_and_a_readout_is_the_readouts_multiplier_counted_once():
+    """One factor is one multiplier (TP4: W = n^{-a} w): charged to the readout that contracts
+    it (as mup's MuReadout), not also to the norm's gain before it."""
+    rep = analyze(NormThenScaledReadout, WIDTHS, example_inputs=(X,), make_optimizer=adam)
+    assert rep.params["out.weight"].mult_exp == -1
+    assert rep.params["ln.weight"].mult_exp == 0 == rep.params["ln.bias"].mult_exp
+    assert "muP" in rep.params["ln.weight"].classes
 
 
 # ----------------------------------------------------------------------------- pow, exp, custom

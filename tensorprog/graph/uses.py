@@ -126,8 +126,8 @@ def feeds_attention(graph, node, depth=8) -> bool:
         nxt = outs[0]
         a = graph.node(nxt)
         if a["op"] == "scaled_dot_product_attention":
-            return any(d["pos"] in ("0", "1") for _, _, d in graph.nx.in_edges(nxt, data=True)
-                       if _ == cur)
+            return any(d["pos"] in ("0", "1") for u, _, d in graph.nx.in_edges(nxt, data=True)
+                       if u == cur)
         spec = _spec(graph, nxt)
         if spec is not None and spec.attention and not any(is_param_view(graph, u) for u in graph.inputs(nxt)):
             return feeds_softmax(graph, nxt)
@@ -308,9 +308,43 @@ def io_multiplier(graph, user, pos, kind, owners=frozenset()):
             break
         if s is not None and (foreign(nxt) or (to_attention and graph.node(nxt)["module"] != here)):
             break  # another module's multiplier, or the attention's scale folded into q or k
+        if s is not None and graph.node(nxt)["module"] != here and feeds_matrix_data(graph, nxt):
+            break  # the next contraction's input multiplier: counted on its weight, not here
         total += s or 0
         node = nxt
     return total
+
+
+def feeds_matrix_data(graph, node, depth=8) -> bool:
+    """Whether ``node``'s value reaches, through single-user views and scalar factors, the data
+    operand of an op that consumes a parameter as a matrix (``lm_head(ln_f(x) * c)``).
+
+    A factor written outside both modules, between a layer's output and the next contraction,
+    is one multiplier, and TP4's abc convention puts it on the weight that contracts it (W =
+    n^{-a} w; mup's MuReadout divides its input by the width multiplier). ``io_multiplier``
+    charges it there (the contraction's data-operand chain) and not also to the layer before:
+    counted twice, a norm gain before a 1/width readout looked like a vector with a 1/n
+    multiplier, which muP's vector rules reject though the dynamics are muP's."""
+    cur = node
+    for _ in range(depth):
+        outs = list(graph.nx.successors(cur))
+        if len(outs) != 1 or graph.nx.number_of_edges(cur, outs[0]) != 1:
+            return False
+        nxt = outs[0]
+        if is_view(graph, nxt) or scale_exp(graph, nxt) is not None:
+            cur = nxt
+            continue
+        spec = _spec(graph, nxt)
+        if spec is None or spec.use is None or spec.data_pos is None:
+            return False
+        ndims = {u: len(graph.node(u)["shapes"][graph.widths[-1]] or ()) for u in graph.inputs(nxt)}
+        for u, _, d in graph.nx.in_edges(nxt, data=True):
+            if u != cur and is_param_view(graph, u) \
+                    and spec.use(graph.node(nxt), d["pos"], ndims[u]).kind == "matrix" \
+                    and input_at(graph, nxt, spec.data_pos(graph.node(nxt), d["pos"])) == cur:
+                return True
+        return False
+    return False
 
 
 # ----------------------------------------------------------------------------- attention
