@@ -35,6 +35,7 @@ import torch.nn as nn
 from ..errors import TraceError
 from ..exponents import exact_exponent, noisy_exponent
 from ..ops import lookup
+from .hop import expand as expand_hops, hop_name, is_hop
 from .uses import attach_uses
 from .widthgraph import ParamInfo, WidthGraph, short_op
 
@@ -88,6 +89,12 @@ def trace(
         a = graph.node(n)
         bad = [d for d, e in enumerate(a["dims"]) if e is None]
         sizes = {w: [a["shapes"][w][d] for d in bad] for w in widths}
+        if a.get("unbacked"):
+            graph.warnings.append(
+                f"node {n} ({a['op']} in `{a['module'] or '<top>'}`): dim {bad} has a data-dependent "
+                "size (x[mask], nonzero, unique...): its exponent is unknown; an op where it meets "
+                "a width-sized dim is reported undetermined.")
+            continue
         graph.warnings.append(
             f"node {n} ({a['op']} in `{a['module'] or '<top>'}`): dim {bad} follows no power law "
             f"of the width (sizes {sizes}); its exponent is unknown and taken as 0.")
@@ -399,10 +406,18 @@ def _source_line(node) -> str:
 
 
 def _val_shape(node):
+    """The node's shape; None for a data-dependent (unbacked) size."""
     v = node.meta.get("val")
     if isinstance(v, torch.Tensor):
-        return tuple(int(s) for s in v.shape)
+        return tuple(_size(s) for s in v.shape)
     return None
+
+
+def _size(s):
+    if isinstance(s, int):
+        return s
+    known = getattr(getattr(s, "node", None), "maybe_as_int", lambda: None)()
+    return int(known) if known is not None else None
 
 
 def _annotate(programs, models, aligned, widths):
@@ -417,20 +432,26 @@ def _annotate(programs, models, aligned, widths):
     g = nx.MultiDiGraph()
     order, params = [], {}
     custom = _custom_functions()
-    name_of = {}  # (width, fx node) -> canonical name
-    for nodes in aligned:
+    items, name_of = expand_hops(aligned, programs, widths)  # (width, fx node) -> name
+    for it in items:
+        nodes, name = it.nodes, it.name
         n0 = nodes[0]
-        name = n0.name
-        for w, n in zip(widths, nodes):
-            name_of[(w, n)] = name
         shapes = {w: _val_shape(n) for w, n in zip(widths, nodes)}
         dims = _dim_exponents(widths, shapes)
         attrs = dict(kind=n0.op, target=str(n0.target), op=short_op(n0.target) if n0.op ==
                      "call_function" else n0.op, module=_module_path(n0), shapes=shapes, dims=dims,
-                     scalars={}, param=None, buffer=None, input=None,
+                     scalars={}, param=None, buffer=None, input=None, hop=it.hop,
                      args=_plain_args(nodes[-1].args, widths[-1], name_of),
                      kwargs=_plain_args(dict(nodes[-1].kwargs), widths[-1], name_of))
-        if n0.op == "placeholder":
+        if any(s is not None and None in s for s in shapes.values()):
+            attrs["unbacked"] = True  # a data-dependent size (x[mask], nonzero): exponent unknown
+        if it.op is not None:  # the output of an inlined higher-order op (see graph/hop.py)
+            attrs.update(kind="call_function", op=it.op, target=it.op, tags=(), kwargs={},
+                         source=_source_line(n0), custom_backward=None,
+                         args=tuple("%" + name_of[(w0, s)] for s, _ in it.inputs))
+        elif it.kind is not None:
+            attrs.update(kind=it.kind, op=hop_name(n0.target))
+        elif n0.op == "placeholder":
             if name in param_of:
                 attrs["param"] = param_of[name]
             elif name in buffer_of:
@@ -446,9 +467,12 @@ def _annotate(programs, models, aligned, widths):
             attrs["source"] = _source_line(n0)
             attrs["custom_backward"] = _custom_function(n0, custom)
             attrs["scalars"] = _scalars(attrs, nodes, widths)
+            if is_hop(n0):  # not inlined: one opaque call
+                attrs["higher_order"] = hop_name(n0.target)
         g.add_node(name, **attrs)
         order.append(name)
-        for k, inp in enumerate(_tensor_inputs(n0)):
+        inputs = it.inputs if it.inputs is not None else [] if it.kind else _tensor_inputs(n0)
+        for k, inp in enumerate(inputs):
             src, pos = inp
             g.add_edge(name_of[(w0, src)], name, pos=pos, order=k)
 
@@ -520,7 +544,8 @@ def _dim_exponents(widths, shapes):
     s0 = shapes[widths[0]]
     if s0 is None or any(shapes[w] is None or len(shapes[w]) != len(s0) for w in widths):
         return None
-    return tuple(exact_exponent(widths, [shapes[w][d] for w in widths]) if shapes[widths[0]][d]
+    return tuple(None if any(shapes[w][d] is None for w in widths)
+                 else exact_exponent(widths, [shapes[w][d] for w in widths]) if s0[d]
                  else sp.Integer(0) for d in range(len(s0)))
 
 

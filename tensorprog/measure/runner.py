@@ -297,6 +297,9 @@ def measured_nodes(graph):
             has_param.add(n)
         if a["kind"] == "output":
             continue
+        if a.get("hop"):  # inlined from a higher-order op's body: not a node of the program run
+            skipped[n] = f"inside higher-order op {a['hop']}"
+            continue
         if a["kind"] == "placeholder" and not a["param"]:
             skipped[n] = "buffer" if a["buffer"] else "input" if a["input"] is not None else "placeholder"
             continue

@@ -7,7 +7,7 @@ which dim they cut: disjoint slices of a fresh projection's output dim are indep
 """
 from __future__ import annotations
 
-from .core import NEG, ZERO, Op, OpSpec, no_back, pass_back, same, vector_use
+from .core import NEG, ZERO, Op, OpSpec, Undetermined, no_back, pass_back, same, vector_use
 from .registry import register
 
 
@@ -87,6 +87,24 @@ _view(("view", "reshape", "_unsafe_view", "view_as", "reshape_as", "flatten", "u
 _view(("unsqueeze", "squeeze", "squeeze_", "unsqueeze_", "to", "_to_copy", "clone", "contiguous",
        "alias", "type_as", "lift_fresh_copy", "dropout", "copy", "float", "type", "movedim"))
 _view(("detach",), backward=no_back)  # no gradient flows back through detach
+# inlined higher-order ops (graph/hop.py): torch.map's body sees one slice of a mapped operand
+# and its outputs are stacked along a new leading dim
+_view(("map_slice",), lambda args, old, new: [set()] + [{d - 1} for d in range(1, len(old))])
+_view(("map_stack",), _expand)
+
+
+def _cond_fwd(op: Op):
+    """torch.cond's output: which branch runs depends on the data, so it is sized only when both
+    branches give the same sizes."""
+    a, b = op.ins[0], op.ins[-1]
+    if (a.x, a.dx) != (b.x, b.dx):
+        raise Undetermined(f"the branches of torch.cond give outputs of different sizes (n^{a.x} "
+                           f"and n^{b.x} at init, changes n^{a.dx} and n^{b.dx}); which one runs "
+                           "depends on the data")
+    return a.x, a.dx, {"centered": a.centered and b.centered, "sign": a.sign if a.sign == b.sign else 0}
+
+
+register(OpSpec(("cond_merge",), _cond_fwd, lambda op, g: [g] * len(op.ins), view=True, dim_map=_ident))
 
 
 # ----------------------------------------------------------------------------- slicing
