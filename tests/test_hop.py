@@ -128,3 +128,83 @@ def test_check_runs_with_inlined_hop():
     assert not any(g.node(n)["hop"] for n in measured)
     assert any(why.startswith("inside higher-order op") for why in rep.skipped.values())
     assert all(rec.values for rec in rep.records if rec.node == "getitem")
+
+
+# ----------------------------------------------------------------------------- data-dependent
+
+
+class MoE(nn.Module):
+    """Top-1 routing over Linear(n, n) experts; empty experts are skipped (a Python branch on
+    data, as in HuggingFace's MoE blocks): torch.export refuses it."""
+
+    def __init__(self, n, experts=4):
+        super().__init__()
+        self.inp, self.router = nn.Linear(8, n), nn.Linear(n, experts)
+        self.experts = nn.ModuleList(nn.Linear(n, n) for _ in range(experts))
+        self.out = nn.Linear(n, 1)
+
+    def forward(self, x):
+        h = self.inp(x)
+        top = self.router(h).argmax(-1)
+        y = torch.zeros_like(h)
+        for i, expert in enumerate(self.experts):
+            idx = torch.where(top == i)[0]
+            if idx.numel() == 0:
+                continue
+            y = y.index_add(0, idx, expert(h[idx]))
+        return self.out(torch.relu(y) + h)
+
+
+def moe_inputs(n):
+    return (torch.randn(64, 8),)
+
+
+def test_data_dependent_branch_is_traced_specialised():
+    r = tensorprog.analyze(MoE, WIDTHS, example_inputs=moe_inputs, make_optimizer=adam)
+    assert r.parametrization == "SP"
+    assert r.graph.params["experts.0.weight"].role == "hidden"
+    note = [n for n in r.notes if n.startswith("the model branches on data")]
+    assert note and "specialised to the example inputs" in note[0] and "test_hop.py" in note[0]
+
+
+def test_check_refuses_specialised_trace():
+    with pytest.raises(tensorprog.errors.CheckError, match="specialised to the example inputs"):
+        tensorprog.check(MoE, WIDTHS, example_inputs=moe_inputs, steps=1, seeds=1, progress=False)
+
+
+class Masked(nn.Module):
+    """x[mask]: a data-dependent (unbacked) row count, then summed over."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.a, self.o = nn.Linear(8, n), nn.Linear(n, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        sel = h[x[:, 0] > 0]
+        return self.o(sel.sum(0, keepdim=True))
+
+
+class MaskedNarrow(nn.Module):
+    """nonzero on a width-free tensor: the unbacked size never meets a width dim."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.a, self.o = nn.Linear(8, n), nn.Linear(n, 1)
+
+    def forward(self, x):
+        k = torch.nonzero(x[:, 0] > 0).sum().float()
+        return self.o(self.a(x)) * torch.tanh(k)
+
+
+def test_unbacked_sizes_do_not_crash_and_are_undetermined():
+    r = run(Masked)
+    assert r.parametrization == "undetermined"
+    assert any("data-dependent size" in u["reason"] for u in r.undetermined)
+    g = r.graph
+    assert any(g.node(n).get("unbacked") for n in g.order)
+
+
+def test_unbacked_sizes_away_from_width_dims():
+    r = run(MaskedNarrow)
+    assert r.parametrization == "SP"

@@ -36,6 +36,7 @@ from ..errors import TraceError
 from ..exponents import exact_exponent, noisy_exponent
 from ..ops import lookup
 from .hop import expand as expand_hops, hop_name, is_hop
+from .specialise import specialise
 from .uses import attach_uses
 from .widthgraph import ParamInfo, WidthGraph, short_op
 
@@ -84,6 +85,8 @@ def trace(
     aligned = _align(programs, widths)
     g, order, params = _annotate(programs, models, aligned, widths)
     graph = WidthGraph(nx=g, params=params, widths=tuple(widths), order=order, programs=programs)
+    if getattr(programs[widths[0]], "specialised", False):
+        graph.warnings.append(programs[widths[0]].note)
     _check_width_matters(graph)
     for n in graph.unknown_power_laws():
         a = graph.node(n)
@@ -227,6 +230,9 @@ def export_program(model, args, kwargs, width, modes=(False, True)):
     """(ExportedProgram, strict?) at ATen level: non-strict first, then strict (strict keeps
     tensor attributes such as mup's ``weight.infshape``, which non-strict export drops)."""
     errors = []
+    if tuple(modes) == ("specialise",):  # the mode that worked at the previous width
+        modes = ()
+        errors.append(_DataDependent())
     for strict in modes:
         try:
             with warnings.catch_warnings(), _quiet_torch_logs(), _frozen_width_mults(model):
@@ -239,9 +245,17 @@ def export_program(model, args, kwargs, width, modes=(False, True)):
     e = errors[0]
     where = _user_frame(e, model)
     if _is_data_dependent(e) or any(_is_data_dependent(x) for x in errors):
+        try:  # fall back to a trace specialised to the example inputs (graph/specialise.py)
+            with warnings.catch_warnings(), _quiet_torch_logs():
+                warnings.simplefilter("ignore")
+                return specialise(model, args, kwargs, where.replace(" in module", " at module", 1)), \
+                    "specialise"
+        except Exception as s:  # noqa: BLE001 - reported with the export's error
+            failed = f"{type(s).__name__}: {_first_line(s)}"
         raise TraceError(
             f"the model has data-dependent control flow{where}: Python branches on a tensor's "
-            "value, so its graph depends on the data and cannot be traced once for all inputs. "
+            "value, so its graph depends on the data and cannot be traced once for all inputs, "
+            f"and a trace specialised to the example inputs failed too ({failed}). "
             "Replace the branch with torch.where / torch.cond, or fix the branch for analysis "
             "(e.g. a constructor flag).") from e
     raise TraceError(
@@ -294,6 +308,13 @@ def _first_line(e) -> str:
     return s[0][:300] if s else ""
 
 
+class _DataDependent(Exception):
+    """Stands for the export error of an earlier width that needed the specialised trace."""
+
+    def __str__(self):
+        return "data-dependent control flow (at an earlier width)"
+
+
 def _is_data_dependent(e) -> bool:
     s = f"{type(e).__name__} {e}"
     return any(k in s for k in ("data-dependent", "GuardOnDataDependent", "DataDependent",
@@ -338,6 +359,12 @@ def _align(programs, widths):
             x = a[i] if i < len(a) else None
             y = b[i] if i < len(b) else None
             if x is None or y is None or (x.op, str(x.target)) != (y.op, str(y.target)):
+                if getattr(programs[w0], "specialised", False):
+                    raise TraceError(
+                        f"{programs[w0].note}, and the traces at width {w0} and width {w} take "
+                        f"different branches (node {i}: {_describe(x)} vs {_describe(y)}): e.g. "
+                        "an expert that gets no token at one width. Give example inputs that "
+                        "take the same branches at every width (more tokens).")
                 raise TraceError(
                     f"the traced graph differs between width {w0} and width {w} at node {i}: "
                     f"{_describe(x)} vs {_describe(y)}. The model's structure must not depend on "

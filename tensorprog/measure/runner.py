@@ -261,6 +261,9 @@ def program_for(graph, factory, w, example_inputs, dev, dtype, say):
                 EXPORT_MODES[id(factory)] = (strict,)
         except TraceError as e:
             raise CheckError(str(e)) from e
+    if getattr(ep, "specialised", False):
+        raise CheckError(f"{ep.note}: that graph is right for the example inputs only, so check "
+                         "cannot train it as the model.")
     return ep, model
 
 
