@@ -96,7 +96,7 @@ def _body(gm, node):
 
 def _inline(nodes, gms, widths, name, name_of, items, inlined):
     """Inline the bodies of one HOP call; None when its arguments are not the expected ones."""
-    n0, w0 = nodes[0], widths[0]
+    n0 = nodes[0]
     what = hop_name(n0.target)
     if what == "wrap_with_set_grad_enabled":
         branches = [("", 1)]
