@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import warnings
 from fractions import Fraction
 from typing import Callable, Sequence
 
@@ -35,6 +34,8 @@ import torch.nn as nn
 from ..errors import TraceError
 from ..exponents import exact_exponent, noisy_exponent
 from ..ops import lookup
+from .hop import expand as expand_hops, hop_name, is_hop
+from .export import export_program  # noqa: F401 - re-exported (measure/runner.py)
 from .uses import attach_uses
 from .widthgraph import ParamInfo, WidthGraph, short_op
 
@@ -90,11 +91,19 @@ def trace(
     aligned = _align(programs, widths)
     g, order, params = _annotate(programs, models, aligned, widths)
     graph = WidthGraph(nx=g, params=params, widths=tuple(widths), order=order, programs=programs)
+    if getattr(programs[widths[0]], "specialised", False):
+        graph.warnings.append(programs[widths[0]].note)
     _check_width_matters(graph)
     for n in graph.unknown_power_laws():
         a = graph.node(n)
         bad = [d for d, e in enumerate(a["dims"]) if e is None]
         sizes = {w: [a["shapes"][w][d] for d in bad] for w in widths}
+        if a.get("unbacked"):
+            graph.warnings.append(
+                f"node {n} ({a['op']} in `{a['module'] or '<top>'}`): dim {bad} has a data-dependent "
+                "size (x[mask], nonzero, unique...): its exponent is unknown; an op where it meets "
+                "a width-sized dim is reported undetermined.")
+            continue
         graph.warnings.append(
             f"node {n} ({a['op']} in `{a['module'] or '<top>'}`): dim {bad} follows no power law "
             f"of the width (sizes {sizes}); its exponent is unknown and taken as 0.")
@@ -229,111 +238,6 @@ def example_args(example_inputs, model, width, device):
     return tuple(move(t) for t in ex), {k: move(v) for k, v in kwargs.items()}
 
 
-def export_program(model, args, kwargs, width, modes=(False, True)):
-    """(ExportedProgram, strict?) at ATen level: non-strict first, then strict (strict keeps
-    tensor attributes such as mup's ``weight.infshape``, which non-strict export drops)."""
-    errors = []
-    for strict in modes:
-        try:
-            with warnings.catch_warnings(), _quiet_torch_logs(), _frozen_width_mults(model):
-                warnings.simplefilter("ignore")
-                return torch.export.export(model, args, kwargs=kwargs, strict=strict), strict
-        except Exception as e:  # noqa: BLE001 - classified below
-            errors.append(e)
-            if _is_data_dependent(e):
-                break
-    e = errors[0]
-    where = _user_frame(e, model)
-    if _is_data_dependent(e) or any(_is_data_dependent(x) for x in errors):
-        raise TraceError(
-            f"the model has data-dependent control flow{where}: Python branches on a tensor's "
-            "value, so its graph depends on the data and cannot be traced once for all inputs. "
-            "Replace the branch with torch.where / torch.cond, or fix the branch for analysis "
-            "(e.g. a constructor flag).") from e
-    raise TraceError(
-        f"torch.export could not trace the model at width {width}{where}: "
-        f"{type(e).__name__}: {_first_line(e)}. tensorprog needs a model that torch.export "
-        "can trace (no data-dependent Python control flow, no untraceable side effects); for "
-        "HuggingFace models pass use_cache=False in the config.") from e
-
-
-@contextlib.contextmanager
-def _frozen_width_mults(model):
-    """The public mup package's readouts call ``self.width_mult()``, which reads
-    ``weight.infshape``, an attribute non-strict export's fake parameters lack. Freeze each such
-    method to its value (a constant at a given width) for the export, so the fast non-strict
-    mode works; strict export remains the fallback for other tensor attributes."""
-    frozen = []
-    for m in model.modules():
-        w = getattr(m, "weight", None)
-        if hasattr(w, "infshape") and callable(getattr(m, "width_mult", None)):
-            try:
-                value = m.width_mult()
-            except Exception:  # noqa: BLE001 - leave it to the strict fallback
-                continue
-            m.width_mult = (lambda v: (lambda: v))(value)
-            frozen.append(m)
-    try:
-        yield
-    finally:
-        for m in frozen:
-            del m.width_mult
-
-
-@contextlib.contextmanager
-def _quiet_torch_logs():
-    """Silence torch.export's own logs and prints; tensorprog reports errors itself."""
-    import logging
-    import io
-
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):  # export prints partial graphs on error
-            yield
-    finally:
-        logging.disable(previous)
-
-
-def _first_line(e) -> str:
-    s = str(e).strip().splitlines()
-    return s[0][:300] if s else ""
-
-
-def _is_data_dependent(e) -> bool:
-    s = f"{type(e).__name__} {e}"
-    return any(k in s for k in ("data-dependent", "GuardOnDataDependent", "DataDependent",
-                                "data dependent"))
-
-
-def _user_frame(e, model) -> str:
-    """' in module `blocks.0.attn` (file.py:42)' from the innermost user frame of a traceback."""
-    mods = {id(m): n for n, m in model.named_modules()}
-    best = ""
-    tb = e.__traceback__
-    frames = []
-    while tb is not None:
-        frames.append(tb.tb_frame)
-        tb = tb.tb_next
-    ctx = e.__context__ or e.__cause__
-    if ctx is not None and ctx.__traceback__ is not None:
-        tb = ctx.__traceback__
-        while tb is not None:
-            frames.append(tb.tb_frame)
-            tb = tb.tb_next
-    for f in frames:
-        fn = f.f_code.co_filename
-        if "/torch/" in fn or "/site-packages/torch" in fn or "/tensorprog/graph/" in fn:
-            continue
-        code = f.f_code
-        first = code.co_varnames[0] if code.co_argcount else None
-        self_obj = f.f_locals.get(first) if first else None
-        if isinstance(self_obj, nn.Module) and id(self_obj) in mods:
-            name = mods[id(self_obj)] or type(self_obj).__name__
-            best = f" in module `{name}` ({fn.rsplit('/', 1)[-1]}:{f.f_lineno})"
-    return best
-
-
 def _align(programs, widths):
     """Node lists of every width, position by position; raise at the first structural mismatch."""
     lists = {w: list(programs[w].graph.nodes) for w in widths}
@@ -344,6 +248,12 @@ def _align(programs, widths):
             x = a[i] if i < len(a) else None
             y = b[i] if i < len(b) else None
             if x is None or y is None or (x.op, str(x.target)) != (y.op, str(y.target)):
+                if getattr(programs[w0], "specialised", False):
+                    raise TraceError(
+                        f"{programs[w0].note}, and the traces at width {w0} and width {w} take "
+                        f"different branches (node {i}: {_describe(x)} vs {_describe(y)}): e.g. "
+                        "an expert that gets no token at one width. Give example inputs that "
+                        "take the same branches at every width (more tokens).")
                 raise TraceError(
                     f"the traced graph differs between width {w0} and width {w} at node {i}: "
                     f"{_describe(x)} vs {_describe(y)}. The model's structure must not depend on "
@@ -412,10 +322,18 @@ def _source_line(node) -> str:
 
 
 def _val_shape(node):
+    """The node's shape; None for a data-dependent (unbacked) size."""
     v = node.meta.get("val")
     if isinstance(v, torch.Tensor):
-        return tuple(int(s) for s in v.shape)
+        return tuple(_size(s) for s in v.shape)
     return None
+
+
+def _size(s):
+    if isinstance(s, int):
+        return s
+    known = getattr(getattr(s, "node", None), "maybe_as_int", lambda: None)()
+    return int(known) if known is not None else None
 
 
 def _annotate(programs, models, aligned, widths):
@@ -430,20 +348,26 @@ def _annotate(programs, models, aligned, widths):
     g = nx.MultiDiGraph()
     order, params = [], {}
     custom = _custom_functions()
-    name_of = {}  # (width, fx node) -> canonical name
-    for nodes in aligned:
+    items, name_of = expand_hops(aligned, programs, widths)  # (width, fx node) -> name
+    for it in items:
+        nodes, name = it.nodes, it.name
         n0 = nodes[0]
-        name = n0.name
-        for w, n in zip(widths, nodes):
-            name_of[(w, n)] = name
         shapes = {w: _val_shape(n) for w, n in zip(widths, nodes)}
         dims = _dim_exponents(widths, shapes)
         attrs = dict(kind=n0.op, target=str(n0.target), op=short_op(n0.target) if n0.op ==
                      "call_function" else n0.op, module=_module_path(n0), shapes=shapes, dims=dims,
-                     scalars={}, param=None, buffer=None, input=None,
+                     scalars={}, param=None, buffer=None, input=None, hop=it.hop,
                      args=_plain_args(nodes[-1].args, widths[-1], name_of),
                      kwargs=_plain_args(dict(nodes[-1].kwargs), widths[-1], name_of))
-        if n0.op == "placeholder":
+        if any(s is not None and None in s for s in shapes.values()):
+            attrs["unbacked"] = True  # a data-dependent size (x[mask], nonzero): exponent unknown
+        if it.op is not None:  # the output of an inlined higher-order op (see graph/hop.py)
+            attrs.update(kind="call_function", op=it.op, target=it.op, tags=(), kwargs={},
+                         source=_source_line(n0), custom_backward=None,
+                         args=tuple("%" + name_of[(w0, s)] for s, _ in it.inputs))
+        elif it.kind is not None:
+            attrs.update(kind=it.kind, op=hop_name(n0.target))
+        elif n0.op == "placeholder":
             if name in param_of:
                 attrs["param"] = param_of[name]
             elif name in buffer_of:
@@ -459,9 +383,12 @@ def _annotate(programs, models, aligned, widths):
             attrs["source"] = _source_line(n0)
             attrs["custom_backward"] = _custom_function(n0, custom)
             attrs["scalars"] = _scalars(attrs, nodes, widths)
+            if is_hop(n0):  # not inlined: one opaque call
+                attrs["higher_order"] = hop_name(n0.target)
         g.add_node(name, **attrs)
         order.append(name)
-        for k, inp in enumerate(_tensor_inputs(n0)):
+        inputs = it.inputs if it.inputs is not None else [] if it.kind else _tensor_inputs(n0)
+        for k, inp in enumerate(inputs):
             src, pos = inp
             g.add_edge(name_of[(w0, src)], name, pos=pos, order=k)
 
@@ -533,7 +460,8 @@ def _dim_exponents(widths, shapes):
     s0 = shapes[widths[0]]
     if s0 is None or any(shapes[w] is None or len(shapes[w]) != len(s0) for w in widths):
         return None
-    return tuple(exact_exponent(widths, [shapes[w][d] for w in widths]) if shapes[widths[0]][d]
+    return tuple(None if any(shapes[w][d] is None for w in widths)
+                 else exact_exponent(widths, [shapes[w][d] for w in widths]) if s0[d]
                  else sp.Integer(0) for d in range(len(s0)))
 
 

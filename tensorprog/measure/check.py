@@ -286,6 +286,12 @@ def check(
             raise CheckError(f"could not trace the model for its predictions: {e}") from e
     elif not isinstance(graph, WidthGraph):
         raise CheckError(f"graph must be a WidthGraph from tensorprog.trace, got {type(graph).__name__}.")
+    special = next((p for p in graph.programs.values() if getattr(p, "specialised", False)), None)
+    if special is not None:
+        raise CheckError(
+            f"{special.note}: that graph is right for the example inputs only, while check trains "
+            "other seeds and steps whose data take other branches, so it cannot run it as the "
+            "model. Make the branch traceable (torch.where / torch.cond) to check this model.")
     if optimizer is None:
         from ..theory.abc import optimizer_class
         optimizer = optimizer_class(graph.optimizer) if graph.optimizer else "adam"

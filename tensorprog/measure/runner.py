@@ -261,6 +261,9 @@ def program_for(graph, factory, w, example_inputs, dev, dtype, say):
                 EXPORT_MODES[id(factory)] = (strict,)
         except TraceError as e:
             raise CheckError(str(e)) from e
+    if getattr(ep, "specialised", False):
+        raise CheckError(f"{ep.note}: that graph is right for the example inputs only, so check "
+                         "cannot train it as the model.")
     return ep, model
 
 
@@ -296,6 +299,9 @@ def measured_nodes(graph):
         if a["param"] or any(u in has_param for u in ins):
             has_param.add(n)
         if a["kind"] == "output":
+            continue
+        if a.get("hop"):  # inlined from a higher-order op's body: not a node of the program run
+            skipped[n] = f"inside higher-order op {a['hop']}"
             continue
         if a["kind"] == "placeholder" and not a["param"]:
             skipped[n] = "buffer" if a["buffer"] else "input" if a["input"] is not None else "placeholder"

@@ -7,7 +7,7 @@ which dim they cut: disjoint slices of a fresh projection's output dim are indep
 """
 from __future__ import annotations
 
-from .core import NEG, ZERO, Op, OpSpec, no_back, pass_back, same, vector_use
+from .core import NEG, ZERO, Op, OpSpec, Undetermined, mx, no_back, pass_back, same, vector_use
 from .registry import register
 
 
@@ -87,6 +87,24 @@ _view(("view", "reshape", "_unsafe_view", "view_as", "reshape_as", "flatten", "u
 _view(("unsqueeze", "squeeze", "squeeze_", "unsqueeze_", "to", "_to_copy", "clone", "contiguous",
        "alias", "type_as", "lift_fresh_copy", "dropout", "copy", "float", "type", "movedim"))
 _view(("detach",), backward=no_back)  # no gradient flows back through detach
+# inlined higher-order ops (graph/hop.py): torch.map's body sees one slice of a mapped operand
+# and its outputs are stacked along a new leading dim
+_view(("map_slice",), lambda args, old, new: [set()] + [{d - 1} for d in range(1, len(old))])
+_view(("map_stack",), _expand)
+
+
+def _cond_fwd(op: Op):
+    """torch.cond's output: which branch runs depends on the data, so it is sized only when both
+    branches give the same sizes."""
+    a, b = op.ins[0], op.ins[-1]
+    if (a.x, a.dx) != (b.x, b.dx):
+        raise Undetermined(f"the branches of torch.cond give outputs of different sizes (n^{a.x} "
+                           f"and n^{b.x} at init, changes n^{a.dx} and n^{b.dx}); which one runs "
+                           "depends on the data")
+    return a.x, a.dx, {"centered": a.centered and b.centered, "sign": a.sign if a.sign == b.sign else 0}
+
+
+register(OpSpec(("cond_merge",), _cond_fwd, lambda op, g: [g] * len(op.ins), view=True, dim_map=_ident))
 
 
 # ----------------------------------------------------------------------------- slicing
@@ -133,6 +151,22 @@ register(OpSpec(("index", "index_select", "gather", "roll", "flip", "repeat", "r
                 same, pass_back, use=_view_use))
 
 
+def _index_add_fwd(op: Op):
+    """index_add / scatter_add(self, dim, index, src): src's entries added into self along
+    ``dim`` (an MoE layer's expert outputs put back at their tokens). Each target gets at most
+    src.shape[dim] terms: a bounded count unless that dim is width-sized."""
+    dims = op.dims_at("3") or ()
+    d = dims[op.arg(1, 0) % len(dims)] if dims else ZERO
+    if d is not None and d != 0:
+        raise Undetermined("it adds a width-sized number of entries into a target coordinate")
+    ins = [s for s in (op.input_at("0"), op.input_at("3")) if s is not None]
+    return mx(*(s.x for s in ins)), mx(*(s.dx for s in ins)), {}
+
+
+register(OpSpec(("index_add", "index_add_", "scatter_add", "scatter_add_"), _index_add_fwd,
+                lambda op, g: [g if p in ("0", "3") else NEG for p in op.pos], use=_view_use))
+
+
 # ----------------------------------------------------------------------------- constants
 
 
@@ -148,5 +182,5 @@ register(OpSpec(("arange", "zeros", "ones", "full", "empty", "zeros_like", "ones
                  "randint", "lift_fresh", "sym_size", "_assert_scalar", "sym_constrain_range_for_size",
                  "bernoulli", "_assert_tensor_metadata", "sign", "floor", "ceil", "round", "trunc",
                  "sort", "argsort", "topk", "bucketize", "searchsorted", "one_hot", "_local_scalar_dense",
-                 "sym_numel", "sym_stride", "item"),
+                 "sym_numel", "sym_stride", "item", "nonzero", "nonzero_static", "argwhere"),
                 _const_fwd, no_back))

@@ -246,6 +246,7 @@ def analyze(
         opt = optimizer_class(optimizer or "adam")
     prop = propagate(graph, opt, steps=steps, align=alignment)
     report = _verdict(graph, prop, opt)
+    report.notes.extend(w for w in graph.warnings if w.startswith("the model branches on data"))
     if graph.optimizer is None:
         report.notes.insert(0, f"no optimizer factory: {opt}-like updates with one global learning "
                                "rate for every parameter" + ("" if optimizer else " (the default; "

@@ -151,6 +151,7 @@ def _forward(graph, dW, weight_pos, align, undetermined) -> dict[str, Sizes]:
         ins = op.ins
         spec = lookup(a)
         try:
+            _unbacked(graph, op)
             if spec is None:
                 x, dx, extra = _unlisted(graph, op)
             else:
@@ -172,10 +173,25 @@ def _forward(graph, dW, weight_pos, align, undetermined) -> dict[str, Sizes]:
     return sizes
 
 
+def _unbacked(graph, op: Op):
+    """A data-dependent (unbacked) size next to a width-sized dim: undetermined."""
+    if not (op.attrs.get("unbacked") or any(graph.node(u).get("unbacked") for u in op.in_names)):
+        return
+    dims = [d for ds in op.in_dims + [op.attrs["dims"]] for d in (ds or ())]
+    if any(d is not None and d != 0 for d in dims):
+        raise Undetermined("a data-dependent size (an unbacked size from x[mask], nonzero, "
+                           "unique...) meets a width-sized dim here: how many entries it moves or "
+                           "sums, and how that scales with width, is unknown")
+
+
 def _unlisted(graph, op: Op):
     """An op with no entry: sized only if no width dim enters or leaves it and its inputs are
     bounded (a fixed finite function of Theta(1) inputs is Theta(1)); else undetermined."""
     dims = [d for ds in op.in_dims + [op.attrs["dims"]] for d in (ds or ())]
+    hop = op.attrs.get("higher_order")
+    if hop and any(d is None or d != 0 for d in dims):
+        raise Undetermined(f"higher-order op `{hop}` whose body tensorprog does not inline: the ops "
+                           "inside it, and the parameters they use, are invisible to the engine")
     if any(d is None or d != 0 for d in dims):
         raise Undetermined("no entry in the op table, and a width-sized dim enters it: its "
                            "exponent rule is unknown")

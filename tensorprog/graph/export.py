@@ -1,0 +1,136 @@
+"""torch.export of one model at one width: non-strict first, then strict, and for data-dependent
+control flow a trace specialised to the example inputs (graph/specialise.py); errors become
+TraceErrors that say where in the user's code the trace failed."""
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+import torch.nn as nn
+
+from ..errors import TraceError
+from .specialise import specialise
+
+
+def export_program(model, args, kwargs, width, modes=(False, True)):
+    """(ExportedProgram, strict?) at ATen level: non-strict first, then strict (strict keeps
+    tensor attributes such as mup's ``weight.infshape``, which non-strict export drops)."""
+    errors = []
+    if tuple(modes) == ("specialise",):  # the mode that worked at the previous width
+        modes = ()
+        errors.append(_DataDependent())
+    for strict in modes:
+        try:
+            with warnings.catch_warnings(), _quiet_torch_logs(), _frozen_width_mults(model):
+                warnings.simplefilter("ignore")
+                return torch.export.export(model, args, kwargs=kwargs, strict=strict), strict
+        except Exception as e:  # noqa: BLE001 - classified below
+            errors.append(e)
+            if _is_data_dependent(e):
+                break
+    e = errors[0]
+    where = _user_frame(e, model)
+    if _is_data_dependent(e) or any(_is_data_dependent(x) for x in errors):
+        try:  # fall back to a trace specialised to the example inputs (graph/specialise.py)
+            with warnings.catch_warnings(), _quiet_torch_logs():
+                warnings.simplefilter("ignore")
+                return specialise(model, args, kwargs, where.replace(" in module", " at module", 1)), \
+                    "specialise"
+        except Exception as s:  # noqa: BLE001 - reported with the export's error
+            failed = f"{type(s).__name__}: {_first_line(s)}"
+        raise TraceError(
+            f"the model has data-dependent control flow{where}: Python branches on a tensor's "
+            "value, so its graph depends on the data and cannot be traced once for all inputs, "
+            f"and a trace specialised to the example inputs failed too ({failed}). "
+            "Replace the branch with torch.where / torch.cond, or fix the branch for analysis "
+            "(e.g. a constructor flag).") from e
+    raise TraceError(
+        f"torch.export could not trace the model at width {width}{where}: "
+        f"{type(e).__name__}: {_first_line(e)}. tensorprog needs a model that torch.export "
+        "can trace (no data-dependent Python control flow, no untraceable side effects); for "
+        "HuggingFace models pass use_cache=False in the config.") from e
+
+
+@contextlib.contextmanager
+def _frozen_width_mults(model):
+    """The public mup package's readouts call ``self.width_mult()``, which reads
+    ``weight.infshape``, an attribute non-strict export's fake parameters lack. Freeze each such
+    method to its value (a constant at a given width) for the export, so the fast non-strict
+    mode works; strict export remains the fallback for other tensor attributes."""
+    frozen = []
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if hasattr(w, "infshape") and callable(getattr(m, "width_mult", None)):
+            try:
+                value = m.width_mult()
+            except Exception:  # noqa: BLE001 - leave it to the strict fallback
+                continue
+            m.width_mult = (lambda v: (lambda: v))(value)
+            frozen.append(m)
+    try:
+        yield
+    finally:
+        for m in frozen:
+            del m.width_mult
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """Silence torch.export's own logs and prints; tensorprog reports errors itself."""
+    import logging
+    import io
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # export prints partial graphs on error
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _first_line(e) -> str:
+    s = str(e).strip().splitlines()
+    return s[0][:300] if s else ""
+
+
+class _DataDependent(Exception):
+    """Stands for the export error of an earlier width that needed the specialised trace."""
+
+    def __str__(self):
+        return "data-dependent control flow (at an earlier width)"
+
+
+def _is_data_dependent(e) -> bool:
+    s = f"{type(e).__name__} {e}"
+    return any(k in s for k in ("data-dependent", "GuardOnDataDependent", "DataDependent",
+                                "data dependent"))
+
+
+def _user_frame(e, model) -> str:
+    """' in module `blocks.0.attn` (file.py:42)' from the innermost user frame of a traceback."""
+    mods = {id(m): n for n, m in model.named_modules()}
+    best = ""
+    tb = e.__traceback__
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    ctx = e.__context__ or e.__cause__
+    if ctx is not None and ctx.__traceback__ is not None:
+        tb = ctx.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame)
+            tb = tb.tb_next
+    for f in frames:
+        fn = f.f_code.co_filename
+        if "/torch/" in fn or "/site-packages/torch" in fn or "/tensorprog/graph/" in fn:
+            continue
+        code = f.f_code
+        first = code.co_varnames[0] if code.co_argcount else None
+        self_obj = f.f_locals.get(first) if first else None
+        if isinstance(self_obj, nn.Module) and id(self_obj) in mods:
+            name = mods[id(self_obj)] or type(self_obj).__name__
+            best = f" in module `{name}` ({fn.rsplit('/', 1)[-1]}:{f.f_lineno})"
+    return best
