@@ -84,3 +84,12 @@ def fmt(e) -> str:
     if e == 1:
         return "n"
     return f"n^{e}" if e.is_Rational or e.is_Atom else f"n^({e})"
+
+
+def expr_text(expr) -> str:
+    """A rule (an expression in fan_in, fan_out, width_mult) as text: '1/fan_in'."""
+    if expr is None:
+        return "-"
+    num, den = sp.fraction(sp.sympify(expr))
+    text = str(num) if den == 1 else (f"{num}/{den}" if den.is_Atom or den.is_Pow else f"{num}/({den})")
+    return text.replace("**", "^")

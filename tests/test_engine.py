@@ -1,6 +1,6 @@
 """The graph engine against the closed-form theory (TP4 / TP4b) and the named cases of the sheet.
 
-Expected values come from the papers (the table in ../shared/reference/tensor-programs.md §1)
+Expected values come from the papers (TP4 §2 and Table 1, TP5 Table 3)
 or from tensorprog.theory, an independent implementation of the closed-form theorems that never
 sees a graph. The engine only sees the traced model.
 """

@@ -1,4 +1,4 @@
-"""tensorprog.theory against the facts sheet (shared/reference/tensor-programs.md).
+"""tensorprog.theory against the papers (TP4 arXiv 2011.14522, TP4b arXiv 2308.01814, TP5 arXiv 2203.03466).
 
 Expected values are the sheet's / papers' numbers, written out here by hand; the code under
 test only supplies the values being checked.

@@ -121,10 +121,10 @@ from ..errors import CheckError
 from ..jsonio import JSONMixin
 from .judge import (NEG, Blowup, Record, Tolerance, assumption_step, compose, first_blowup,
                     first_order_notes, judge, loss_grad_fits, outside_assumptions)
-from .runner import (EXPORT_MODES, Runner, batches_for, build_model, check_widths, data_source,
-                     default_loss, default_optimizer, first_batch, free_memory, make_opt,
-                     measured_nodes, program_for, progress_printer, reference_nodes, resolve_device,
-                     roundoff_recheck)
+from .data import batches_for, data_source, first_batch
+from .runner import (EXPORT_MODES, Runner, build_model, check_widths, default_loss,
+                     default_optimizer, free_memory, make_opt, measured_nodes, program_for,
+                     progress_printer, reference_nodes, resolve_device, roundoff_recheck)
 
 __all__ = ["check", "CheckReport", "Record", "Tolerance", "Blowup", "default_loss"]
 

@@ -6,9 +6,7 @@ See ``measure/check.py``'s module docstring ("How the measured program is run") 
 from __future__ import annotations
 
 import gc
-import itertools
 import math
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -16,11 +14,12 @@ import torch.fx
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
+from .data import batches_for, cast, split
 from ..errors import CheckError, TensorprogError, TraceError
 from .judge import NEG, Tolerance
 
 __all__ = ["Runner", "DEFAULT_LR", "default_loss", "check_widths", "resolve_device",
-           "progress_printer", "default_optimizer", "data_source", "first_batch", "batches_for",
+           "progress_printer", "default_optimizer", "batches_for",
            "build_model", "make_opt", "free_memory", "program_for", "EXPORT_MODES",
            "measured_nodes", "roundoff_recheck", "reference_nodes"]
 
@@ -90,116 +89,6 @@ def default_optimizer(kind):
     return make
 
 
-def data_source(data):
-    """data -> None or a function width -> iterable of batches."""
-    if data is None:
-        return None
-    if callable(data) and not isinstance(data, (list, tuple, torch.Tensor)):
-        return data
-    if isinstance(data, torch.Tensor):
-        raise CheckError("data must be an iterable of input tuples (one batch per step) or a "
-                         "callable width -> batches, not a single tensor; for one fixed batch pass "
-                         "example_inputs=(tensor,).")
-    if not isinstance(data, Iterable):
-        raise CheckError(f"data must be an iterable of input tuples or a callable, got {type(data).__name__}.")
-    items = list(data)
-    if not items:
-        raise CheckError("data is empty: give at least one batch (a tuple of input tensors).")
-    return lambda w: items
-
-
-def _as_batch(b, k):
-    """A batch: a tuple of positional inputs, or a dict of keyword inputs (HuggingFace style)."""
-    if isinstance(b, torch.Tensor):
-        return (b,)
-    if isinstance(b, list):
-        b = tuple(b)
-    if isinstance(b, dict):
-        return dict(b)
-    if not isinstance(b, tuple):
-        raise CheckError(f"batch {k} of data is a {type(b).__name__}; each batch must be a tuple "
-                         "of model inputs, one tensor, or a dict of keyword inputs.")
-    return b
-
-
-def first_batch(d):
-    if isinstance(d, (tuple, dict, torch.Tensor)):
-        return _as_batch(d, 0)
-    if isinstance(d, list) and d and isinstance(d[0], torch.Tensor):
-        return _as_batch(d, 0)
-    return _as_batch(next(iter(d)), 0)
-
-
-def _split(batch):
-    """(positional, keyword) inputs of a batch, as torch.export's (args, kwargs)."""
-    return ((), batch) if isinstance(batch, dict) else (batch, {})
-
-
-def batches_for(data_fn, example_inputs, model, w, dev, dtype, count) -> list:
-    """``count`` batches (tuples or keyword dicts, on the device); the same object every step
-    for a fixed batch. What the loss receives as ``inputs``."""
-    from ..graph.trace import example_args as _inputs
-    from ..errors import TraceError
-
-    try:
-        args, kwargs = _inputs(example_inputs, model, w, "cpu")
-    except TraceError as e:
-        raise CheckError(str(e)) from e
-    ref = _cast(kwargs if kwargs and not args else args, dev, dtype)
-    if data_fn is None:
-        return [ref] * count
-    d = data_fn(w)
-    if isinstance(d, (tuple, dict, torch.Tensor)):
-        batches = [_as_batch(d, 0)]
-    else:
-        batches = [_as_batch(b, k) for k, b in zip(range(count), itertools.cycle(d))]
-        if not batches:
-            raise CheckError(f"data({w}) gave no batches.")
-    out = []
-    for k, b in enumerate(batches):
-        b = _cast(b, dev, dtype)
-        if isinstance(ref, dict):  # keyword inputs flatten in the export's key order
-            if not isinstance(b, dict) or set(b) != set(ref):
-                raise CheckError(f"batch {k} of data must be a dict with keys {sorted(ref)} like "
-                                 f"the example inputs, got {type(b).__name__} "
-                                 f"{sorted(b) if isinstance(b, dict) else ''}.")
-            b = {key: b[key] for key in ref}
-        _check_like(b, ref, k, w)
-        out.append(b)
-    if len(out) == 1:
-        return out * count
-    return [out[k % len(out)] for k in range(count)]
-
-
-def _cast(args, dev, dtype):
-    """Tensors of a batch (tuple or dict) moved to the device; float ones cast to dtype."""
-    def mv(t):
-        if isinstance(t, torch.Tensor):
-            t = t.to(dev)
-            return t.to(dtype) if t.is_floating_point() else t
-        return t
-    if isinstance(args, dict):
-        return {k: pytree.tree_map(mv, v) for k, v in args.items()}
-    return tuple(pytree.tree_map(mv, a) for a in args)
-
-
-def _check_like(batch, ref, k, w):
-    lb, lr = pytree.tree_leaves(batch), pytree.tree_leaves(ref)
-    if len(lb) != len(lr):
-        raise CheckError(f"batch {k} of data has {len(lb)} inputs but the model was exported with "
-                         f"{len(lr)} (width {w}); each batch must be a tuple like the example inputs.")
-    for i, (x, y) in enumerate(zip(lb, lr)):
-        if isinstance(y, torch.Tensor):
-            if not isinstance(x, torch.Tensor) or tuple(x.shape) != tuple(y.shape) or \
-                    x.is_floating_point() != y.is_floating_point():
-                got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-                raise CheckError(
-                    f"input {i} of batch {k} of data is {got} but the model was exported with "
-                    f"{tuple(y.shape)} {y.dtype} (width {w}). The exported graph has static "
-                    "shapes: every batch must match the example inputs' shapes (or pass "
-                    "example_inputs of the data's shape).")
-
-
 def build_model(factory, w, dev, dtype, seed) -> nn.Module:
     torch.manual_seed(seed)
     try:
@@ -250,7 +139,7 @@ def program_for(graph, factory, w, example_inputs, dev, dtype, say):
         say(f"exporting width {w}")
         try:
             args, kwargs = _inputs(example_inputs, model, w, "cpu")
-            args, kwargs = _cast(args, dev, dtype), _cast(kwargs, dev, dtype)
+            args, kwargs = cast(args, dev, dtype), cast(kwargs, dev, dtype)
             modes = EXPORT_MODES.get(id(factory))
             try:  # the export mode (non-strict / strict) that worked at the previous width
                 ep = _export(model, args, kwargs, w, modes) if modes else _export(model, args, kwargs, w)
@@ -407,7 +296,7 @@ class Runner:
     def _flat_inputs(self, model, params, batch):
         from torch.export.graph_signature import InputKind
 
-        user = pytree.tree_leaves(_split(batch))
+        user = pytree.tree_leaves(split(batch))
         k, flat = 0, []
         for spec in self.in_specs:
             if spec.kind == InputKind.PARAMETER:

@@ -10,7 +10,7 @@ import sympy as sp
 
 from .core import (HALF, NEG, ZERO, Op, OpSpec, Sizes, Undetermined, add, all_back, cap_note, mx,
                    pass_back, same, vector_use)
-from .registry import register
+from .registry import register, register_tag
 
 OO = sp.oo
 _elementwise_use = (lambda attrs, pos, ndim: vector_use(ndim))
@@ -258,5 +258,6 @@ def _pointwise_fwd(op: Op):
                        "only Theta(1) inputs")
 
 
-POINTWISE = OpSpec(("<pointwise>",), _pointwise_fwd, all_back, use=_elementwise_use,
-                   doc="generic coordinatewise op (torch.Tag.pointwise)")
+POINTWISE = register_tag("pointwise", OpSpec(
+    ("<pointwise>",), _pointwise_fwd, all_back, use=_elementwise_use,
+    doc="generic coordinatewise op (torch.Tag.pointwise)"))

@@ -10,6 +10,8 @@ from __future__ import annotations
 from .core import OpSpec
 
 SPECS: dict[str, OpSpec] = {}
+#: entries for ops without their own, by ATen tag ("pointwise": TP's Nonlin rule)
+BY_TAG: dict[str, OpSpec] = {}
 
 
 def register(spec: OpSpec) -> OpSpec:
@@ -21,15 +23,21 @@ def register(spec: OpSpec) -> OpSpec:
     return spec
 
 
+def register_tag(tag: str, spec: OpSpec) -> OpSpec:
+    """The entry for every op ATen tags ``tag`` that has no entry of its own."""
+    BY_TAG[tag] = spec
+    return spec
+
+
 def lookup(attrs: dict) -> OpSpec | None:
     """The entry for a graph node (its attributes): by op name, else generic pointwise if ATen
     tags the op pointwise, else None."""
     spec = SPECS.get(attrs.get("op"))
     if spec is not None:
         return spec
-    if "pointwise" in (attrs.get("tags") or ()):
-        from .pointwise import POINTWISE
-        return POINTWISE
+    for tag in attrs.get("tags") or ():
+        if tag in BY_TAG:
+            return BY_TAG[tag]
     return None
 
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..exponents import fmt
-from ..transform.rules import CONVENTION_NAMES
+from ..exponents import expr_text, fmt
 from .report import fold
 
 __all__ = ["format_rules", "m_text", "expr_text"]
@@ -22,18 +21,9 @@ def m_text(x) -> str:
     return "1" if x == 0 else ("m" if x == 1 else f"m^{x}")
 
 
-def expr_text(expr) -> str:
-    """A rule (an expression in fan_in, fan_out, width_mult) as text: '1/fan_in'."""
-    if expr is None:
-        return "-"
-    num, den = sp.fraction(sp.sympify(expr))
-    text = str(num) if den == 1 else (f"{num}/{den}" if den.is_Atom or den.is_Pow else f"{num}/({den})")
-    return text.replace("**", "^")
-
-
 def format_rules(r) -> str:
     lines = [
-        f"muP rules for {r.label}: convention {r.convention} ({CONVENTION_NAMES[r.convention]}), "
+        f"muP rules for {r.label}: convention {r.convention} ({r.convention_name}), "
         f"optimizer {r.optimizer}, base width {r.base_width}",
         "  fan_in / fan_out: the parameter's fan-in / fan-out (n = width); m = width_mult = "
         "width / base_width. The last three columns multiply the model's current init, forward "

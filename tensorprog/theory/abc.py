@@ -5,7 +5,8 @@ l = 1..L+1 (1 = input layer with finite fan-in, 2..L hidden n x n, L+1 = readout
 
     W^l = n^{-a_l} w^l,   w^l_ij ~ N(0, n^{-2 b_l}),   learning rate eta * n^{-c}   (or n^{-c_l})
 
-Everything here follows the facts sheet (shared/reference/tensor-programs.md):
+Everything here follows the papers: TP4 (Yang & Hu 2021, arXiv 2011.14522), TP4b (Yang &
+Littwin 2023, arXiv 2308.01814) and TP5 (Yang et al. 2022, arXiv 2203.03466):
 
 * SGD-like optimizers: r from TP4 Def 3.2, per-layer r_l from TP4 Prop 5.3, stability TP4
   Thm 3.3, nontriviality Thm 3.4, feature learning Thm 3.6, kernel regime Thm 3.8.

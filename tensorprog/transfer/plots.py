@@ -9,12 +9,11 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import TransferError
-from .result import Sweep
 
 __all__ = ["plot_sweeps", "plot_one"]
 
 
-def _ylim(s: Sweep) -> tuple[float, float]:
+def _ylim(s) -> tuple[float, float]:
     """y range showing every minimum and the curves around them; very high losses are cut off."""
     finite = s.grid[np.isfinite(s.grid)]
     if not finite.size:
@@ -25,7 +24,7 @@ def _ylim(s: Sweep) -> tuple[float, float]:
     return lo - pad, top + pad
 
 
-def plot_one(s: Sweep, ax, title: str | None, ylim: tuple[float, float] | None = None) -> None:
+def plot_one(s, ax, title: str | None, ylim: tuple[float, float] | None = None) -> None:
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis"]
@@ -54,7 +53,7 @@ def plot_one(s: Sweep, ax, title: str | None, ylim: tuple[float, float] | None =
     ax.grid(alpha=0.3)
 
 
-def plot_sweeps(sweeps: Sequence[Sweep], path: str | None = None, *,
+def plot_sweeps(sweeps: Sequence, path: str | None = None, *,
                 titles: Sequence[str] | None = None, sharey: bool = True):
     """Side-by-side ``Sweep.plot`` panels (e.g. SP | muP, as TP5 Figure 1); saves a PNG to ``path``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sympy as sp
 
 from ..exponents import fmt
-from ..text.rules import expr_text
+from ..exponents import expr_text
 
 __all__ = ["to_pytorch"]
 

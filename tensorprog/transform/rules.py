@@ -245,6 +245,10 @@ class Rules(JSONMixin):
     graph: WidthGraph | None = field(default=None, repr=False)
 
     @property
+    def convention_name(self) -> str:
+        return CONVENTION_NAMES[self.convention]
+
+    @property
     def problems(self) -> list[str]:
         out = [p.problem for p in self.params.values() if p.problem]
         for o in self.ops:

@@ -1,0 +1,152 @@
+"""Parameter records read from real instances: init scales (pooled over seeds) and the
+optimizer's learning rates and weight decays, with their width exponents (TP4's b and c).
+
+Sign convention: ``init_exp`` = -b (RMS ~ n^init_exp), ``lr_exp`` = -c.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import torch
+import torch.nn as nn
+
+from ..errors import TraceError
+from ..exponents import exact_exponent, noisy_exponent
+from .widthgraph import WidthGraph
+
+#: Pooled init values wanted per width for a weight and for a width-sized vector: the RMS of N
+#: iid values has relative error ~ 1/sqrt(2N), so the fitted slope over widths 64..256 has a
+#: standard error ~ 0.01 at N = 4096 and ~ 0.03 at N = 512 (enough to snap to quarters).
+INIT_VALUES = (4096, 512)
+
+
+def get_param(model, name):
+    try:
+        return model.get_parameter(name)
+    except AttributeError:
+        return dict(model.named_parameters(remove_duplicate=False))[name]
+
+
+def finite(t: torch.Tensor) -> bool:
+    """No NaN / inf: one reduction (NaN and inf propagate into the sum); exact check on doubt."""
+    t = t.detach()
+    return math.isfinite(float(t.sum(dtype=acc_dtype(t)))) or bool(torch.isfinite(t).all())
+
+
+def acc_dtype(t: torch.Tensor):
+    """Accumulation dtype for reductions: float32 for half types (no overflow), else native."""
+    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None
+
+
+def _zero_blocks(t: torch.Tensor) -> dict:
+    """{dim: (k, zero block indices)} where splitting ``dim`` into k equal blocks (k = 2, 3, 4)
+    finds some blocks exactly zero and others not: a fused weight whose slices are initialised
+    differently (GPT-2's c_attn with a zero-initialised query)."""
+    out = {}
+    if t.dim() < 2 or t.is_meta or t.numel() == 0 or float(t.abs().min()) != 0:
+        return out  # no exact zero at all: the common case, one pass
+    for d in range(t.dim()):
+        peak = t.abs().amax(dim=[i for i in range(t.dim()) if i != d])  # per index of dim d
+        for k in (3, 2, 4):
+            if t.shape[d] % k or t.shape[d] < 2 * k:
+                continue
+            nonzero = [bool(b.any()) for b in peak.chunk(k)]
+            if any(nonzero) and not all(nonzero):
+                out[d] = (k, [i for i, nz in enumerate(nonzero) if not nz])
+                break
+    return out
+
+
+def measure_init(graph: WidthGraph, init_models: dict[int, list[nn.Module]]):
+    """Init RMS of every parameter at each width (pooled over seeds), and its width exponent."""
+    ws = sorted(init_models)
+    for name, p in graph.params.items():
+        counts = {}
+        # instances this parameter needs: INIT_VALUES pooled values for a matrix / a vector
+        numel = max(1, math.prod(p.shapes[graph.widths[0]]))
+        target = INIT_VALUES[len(p.dims or ()) < 2]
+        k = max(1, math.ceil(target / numel))
+        for w in ws:
+            sq, mean, count = 0.0, 0.0, 0
+            for m in init_models[w][:k]:
+                try:
+                    t = get_param(m, name).detach()
+                except (AttributeError, KeyError):
+                    raise TraceError(
+                        f"parameter {name!r} of the traced model is missing from the real model "
+                        f"built at init width {w}; init_widths must build the same architecture.")
+                total = float(t.sum(dtype=acc_dtype(t)))
+                if not math.isfinite(total) and not finite(t):
+                    raise TraceError(
+                        f"parameter {name!r} has NaN or inf values right after factory({w}): its "
+                        "initialisation is broken. Fix the init of that parameter.")
+                if w == ws[-1] and m is init_models[w][0]:
+                    p.zero_blocks = _zero_blocks(t)
+                sq += float(torch.linalg.vector_norm(t, dtype=acc_dtype(t))) ** 2
+                mean += total
+                count += t.numel()
+            counts[w] = count
+            p.init_rms[w] = math.sqrt(sq / max(count, 1))
+            p.init_mean[w] = mean / max(count, 1)
+        rms = [p.init_rms[w] for w in ws]
+        if all(r == 0 for r in rms):
+            p.init_exp, p.init_fit = "zero", None
+        elif any(r == 0 for r in rms):
+            p.init_exp, p.init_fit = None, None
+            graph.warnings.append(f"parameter {name!r} is zero at some widths but not others.")
+        else:
+            # standard error of the fitted slope for iid entries: the RMS of N values has a
+            # relative error ~ 1/sqrt(2N); too noisy for quarters -> snap to halves
+            n_min = min(counts.values())
+            se = math.sqrt(1 / (2 * max(n_min, 1))) * math.sqrt(2) / math.log(ws[-1] / ws[0])
+            step = Fraction(1, 4) if se < 0.05 else Fraction(1, 2)
+            p.init_exp, p.init_fit = noisy_exponent(ws, rms, step)
+            if abs(p.init_fit - float(p.init_exp)) > 0.1:
+                graph.warnings.append(
+                    f"init scale of {name!r} fits n^{p.init_fit:.2f}, snapped to n^{p.init_exp}; "
+                    "the fit is noisy (small tensor?) — use more widths or init_seeds.")
+
+
+def read_optimizer(graph: WidthGraph, models, make_optimizer):
+    """Per-parameter learning rate and weight decay at every width, and their exponents."""
+    for w, model in models.items():
+        try:
+            opt = make_optimizer(model)
+        except Exception as e:
+            raise TraceError(f"make_optimizer(model) raised {type(e).__name__}: {e} (width {w}).") from e
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TraceError(
+                f"make_optimizer must return a torch.optim.Optimizer, got {type(opt).__name__}.")
+        graph.optimizer = type(opt).__name__
+        by_id = {}
+        for group in opt.param_groups:
+            for q in group["params"]:
+                by_id[id(q)] = group
+        missing = []
+        for name, q in model.named_parameters():
+            if name not in graph.params:
+                continue
+            group = by_id.get(id(q))
+            if group is None:
+                if q.requires_grad:
+                    missing.append(name)
+                continue
+            lr = group.get("lr")
+            graph.params[name].lr[w] = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+            graph.params[name].weight_decay[w] = float(group.get("weight_decay", 0.0) or 0.0)
+        if missing:
+            raise TraceError(
+                f"the optimizer from make_optimizer leaves {len(missing)} trainable parameters out "
+                f"of its param groups (e.g. {missing[:3]}): they would never train. Put every "
+                "parameter in a group, or set requires_grad=False on the ones meant to be frozen.")
+    ws = sorted(models)
+    for name, p in graph.params.items():
+        if len(p.lr) != len(ws):
+            continue
+        lrs = [p.lr[w] for w in ws]
+        p.lr_exp = "zero" if all(v == 0 for v in lrs) else exact_exponent(ws, lrs, rtol=1e-4)
+        if p.lr_exp is None:
+            graph.warnings.append(f"the learning rate of {name!r} follows no power law of the width: {lrs}")
+        wds = [p.weight_decay[w] for w in ws]
+        p.wd_exp = "zero" if all(v == 0 for v in wds) else exact_exponent(ws, wds, rtol=1e-4)
