@@ -353,10 +353,15 @@ def feeds_matrix_data(graph, node, depth=8) -> bool:
 def operand_scale(graph, node) -> object:
     """Exponent of the width-dependent factors on the operands of a contraction of two
     activations, back along single-user chains of views and scalar factors within its module
-    (``q * d**-0.5`` before ``q @ k^T`` or sdpa: the scale folded into q or k)."""
-    total = ZERO
-    module = graph.node(node)["module"]
-    for src in graph.inputs(node)[:2]:
+    (``q * d**-0.5`` before ``q @ k^T`` or sdpa: the scale folded into q or k), and the op's own
+    scale argument (baddbmm's alpha)."""
+    a = graph.node(node)
+    spec = _spec(graph, node)
+    own = a["scalars"].get(spec.scale_arg, {}).get("exp") if spec is not None and spec.scale_arg else None
+    total = own or ZERO
+    module = a["module"]
+    operands = [input_at(graph, node, p) for p in spec.contract_pos] if spec and spec.contract_pos else []
+    for src in [u for u in operands if u is not None] or graph.inputs(node)[:2]:
         while src is not None and graph.nx.out_degree(src) == 1 and graph.node(src)["module"] == module:
             s = scale_exp(graph, src)
             if s is None and not is_view(graph, src):
@@ -406,7 +411,9 @@ def activation_contractions(graph, weight_nodes) -> list[tuple[str, object]]:
         spec = lookup(a)
         if spec is None or not spec.attention or a["op"] == "scaled_dot_product_attention":
             continue
-        ins = graph.inputs(n)
+        ins = [input_at(graph, n, p) for p in spec.contract_pos] or graph.inputs(n)[:2]
+        if None in ins:
+            continue
         dims = graph.node(ins[0])["dims"] if ins else None
         if a["op"] == "einsum":
             try:

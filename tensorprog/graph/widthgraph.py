@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import networkx as nx
 import sympy as sp
+import torch
 
 from ..jsonio import JSONMixin, jsonable
 
@@ -176,11 +177,13 @@ class WidthGraph(JSONMixin):
 
 
 def short_op(target) -> str:
-    """'aten.linear.default' -> 'linear'; builtins keep their name ('getitem')."""
+    """'aten.linear.default' -> 'linear', 'transformers.grouped_mm_fallback.default' ->
+    'grouped_mm_fallback' (any op namespace); builtins keep their name ('getitem')."""
     name = getattr(target, "__name__", None) if not isinstance(target, str) else target
     s = str(target)
-    if s.startswith("aten.") or s.startswith("torch.ops.aten."):
-        return s.replace("torch.ops.", "").split(".")[1]
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)) or s.startswith("aten."):
+        parts = s.replace("torch.ops.", "").split(".")
+        return parts[1] if len(parts) > 1 else parts[0]
     return name or s
 
 

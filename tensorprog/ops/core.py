@@ -43,6 +43,16 @@ def add(*vals):
     return sum(vals, ZERO)
 
 
+def sub(a, b):
+    """Exponent of a size over another (a ratio): zero over anything is zero, anything nonzero
+    over zero or infinite over infinite is a blow-up (oo), never NaN."""
+    if a == NEG:
+        return NEG
+    if b == NEG or (a == sp.oo and b == sp.oo):
+        return sp.oo
+    return a - b
+
+
 # ----------------------------------------------------------------------------- alignment
 
 
@@ -190,10 +200,13 @@ class OpSpec:
     multiplier: its numeric arguments scale the tensor (``x * c``, ``x / c``): a width-dependent
         one is an abc multiplier on whatever it multiplies (TP4 §2: W = n^{-a} w).
     sign: +1 when the scalar multiplies, -1 when it divides.
-    numeric_args: positions of numeric arguments that carry meaning (sdpa's "scale").
+    numeric_args: names of numeric arguments that carry meaning (sdpa's "scale"); "*": every
+        numeric argument is recorded (``x + eps``, ``x ** 2``).
     new_source: its output is a fresh random source (a contraction with a parameter, a lookup).
     zero_sum: {input index: fn(op, ndim) -> dims} along which that input's gradient sums to zero.
     attention: contracts two activations into logits (q k^T): its scale is judged as TP5's 1/d.
+    contract_pos: the positions of the two operands an attention-like op contracts.
+    scale_arg: the numeric argument that scales that product (baddbmm's alpha).
     positive: its output is never negative (exp, softplus, relu, norms): the sign an exp of a
         product needs to tell a decay exp(-|z|) from a blow-up.
     """
@@ -211,6 +224,8 @@ class OpSpec:
     new_source: bool = False
     zero_sum: dict = field(default_factory=dict)
     attention: bool = False
+    contract_pos: tuple = ()
+    scale_arg: str | None = None
     positive: bool = False
     doc: str = ""
 

@@ -270,11 +270,71 @@ register(OpSpec(("linear",), _matrix_fwd, _matrix_bwd, use=_linear_use, data_pos
 register(OpSpec(("addmm",), _matrix_fwd, _matrix_bwd, use=_addmm_use, data_pos=_fixed("1"),
                 new_source=True))
 register(OpSpec(("mm", "bmm", "matmul"), _matrix_fwd, _matrix_bwd, use=_mm_use,
-                data_pos=_other_operand, attention=True))
+                data_pos=_other_operand, attention=True, contract_pos=("0", "1")))
 register(OpSpec(CONVS, _matrix_fwd, _matrix_bwd, use=_conv_use, data_pos=_fixed("0"),
                 new_source=True))
+# ----------------------------------------------------------------------------- grouped and batched
+
+
+def _grouped_use(attrs, pos, ndim):
+    """grouped_mm(input (S, in), weight (E, in, out), offs): each expert's (in, out) matrix;
+    the expert dim picks the matrix (an index, finite)."""
+    if pos == "1" and ndim == 3:
+        return Use("matrix", frozenset({1}), frozenset({0, 2}))
+    return Use("index") if pos == "2" else vector_use(ndim)
+
+
+def _grouped_fwd(op: Op):
+    data, w = op.input_at("0"), op.input_at("1")
+    wd = op.dims_at("1") or (ZERO, ZERO, ZERO)
+    alpha = wd[1] if len(wd) > 1 and wd[1] is not None else ZERO
+    if op.weight is not None:
+        return _weight_contract(op, w, data, alpha)
+    return contract(data, w, alpha, HALF if not (data.src & w.src) else 1, 1, 1, 1)
+
+
+def _grouped_bwd(op: Op, g):
+    data, w = op.input_at("0"), op.input_at("1")
+    wd = op.dims_at("1") or (ZERO, ZERO, ZERO)
+    out = wd[2] if len(wd) > 2 and wd[2] is not None else ZERO
+    grads = [NEG] * len(op.ins)
+    grads[op.index_at("0")] = grad_through(g, w, out, op.align)
+    grads[op.index_at("1")] = grad_through(g, data, ZERO, op.align)  # rows: tokens, finite
+    return grads
+
+
+register(OpSpec(("grouped_mm_fallback", "_grouped_mm", "grouped_mm"), _grouped_fwd, _grouped_bwd,
+                use=_grouped_use, data_pos=_fixed("0"), new_source=True))
+
+
+def _baddbmm_fwd(op: Op):
+    """baddbmm(input, b1, b2, beta, alpha) = beta input + alpha b1 @ b2 (bloom's ALiBi logits)."""
+    a, b, bias = op.input_at("1"), op.input_at("2"), op.input_at("0")
+    alpha = _last(op, "1")
+    x, dx, terms = contract(a, b, alpha, HALF if not (a.src & b.src) else 1, 1, 1, 1)
+    s = op.scalar("alpha") or ZERO
+    x, dx = add(x, s), add(dx, s)
+    if bias is not None:
+        x, dx = mx(x, bias.x), mx(dx, bias.dx)
+    return x, dx, {}
+
+
+def _baddbmm_bwd(op: Op, g):
+    a, b = op.input_at("1"), op.input_at("2")
+    s = op.scalar("alpha") or ZERO
+    d = op.dims[-1] if op.dims and op.dims[-1] is not None else ZERO
+    grads = [g] * len(op.ins)
+    grads[op.index_at("1")] = add(grad_through(g, b, d, op.align), s)
+    grads[op.index_at("2")] = add(grad_through(g, a, ZERO, op.align), s)
+    return grads
+
+
+register(OpSpec(("baddbmm", "addbmm"), _baddbmm_fwd, _baddbmm_bwd, numeric_args=("alpha", "beta"),
+                attention=True, contract_pos=("1", "2"), scale_arg="alpha"))
+
+
 register(OpSpec(("einsum",), _einsum_fwd, _einsum_bwd, use=_einsum_use, data_pos=_einsum_data_pos,
-                attention=True))
+                attention=True, contract_pos=("1.0", "1.1")))
 
 
 # ----------------------------------------------------------------------------- outer products

@@ -5,7 +5,7 @@ change relative to the input (dz - z), capped at Theta(1), plus the gain's and s
 """
 from __future__ import annotations
 
-from .core import NEG, ZERO, Op, OpSpec, add, cap_note, mx, vector_use
+from .core import NEG, ZERO, Op, OpSpec, add, cap_note, mx, sub, vector_use
 from .registry import register
 
 #: argument positions of the (gain, shift) of each norm op
@@ -26,7 +26,7 @@ def _norm_fwd(op: Op):
     gain, shift = _gain_shift(op)
     gx = gain.x if gain is not None else ZERO
     x = mx(gx, shift.x if shift is not None else NEG)
-    rel = z.dx - z.x if z.x != NEG else NEG
+    rel = sub(z.dx, z.x)
     dx = mx(add(gx, min(rel, ZERO)), gain.dx if gain is not None else NEG,
             shift.dx if shift is not None else NEG)
     return x, dx, cap_note(dx=add(gx, rel))
@@ -37,7 +37,7 @@ def _norm_bwd(op: Op, g):
     gain, shift = _gain_shift(op)
     gx = mx(gain.x, gain.dx) if gain is not None else ZERO
     grads = [NEG] * len(op.ins)
-    grads[0] = add(g, gx) - z.x if z.x != NEG else NEG
+    grads[0] = sub(add(g, gx), z.x) if z.x != NEG else NEG
     for p in (gain, shift):
         if p is not None:
             grads[op.ins.index(p)] = g

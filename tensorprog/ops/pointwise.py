@@ -38,10 +38,27 @@ def _add_fwd(op: Op):
     return mx(*xs), mx(*(s.dx for s in op.ins)), {"centered": centered, "sign": sign}
 
 
-register(OpSpec(("add", "sub", "rsub", "add_", "sub_"), _add_fwd, all_back, use=_elementwise_use))
+register(OpSpec(("add", "sub", "rsub", "add_", "sub_"), _add_fwd, all_back, use=_elementwise_use,
+                numeric_args=("*",)))
+def _merge_fwd(op: Op):
+    """where / cat / stack / clamp...: entries of one input or another: the larger size; a sign
+    every input shares is kept."""
+    x, dx, _ = _add_fwd(op)
+    signs = {s.sign for s in op.ins if s.x != NEG}
+    return x, dx, {"sign": signs.pop() if len(signs) == 1 else 0}
+
+
+def _masked_fill_fwd(op: Op):
+    """masked_fill(x, mask, value): x's entries, some replaced by a constant (-inf for a causal
+    mask: exp of it is 0); the sign of x survives a fill of the same sign."""
+    z, v = op.ins[0], op.arg(2)
+    same = isinstance(v, (int, float)) and (v == 0 or (v > 0) == (z.sign > 0) and z.sign != 0)
+    return z.x, z.dx, {"sign": z.sign if same else 0}
+
+
 register(OpSpec(("where", "cat", "stack", "maximum", "minimum", "clamp", "clip", "lerp", "hstack",
-                 "vstack", "masked_fill", "masked_fill_"),
-                lambda op: (*_add_fwd(op)[:2], {}), all_back, use=_elementwise_use))
+                 "vstack", "concatenate"), _merge_fwd, all_back, use=_elementwise_use))
+register(OpSpec(("masked_fill", "masked_fill_"), _masked_fill_fwd, pass_back, use=_elementwise_use))
 
 
 def _mul_fwd(op: Op):
@@ -152,11 +169,14 @@ register(OpSpec(("softplus",), _softplus_fwd, pass_back, use=_elementwise_use, p
 
 def _exp_of(z: Sizes, nonpositive: bool):
     """exp(z): Theta(1) for z = O(1); for growing z it blows up unless z <= 0 (a decay such as
-    Mamba's exp(dt * A) with A < 0, ALiBi), where it is bounded by 1."""
+    Mamba's exp(dt * A) with A < 0, ALiBi), where it is bounded by 1. A growing mean-zero z
+    blows up (a blow-up is an answer); a growing z of unknown sign is undetermined."""
     if z.x <= 0 and z.dx <= 0:
         return ZERO, (NEG if z.dx == NEG else z.dx), {}
     if nonpositive:
         return ZERO, ZERO, cap_note(x=z.x, dx=z.dx)
+    if z.centered and z.x > 0:  # mean zero and growing: half its coordinates grow positive
+        return OO, OO, {}
     raise Undetermined(f"exp of an input that grows like n^{mx(z.x, z.dx)}: it blows up unless the "
                        "input is never positive")
 
@@ -215,11 +235,19 @@ def _scalar_base(op: Op) -> bool:
     return op.op == "pow" and isinstance(op.arg(0), (int, float))
 
 
+def _constant_base(op: Op) -> bool:
+    """pow(base, e) with two tensors where the base is a fixed Theta(1) tensor (no training
+    moves it): bloom's ALiBi slopes ``torch.pow(base, arange)``."""
+    return op.op == "pow" and len(op.ins) == 2 and op.ins[0].x == 0 and op.ins[0].dx == NEG
+
+
 def _pow_fwd(op: Op):
     """z^p: size p z; change (p - 1) z + dz. c^z = exp(z log c)."""
     z = op.ins[0]
     if _scalar_base(op):
         return _exp_of(z, z.sign < 0 and op.arg(0) > 1 or z.sign > 0 and 0 < op.arg(0) < 1)
+    if _constant_base(op):
+        return _exp_of(op.ins[1], False)
     p = _power(op)
     if z.x == NEG:
         if p > 0:
@@ -233,6 +261,9 @@ def _pow_bwd(op: Op, g):
     z = op.ins[0]
     if _scalar_base(op):
         return [g if z.x <= 0 else add(g, OO)]
+    if _constant_base(op):
+        e = op.ins[1]
+        return [NEG, g if e.x <= 0 else add(g, OO)]
     p = _power(op)
     if z.x == NEG:
         return [NEG] * len(op.ins)
@@ -240,7 +271,7 @@ def _pow_bwd(op: Op, g):
 
 
 register(OpSpec(("pow", "rsqrt", "sqrt", "reciprocal", "square", "pow_"), _pow_fwd, _pow_bwd,
-                use=_elementwise_use))
+                use=_elementwise_use, numeric_args=("*",)))
 
 
 # ----------------------------------------------------------------------------- generic pointwise

@@ -22,20 +22,20 @@ def reduced_alpha(op: Op):
 
 def _sum_fwd(op: Op):
     z, a = op.ins[0], reduced_alpha(op)
-    return add(z.x, a / 2 if z.centered else a), add(z.dx, a), {"centered": z.centered}
+    return add(z.x, a / 2 if z.centered else a), add(z.dx, a), {"centered": z.centered, "sign": z.sign}
 
 
 def _cumsum_fwd(op: Op):
     z, dims = op.ins[0], op.in_dims[0] or ()
     d = op.arg(1, 0)
     a = dims[d % len(dims)] if dims and dims[d % len(dims)] is not None else ZERO
-    return add(z.x, a / 2 if z.centered else a), add(z.dx, a), {"centered": z.centered}
+    return add(z.x, a / 2 if z.centered else a), add(z.dx, a), {"centered": z.centered, "sign": z.sign}
 
 
 def _mean_fwd(op: Op):
     """mean = sum / n^alpha: bounded by the coordinate size, n^{-alpha/2} smaller when centered."""
     z, a = op.ins[0], reduced_alpha(op)
-    return add(z.x, -a / 2 if z.centered else ZERO), z.dx, {"centered": z.centered}
+    return add(z.x, -a / 2 if z.centered else ZERO), z.dx, {"centered": z.centered, "sign": z.sign}
 
 
 register(OpSpec(("sum", "nansum"), _sum_fwd, pass_back))

@@ -85,7 +85,7 @@ _view(("permute",), _permute)
 _view(("expand", "expand_as"), _expand)
 _view(("view", "reshape", "_unsafe_view", "view_as", "reshape_as", "flatten", "unflatten"), _reshape)
 _view(("unsqueeze", "squeeze", "squeeze_", "unsqueeze_", "to", "_to_copy", "clone", "contiguous",
-       "alias", "type_as", "lift_fresh_copy", "dropout", "copy", "float", "type", "movedim"))
+       "alias", "type_as", "lift_fresh_copy", "dropout", "float", "type", "movedim"))
 _view(("detach",), backward=no_back)  # no gradient flows back through detach
 # inlined higher-order ops (graph/hop.py): torch.map's body sees one slice of a mapped operand
 # and its outputs are stacked along a new leading dim
@@ -144,7 +144,7 @@ register(OpSpec(("slice", "select", "narrow"), _slice_fwd, pass_back, view=True,
                 dim_map=_ident, use=_view_use))
 register(OpSpec(tuple(SPLITS) + ("getitem",), _slice_fwd, pass_back))
 # gathering and rearranging entries keeps the coordinate scale
-register(OpSpec(("index", "index_select", "gather", "roll", "flip", "repeat", "repeat_interleave",
+register(OpSpec(("index", "index_select", "gather", "sort", "topk", "kthvalue", "roll", "flip", "repeat", "repeat_interleave",
                  "tile", "pad", "constant_pad_nd", "tril", "triu", "take_along_dim",
                  "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
                  "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool2d"),
@@ -167,6 +167,28 @@ register(OpSpec(("index_add", "index_add_", "scatter_add", "scatter_add_"), _ind
                 lambda op, g: [g if p in ("0", "3") else NEG for p in op.pos], use=_view_use))
 
 
+def _put_fwd(op: Op):
+    """index_put / scatter / masked_scatter: some entries of self replaced by src's; the larger
+    of the two sizes (no cancellation assumed)."""
+    ins = [s for p, s in zip(op.pos, op.ins) if p in ("0", "2", "3", "values", "src")]
+    return mx(*(s.x for s in ins)), mx(*(s.dx for s in ins)), {}
+
+
+register(OpSpec(("index_put", "index_put_", "scatter", "scatter_", "masked_scatter",
+                 "masked_scatter_", "slice_scatter", "select_scatter"), _put_fwd,
+                lambda op, g: [g] * len(op.ins), use=_view_use))
+
+
+def _copy_fwd(op: Op):
+    """copy_(self, src): self becomes src."""
+    src = op.input_at("1") or op.ins[-1]
+    return src.x, src.dx, {"centered": src.centered, "sign": src.sign}
+
+
+register(OpSpec(("copy_", "copy"), _copy_fwd,
+                lambda op, g: [g if p == "1" else NEG for p in op.pos], use=_view_use))
+
+
 # ----------------------------------------------------------------------------- constants
 
 
@@ -181,6 +203,6 @@ register(OpSpec(("arange", "zeros", "ones", "full", "empty", "zeros_like", "ones
                  "isnan", "isinf", "isfinite", "diff", "argmax", "argmin", "randn_like", "rand_like",
                  "randint", "lift_fresh", "sym_size", "_assert_scalar", "sym_constrain_range_for_size",
                  "bernoulli", "_assert_tensor_metadata", "sign", "floor", "ceil", "round", "trunc",
-                 "sort", "argsort", "topk", "bucketize", "searchsorted", "one_hot", "_local_scalar_dense",
+                 "argsort", "bucketize", "floor_divide", "remainder", "histc", "bincount", "eye", "searchsorted", "one_hot", "_local_scalar_dense",
                  "sym_numel", "sym_stride", "item", "nonzero", "nonzero_static", "argwhere"),
                 _const_fwd, no_back))

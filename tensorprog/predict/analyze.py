@@ -61,7 +61,7 @@ def expected(cls: str, role: str, ai, ao, optimizer: str):
     if cls == "SP":
         return ("in", (ai / 2, ZERO)), ZERO
     if cls == "NTK":
-        return ("eq", ai / 2), (ai if sgd else ai / 2)
+        return ("eq0", ai / 2), (ai if sgd else ai / 2)
     raise ValueError(cls)
 
 
@@ -73,7 +73,7 @@ def init_ok(rule, A) -> bool:
         return A == v or A == INF
     if kind == "ge":
         return A >= v
-    return A in v
+    return A in v or A == INF  # zero init is legal in every class (SP zero-inits readouts too)
 
 
 # ----------------------------------------------------------------------------- records

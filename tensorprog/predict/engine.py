@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import networkx as nx
+import sympy as sp
 
 from ..graph.trace import WidthGraph
 from ..ops import NEG, ZERO, Alignment, Op, Sizes, Undetermined, alignment, lookup, mx, split_dim
@@ -156,6 +157,8 @@ def _forward(graph, dW, weight_pos, align, undetermined) -> dict[str, Sizes]:
                 x, dx, extra = _unlisted(graph, op)
             else:
                 x, dx, extra = spec.forward(op)
+            if sp.nan in (x, dx):
+                raise Undetermined("its exponent arithmetic meets oo - oo")
         except Undetermined as e:
             undetermined.setdefault(name, _unresolved(a, name, str(e)))
             x, dx, extra = mx(*(s.x for s in ins)) if ins else ZERO, mx(*(s.dx for s in ins)), {}
