@@ -1,13 +1,7 @@
 """Normalisation: layer, RMS, group, batch and instance norm.
 
-(z - mean) / sqrt(var + eps) * gain + shift is Theta(1) for an input that does not vanish; its
-change is the input's change relative to the input (dz - z), capped at Theta(1), plus the gain's
-and shift's changes. The eps is a fixed number: an input whose coordinates vanish with width
-(z ~ n^e, e < 0) has var ~ n^{2e} << eps at large width, and the norm is then the linear map
-z / sqrt(eps): its output is n^e, not Theta(1), and its change is dz (as the hand-written
-``x * rsqrt(mean(x^2) + eps)``, whose ``add`` of the constant already gives). Layer, RMS and
-group norm normalise by the input's own statistics; batch / instance norm keep the scale-free
-rule (running statistics in eval mode are not the input's).
+(z - mean) / std * gain + shift is Theta(1) whatever the input scale; its change is the input's
+change relative to the input (dz - z), capped at Theta(1), plus the gain's and shift's changes.
 """
 from __future__ import annotations
 
@@ -27,36 +21,13 @@ def _gain_shift(op: Op):
     return gain, shift
 
 
-#: argument position of eps (and its default) where the norm divides by sqrt(var(input) + eps)
-EPS_POS = {"layer_norm": (4, 1e-5), "group_norm": (4, 1e-5), "rms_norm": (3, None)}
-
-
-def _eps_floor(op: Op) -> bool:
-    """The op adds a fixed eps > 0 to the input's own variance (rms_norm's eps=None is the dtype's
-    machine epsilon, also > 0)."""
-    if op.op not in EPS_POS:
-        return False
-    pos, default = EPS_POS[op.op]
-    eps = op.arg(pos, op.attrs["kwargs"].get("eps", default))
-    return eps is None or (isinstance(eps, (int, float)) and eps > 0)
-
-
-def _scale(op: Op, z):
-    """Exponent of the divisor max(std(z), sqrt(eps)): the input's size, floored at Theta(1)
-    where a fixed eps is added."""
-    return mx(z.x, ZERO) if _eps_floor(op) else z.x
-
-
 def _norm_fwd(op: Op):
     z = op.ins[0]
     gain, shift = _gain_shift(op)
     gx = gain.x if gain is not None else ZERO
-    floor = _eps_floor(op)
-    unit = min(z.x, ZERO) if floor else ZERO
-    x = mx(add(gx, unit), shift.x if shift is not None else NEG)
-    rel = z.dx - _scale(op, z) if z.x != NEG or floor else NEG
-    u = mx(unit, min(rel, ZERO))  # the normalised input after training, before the gain
-    dx = mx(add(gx, min(rel, ZERO)), add(u, gain.dx) if gain is not None else NEG,
+    x = mx(gx, shift.x if shift is not None else NEG)
+    rel = z.dx - z.x if z.x != NEG else NEG
+    dx = mx(add(gx, min(rel, ZERO)), gain.dx if gain is not None else NEG,
             shift.dx if shift is not None else NEG)
     return x, dx, cap_note(dx=add(gx, rel))
 
@@ -66,17 +37,10 @@ def _norm_bwd(op: Op, g):
     gain, shift = _gain_shift(op)
     gx = mx(gain.x, gain.dx) if gain is not None else ZERO
     grads = [NEG] * len(op.ins)
-    scale = _scale(op, z)
-    grads[0] = add(g, gx) - scale if scale != NEG else NEG
-    if _eps_floor(op):  # the gain multiplies the normalised input, n^min(z, 0)
-        rel = z.dx - scale if scale != NEG else NEG
-        u = mx(min(z.x, ZERO), min(rel, ZERO))
-    else:
-        u = ZERO
-    if gain is not None:
-        grads[op.ins.index(gain)] = add(g, u)
-    if shift is not None:
-        grads[op.ins.index(shift)] = g
+    grads[0] = add(g, gx) - z.x if z.x != NEG else NEG
+    for p in (gain, shift):
+        if p is not None:
+            grads[op.ins.index(p)] = g
     return grads
 
 
