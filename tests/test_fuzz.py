@@ -85,13 +85,12 @@ def test_exclude_leaves_constructs_out():
 
 # Architectures for the slow test: the first 8 seeds (a mix of every construct).
 SLOW_SEEDS = range(8)
-# Agreement floor. Measured today on seeds 0..7 (CPU, widths 64..1024, 2 steps, 2 seeds):
-# 68.7% (641 confirmed, 292 refuted); on seeds 0..59, 61.7%. The disagreements are documented classes in
-# benchmarks/FUZZ_FINDINGS.md: three engine bugs (einsum without a rule, multiply-then-sum /
-# mean readouts counted as LLN at init, packed-qkv slices treated as one random source), Adam's
-# epsilon floor and pre-asymptotic competing terms. The floor sits a margin below today's rate,
-# so a regression fails and a fix of those bugs can raise it.
-AGREEMENT_FLOOR = 0.55
+# Agreement floor. Measured on seeds 0..7 (CPU, widths 64..1024, 2 steps, 2 seeds): 70.2%
+# (657 confirmed, 279 refuted); on seeds 0..59, 69.4%. The disagreements are documented classes in
+# benchmarks/FUZZ_FINDINGS.md (pre-asymptotic competing terms, float32 rounding of tiny SGD
+# updates, finite Adam / norm eps, per-parameter update exponents of packed weights). The floor
+# sits a margin below today's rate, so a regression fails.
+AGREEMENT_FLOOR = 0.62
 
 
 @pytest.mark.slow
