@@ -436,7 +436,8 @@ def rule_text(rule) -> str:
         return f"A >= {_e(v)}"
     if kind == "in" and isinstance(v, (tuple, list, set, frozenset)):
         vals = list(dict.fromkeys(v))
-        return f"A = {_e(vals[0])}" if len(vals) == 1 else "A in {" + ", ".join(_e(x) for x in vals) + "}"
+        text = f"A = {_e(vals[0])}" if len(vals) == 1 else "A in {" + ", ".join(_e(x) for x in vals) + "}"
+        return text + " or zero init"
     return f"A {kind} {_e(v) if not isinstance(v, (tuple, list)) else _tup(v)}"
 
 
