@@ -201,3 +201,58 @@ def test_pointwise_tag_is_the_nonlin_rule_for_order_one_inputs_only():
 def test_an_op_has_one_entry():
     with pytest.raises(ValueError, match="two entries"):
         register(OpSpec(("linear",), lambda op: None, lambda op, g: None))
+
+
+# ----------------------------------------------------------------------------- more families
+
+
+def test_grouped_mm_contracts_each_experts_matrix():
+    """MoE experts: input (S, n) against weight (E, n, n) with E finite: CLT over n."""
+    x, _, _ = run("grouped_mm_fallback", [Sizes(x=0, src=frozenset({"z"})),
+                                          Sizes(x=-R(1, 2), src=frozenset({"W"})), Sizes()],
+                  [(ONE, N), (ONE, N, N), (ONE,)], (ONE, N), weight="1")
+    assert x == 0
+
+    def sample(n):
+        w = normal(2, n, n, std=n ** -0.5)
+        z = normal(64, n)
+        return torch.cat([z[:32] @ w[0], z[32:] @ w[1]])
+    agrees(x, sample)
+
+
+def test_baddbmm_logits_carry_their_alpha():
+    """bloom: baddbmm(alibi, q, k^T, alpha=1/sqrt(d)): independent q, k over d -> Theta(1)."""
+    s = {"alpha": {"values": [1 / 8, 1 / 16], "exp": -R(1, 2)}}
+    q, k = Sizes(x=0, src=frozenset({"q"})), Sizes(x=0, src=frozenset({"k"}))
+    x, _, _ = run("baddbmm", [Sizes(x=0), q, k], [(ONE, ONE, ONE), (ONE, ONE, N), (ONE, N, ONE)],
+                  (ONE, ONE, ONE), scalars=s)
+    assert x == 0
+    agrees(x, lambda n: torch.baddbmm(torch.zeros(8, 4, 4, dtype=torch.float64), normal(8, 4, n),
+                                      normal(8, n, 4), alpha=n ** -0.5))
+
+
+def test_conv_contracts_channels_and_kernel():
+    x, _, _ = run("conv1d", [Sizes(x=0, src=frozenset({"z"})), Sizes(x=-R(1, 2), src=frozenset({"W"}))],
+                  [(ONE, N, ONE), (N, N, ONE)], (ONE, N, ONE), weight="1")
+    assert x == 0
+    agrees(x, lambda n: torch.nn.functional.conv1d(normal(4, n, 16), normal(n, n, 3, std=(3 * n) ** -0.5)))
+
+
+def test_cumsum_over_a_width_dim():
+    x, _, _ = run("cumsum", [Sizes(x=0, centered=True)], [(ONE, N)], (ONE, N), args=("%z", -1))
+    assert x == R(1, 2)  # the last partial sums dominate: sqrt(n)
+    agrees(x, lambda n: torch.cumsum(normal(64, n), -1), tol=0.15)
+
+
+def test_log_of_order_one_positive_input():
+    x, _, _ = run("log", [Sizes(x=0, sign=1)], [(ONE, N)], (ONE, N))
+    agrees(x, lambda n: torch.log(normal(64, n).abs() + 0.5))
+
+
+def test_masked_fill_keeps_a_decays_sign_for_exp():
+    z = Sizes(x=R(1, 2), sign=-1)
+    _, _, extra = run("masked_fill", [z, Sizes()], [(ONE, N), (ONE, N)], (ONE, N),
+                      args=("%z", "%m", float("-inf")))
+    assert extra["sign"] == -1
+    x, _, _ = run("exp", [Sizes(x=R(1, 2), sign=extra["sign"])], [(ONE, N)], (ONE, N))
+    assert x == 0
