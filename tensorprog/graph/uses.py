@@ -10,6 +10,7 @@ from __future__ import annotations
 import sympy as sp
 
 from ..ops import lookup
+from ..ops.attention import own_scale
 from ..ops.matrix import parse_einsum
 from ..ops.core import Use
 from .widthgraph import ParamUse
@@ -369,6 +370,14 @@ def operand_scale(graph, node) -> object:
             total += s or 0
             src = first_tensor_input(graph, src)
     return sp.nsimplify(total)
+
+
+def sdpa_scale(graph, node) -> tuple[object, object]:
+    """(d_head exponent, scale exponent) of an sdpa node: its own scale (torch's default
+    1/sqrt(d_head) when None) and any factor folded into q or k."""
+    d = (graph.node(graph.inputs(node)[0])["dims"] or (ZERO,))[-1]
+    d = ZERO if d is None else d
+    return d, sp.nsimplify(own_scale(graph.node(node), d) + operand_scale(graph, node))
 
 
 def output_scale(graph, node) -> tuple[object, str]:

@@ -16,10 +16,14 @@ def d_head(op: Op):
     return ZERO if d is None else d
 
 
+def own_scale(attrs, d):
+    """Exponent of sdpa's own ``scale`` argument; torch's default (None) is 1/sqrt(d_head)."""
+    scale = attrs["scalars"].get("scale", {}).get("exp")
+    return -d / 2 if scale is None else scale
+
+
 def sdpa_scale(op: Op):
-    """Exponent of sdpa's own ``scale`` argument; torch's default is 1/sqrt(d_head)."""
-    scale = op.scalar("scale")
-    return -d_head(op) / 2 if scale is None else scale
+    return own_scale(op.attrs, d_head(op))
 
 
 def _sdpa_fwd(op: Op):

@@ -205,6 +205,7 @@ class OpSpec:
     new_source: its output is a fresh random source (a contraction with a parameter, a lookup).
     zero_sum: {input index: fn(op, ndim) -> dims} along which that input's gradient sums to zero.
     attention: contracts two activations into logits (q k^T): its scale is judged as TP5's 1/d.
+    bias_pos: the position of a bias added inside the op (its gradient sums the output rows).
     contract_pos: the positions of the two operands an attention-like op contracts.
     scale_arg: the numeric argument that scales that product (baddbmm's alpha).
     positive: its output is never negative (exp, softplus, relu, norms): the sign an exp of a
@@ -224,6 +225,7 @@ class OpSpec:
     new_source: bool = False
     zero_sum: dict = field(default_factory=dict)
     attention: bool = False
+    bias_pos: str | None = None
     contract_pos: tuple = ()
     scale_arg: str | None = None
     positive: bool = False

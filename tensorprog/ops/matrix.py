@@ -266,9 +266,9 @@ def _out_alpha(op: Op):
 
 
 register(OpSpec(("linear",), _matrix_fwd, _matrix_bwd, use=_linear_use, data_pos=_fixed("0"),
-                new_source=True))
+                bias_pos="2", new_source=True))
 register(OpSpec(("addmm",), _matrix_fwd, _matrix_bwd, use=_addmm_use, data_pos=_fixed("1"),
-                new_source=True))
+                bias_pos="0", new_source=True))
 register(OpSpec(("mm", "bmm", "matmul"), _matrix_fwd, _matrix_bwd, use=_mm_use,
                 data_pos=_other_operand, attention=True, contract_pos=("0", "1")))
 register(OpSpec(CONVS, _matrix_fwd, _matrix_bwd, use=_conv_use, data_pos=_fixed("0"),

@@ -24,7 +24,7 @@ from ..errors import TensorprogError
 from ..exponents import fmt
 from ..graph.trace import trace
 from ..graph.uses import (activation_contractions, chain_end, feeds_softmax, operand_scale,
-                          output_scale)
+                          output_scale, sdpa_scale)
 from ..graph.widthgraph import WidthGraph
 from ..jsonio import JSONMixin, jsonable
 
@@ -427,9 +427,7 @@ def _attention(graph, prop, problems):
               if feeds_softmax(graph, n)]
     for n, d in sorted(found, key=lambda x: graph.order.index(x[0])):
         if d is None:  # sdpa
-            d = (graph.node(graph.inputs(n)[0])["dims"] or (ZERO,))[-1] or ZERO
-            own = graph.node(n)["scalars"].get("scale", {}).get("exp")
-            sc = (-d / 2 if own is None else own) + operand_scale(graph, n)
+            d, sc = sdpa_scale(graph, n)
             logits = lambda s, n=n: s[n].logits  # noqa: E731
         else:
             post, end = output_scale(graph, n)

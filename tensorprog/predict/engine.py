@@ -127,7 +127,8 @@ def matrix_weight_positions(graph):
     out = {}
     for p in graph.params.values():
         for u in p.uses:
-            if u.kind == "matrix" and u.op != "embedding" and u.pos is not None:
+            spec = lookup(graph.node(u.node))
+            if u.kind == "matrix" and u.pos is not None and spec is not None and spec.data_pos:
                 readout = not any(p.dims[d] is None or p.dims[d] > 0 for d in u.fan_out)
                 out[u.node] = (u.pos, readout)
     return out
@@ -252,8 +253,9 @@ def _sources(graph, name, a, ins, weight_pos, spec):
     """Random sources a node's coordinates depend on: a contraction with a parameter starts a
     new source (TP's independent Gaussian vectors); disjoint slices of a fresh vector along its
     width-sized dim are distinct sources (q, k, v sliced from one packed projection)."""
-    if name in weight_pos or a["op"] == "embedding":
-        return frozenset({name})
+    if name in weight_pos or (spec is not None and spec.new_source and any(
+            graph.node(u).get("param") for u in graph.inputs(name))):
+        return frozenset({name})  # a contraction with, or a lookup into, a parameter
     if not ins:
         return frozenset()
     cut = _cut(graph, name, a)
@@ -367,7 +369,8 @@ def _zero_sum_input(graph, op: Op, spec, i, u, z_out):
         m = spec.dim_map(op.attrs["args"], shp_in, shp_out) if len(shp_in) else []
         return frozenset(o for o, tgt in enumerate(m) if len(tgt) == 1 and next(iter(tgt)) in z_out
                          and shp_in[o] == shp_out[next(iter(tgt))])
-    data_pos, bias_pos = {"linear": ("0", "2"), "addmm": ("1", "0")}.get(op.op, (None, None))
+    bias_pos = spec.bias_pos if spec is not None else None  # ops with a bias inside: linear, addmm
+    data_pos = spec.data_pos(op.attrs, None) if bias_pos and spec.data_pos else None
     if op.pos[i] == data_pos:
         return frozenset(d for d in z_out if d < len(shp_in) - 1)  # rows pass through
     if op.pos[i] == bias_pos:  # the bias gradient sums the rows

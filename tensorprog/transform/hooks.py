@@ -13,7 +13,8 @@ from typing import Any
 import sympy as sp
 
 from ..graph.uses import (activation_contractions, data_operand, feeds_softmax, is_param_view,
-                          is_view, operand_scale, output_scale, scale_exp)
+                          is_view, operand_scale, output_scale, scale_exp,
+                          sdpa_scale)
 from ..predict.engine import matrix_weight_positions
 from ..graph.widthgraph import WidthGraph
 
@@ -175,10 +176,7 @@ def derive_ops(graph: WidthGraph) -> list[OpRule]:
         a = graph.node(n)
         if a["op"] != "scaled_dot_product_attention":
             continue
-        d = (graph.node(graph.inputs(n)[0])["dims"] or (ZERO,))[-1]
-        d = ZERO if d is None else d
-        sc = a["scalars"].get("scale", {}).get("exp")
-        sc = (-d / 2 if sc is None else sc) + operand_scale(graph, n)
+        d, sc = sdpa_scale(graph, n)
         if d != 0:
             out.append(OpRule(n, a["module"], a["op"], True, d, sp.nsimplify(sc), -d, True))
     for n, d in activation_contractions(graph, matrix_weight_positions(graph)):
