@@ -480,8 +480,11 @@ def _buffer_scalar(models, widths, name):
         if b.numel() != 1 or b.is_meta:
             return {}
         vals.append(float(b.detach().reshape(())))
-    return {"value": {"values": vals, "exp": exact_exponent(widths, vals) if len(set(vals)) > 1
-                      else sp.Integer(0)}}
+    # a value stored in a low-precision dtype is exact only to its mantissa (recurrent Gemma's
+    # bf16 normalizer sqrt(n): 8.0, 11.3125, 16.0)
+    rtol = max(1e-6, 2 * torch.finfo(b.dtype).eps) if b.is_floating_point() else 1e-6
+    return {"value": {"values": vals, "exp": exact_exponent(widths, vals, rtol=rtol)
+                      if len(set(vals)) > 1 else sp.Integer(0)}}
 
 
 def _const_scalar(programs, widths, name):

@@ -28,9 +28,21 @@ def is_view(graph, name) -> bool:
     return bool(spec and spec.view)
 
 
+def scalar_source(graph, name, depth=4):
+    """The one-element buffer or constant a node is (seen through casts and views), else None."""
+    for _ in range(depth):
+        a = graph.node(name)
+        if a.get("buffer") and "value" in a["scalars"]:
+            return name
+        ins = graph.inputs(name)
+        if a["kind"] != "call_function" or not is_view(graph, name) or len(ins) != 1:
+            return None
+        name = ins[0]
+    return None
+
+
 def is_scalar_node(graph, name) -> bool:
-    a = graph.node(name)
-    return bool(a.get("buffer")) and "value" in a["scalars"]
+    return scalar_source(graph, name) is not None
 
 
 def scale_exp(graph, name: str):
@@ -46,7 +58,7 @@ def scale_exp(graph, name: str):
     scalar_nodes = [u for u in ins if is_scalar_node(graph, u)]
     exps = [s["exp"] for s in a["scalars"].values()]
     if len(ins) == 2 and len(scalar_nodes) == 1:
-        exps.append(graph.node(scalar_nodes[0])["scalars"].get("value", {}).get("exp"))
+        exps.append(graph.node(scalar_source(graph, scalar_nodes[0]))["scalars"]["value"].get("exp"))
     elif len(ins) != 1 or not a["scalars"]:
         return None
     if any(e is None for e in exps):

@@ -23,8 +23,8 @@ from .engine import NEG, ZERO, Propagation, Unresolved, matrix_weight_positions,
 from ..errors import TensorprogError
 from ..exponents import fmt
 from ..graph.trace import trace
-from ..graph.uses import (activation_contractions, chain_end, feeds_softmax, operand_scale,
-                          output_scale, sdpa_scale)
+from ..graph.uses import (activation_contractions, chain_end, feeds_softmax, is_view,
+                          operand_scale, output_scale, sdpa_scale)
 from ..graph.widthgraph import WidthGraph
 from ..jsonio import JSONMixin, jsonable
 
@@ -451,12 +451,25 @@ def _attention(graph, prop, problems):
 
 
 def _constants(graph):
+    """Every width-dependent scalar: numeric arguments of ops, and one-element buffers (Gemma's
+    ``embed_scale``), each named by the op and module that apply it."""
     out = []
     for n in graph.order:
-        for pos, s in graph.node(n)["scalars"].items():
-            if len(set(s["values"])) > 1:
-                out.append({"node": n, "op": graph.node(n)["op"], "module": graph.node(n)["module"],
-                            "arg": pos, "values": s["values"], "exp": s["exp"]})
+        a = graph.node(n)
+        for pos, s in a["scalars"].items():
+            if len(set(s["values"])) <= 1:
+                continue
+            if a["kind"] == "placeholder":  # a buffer: name it by the ops that use it
+                users = list(graph.nx.successors(n))
+                while any(is_view(graph, u) for u in users):  # through casts and views
+                    users = [v for u in users for v in (graph.nx.successors(u) if is_view(graph, u) else [u])]
+                for user in dict.fromkeys(u for u in users if not graph.node(u)["op"].startswith("_assert")):
+                    u = graph.node(user)
+                    out.append({"node": user, "op": u["op"], "module": u["module"] or a.get("buffer"),
+                                "arg": a.get("buffer"), "values": s["values"], "exp": s["exp"]})
+                continue
+            out.append({"node": n, "op": a["op"], "module": a["module"],
+                        "arg": pos, "values": s["values"], "exp": s["exp"]})
     return out
 
 
