@@ -19,12 +19,13 @@ from typing import Any, Callable, Sequence
 
 import sympy as sp
 
-from .engine import NEG, ZERO, Propagation, Unresolved, matrix_weight_positions, propagate
+from .engine import NEG, ZERO, Propagation, Unresolved, propagate
 from ..errors import TensorprogError
 from ..exponents import fmt
 from ..graph.trace import trace
-from ..graph.uses import (activation_contractions, chain_end, feeds_softmax, is_view,
-                          operand_scale, output_scale, sdpa_scale)
+from ..graph.uses import chain_end, is_view
+from .attention import attention_verdicts
+from .records import AttentionVerdict, ParamVerdict, Problem, UseVerdict
 from ..graph.widthgraph import WidthGraph
 from ..jsonio import JSONMixin, jsonable
 
@@ -77,64 +78,6 @@ def init_ok(rule, A) -> bool:
 
 
 # ----------------------------------------------------------------------------- records
-
-
-@dataclass
-class UseVerdict:
-    node: str
-    op: str
-    role: str
-    fan_in_exp: Any
-    fan_out_exp: Any
-    mult_exp: Any
-    A: Any  # effective init exponent a + b (oo for zero init)
-    U: Any  # effective update exponent 2a + c (SGD) or a + c (Adam); None without LR
-    r: Any = None  # r_l of this layer: its own update moves its output by n^{-r}
-    classes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ParamVerdict:
-    name: str
-    role: str
-    shape: tuple
-    trainable: bool
-    fan_in_exp: Any
-    fan_out_exp: Any
-    init_exp: Any
-    mult_exp: Any
-    lr_exp: Any
-    uses: list[UseVerdict]
-    classes: list[str]
-    fixes: list[str]
-
-    @property
-    def abc(self):
-        """(a, b, c) of the primary use in TP4's convention."""
-        a = -self.mult_exp
-        b = INF if self.init_exp == "zero" else -self.init_exp
-        c = None if self.lr_exp in (None, "zero") else -self.lr_exp
-        return a, b, c
-
-
-@dataclass
-class AttentionVerdict:
-    node: str
-    module: str
-    d_head_exp: Any
-    scale_exp: Any
-    kind: str  # "1/d", "1/sqrt(d)", "fixed d_head", or "n^e"
-    logits_init: Any
-    logits_trained: Any
-
-
-@dataclass
-class Problem:
-    node: str
-    module: str
-    what: str  # "blows up" / "vanishes"
-    when: str  # "at init" / "after training"
-    exponent: Any
 
 
 @dataclass
@@ -286,7 +229,7 @@ def _verdict(graph: WidthGraph, prop: Propagation, opt: str) -> Report:
             mult_exp=p.mult_exp, lr_exp=p.lr_exp, uses=uses, classes=[], fixes=[])
 
     # --- attention and width-dependent constants
-    attention = _attention(graph, prop, problems)
+    attention = attention_verdicts(graph, prop, problems)
     constants = _constants(graph)
 
     # --- outputs
@@ -414,40 +357,6 @@ def _check_feature(graph, prop, feat, layer, p, problems):
     grown = _first_growth(prop, feat)
     if grown:
         problems.append(Problem(feat, mod, "output blows up", f"after step {grown[0]}", grown[1]))
-
-
-def _attention(graph, prop, problems):
-    """Every attention: sdpa, and contractions of two activations over a width-sized dim that
-    feed a softmax (hand-written q @ k^T). The scale is the op's own and any factor folded into
-    q or k (or, by hand, onto the logits), judged against TP5 Def 4.1's 1/d."""
-    out = []
-    found = [(n, None) for n in graph.order if graph.node(n)["op"] == "scaled_dot_product_attention"
-             and prop.steps[0].get(n) is not None and prop.steps[0][n].logits is not None]
-    found += [(n, d) for n, d in activation_contractions(graph, matrix_weight_positions(graph))
-              if feeds_softmax(graph, n)]
-    for n, d in sorted(found, key=lambda x: graph.order.index(x[0])):
-        if d is None:  # sdpa
-            d, sc = sdpa_scale(graph, n)
-            logits = lambda s, n=n: s[n].logits  # noqa: E731
-        else:
-            post, end = output_scale(graph, n)
-            sc = operand_scale(graph, n) + post
-            logits = lambda s, end=end: (s[end].x, s[end].dx)  # noqa: E731
-        sc = sp.nsimplify(sc)
-        kind = ("fixed d_head" if d == 0 else "1/d" if sc == -d else "1/sqrt(d)" if sc == -d / 2
-                else f"n^{sc}")
-        lx = logits(prop.steps[0])[0]
-        grown = next(((t, max(logits(st))) for t, st in enumerate(prop.steps[1:], start=1)
-                      if max(logits(st)) > 0), None)
-        trained = grown[1] if grown else max(logits(prop.final))
-        mod = graph.node(n)["module"]
-        out.append(AttentionVerdict(n, mod, d, sc, kind, lx, trained))
-        if lx > 0:
-            problems.append(Problem(n, mod, "attention logits blow up", "at init", lx))
-        if grown:
-            problems.append(Problem(n, mod, "attention logits blow up", f"after step {grown[0]}",
-                                    grown[1]))
-    return out
 
 
 def _constants(graph):
