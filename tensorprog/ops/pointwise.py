@@ -27,11 +27,18 @@ def _scalars(op: Op, skip=("alpha",)):
 # ----------------------------------------------------------------------------- arithmetic
 
 
+#: An added constant this small is an epsilon guarding a division (``rsqrt(mean(x^2) + eps)``):
+#: sizes are taken in the eps -> 0 limit, as the norm ops and Adam's sign-like update are, unless
+#: it is all there is (the tensor it is added to is exactly zero).
+EPSILON = 1e-3
+
+
 def _add_fwd(op: Op):
     """a + b: the larger term (cancellation is not assumed)."""
-    xs = [s.x for s in op.ins] + [v["exp"] for k, v in op.attrs["scalars"].items()
-                                  if v["exp"] is not None and v["values"][-1] != 0 and k != "alpha"]
     consts = [v for k, v in op.attrs["scalars"].items() if k != "alpha" and v["values"][-1] != 0]
+    if any(s.x != NEG for s in op.ins):
+        consts = [v for v in consts if abs(v["values"][-1]) > EPSILON]
+    xs = [s.x for s in op.ins] + [v["exp"] for v in consts if v["exp"] is not None]
     centered = all(s.centered for s in op.ins) and not consts
     signs = {s.sign for s in op.ins} | {(1 if v["values"][-1] > 0 else -1) for v in consts}
     sign = signs.pop() if len(signs) == 1 and op.op in ("add", "add_") else 0
