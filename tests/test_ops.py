@@ -256,3 +256,17 @@ def test_masked_fill_keeps_a_decays_sign_for_exp():
     assert extra["sign"] == -1
     x, _, _ = run("exp", [Sizes(x=R(1, 2), sign=extra["sign"])], [(ONE, N)], (ONE, N))
     assert x == 0
+
+
+def test_an_epsilon_added_to_a_vanishing_tensor_is_taken_in_the_eps_to_zero_limit():
+    """rsqrt(mean(x^2) + 1e-6): while the tensor is well above the epsilon (here ~ 1/n, widths
+    to 4096) the tensor sets the size; the eps -> 0 limit is the choice (it stops holding only
+    once C n^e falls near eps)."""
+    eps = {1: {"values": [1e-6, 1e-6], "exp": sp.Integer(0)}}
+    x, _, _ = run("add", [Sizes(x=-1)], [(ONE, ONE)], (ONE, ONE), scalars=eps)
+    assert x == -1
+    agrees(x, lambda n: normal(256, 1, std=1 / n).abs() + 1e-6, tol=0.15)
+    one = {1: {"values": [1.0, 1.0], "exp": sp.Integer(0)}}
+    assert run("add", [Sizes(x=-1)], [(ONE, ONE)], (ONE, ONE), scalars=one)[0] == 0  # x + 1
+    zero = Sizes(x=-sp.oo)
+    assert run("add", [zero], [(ONE, ONE)], (ONE, ONE), scalars=eps)[0] == 0  # eps is all there is
