@@ -63,8 +63,22 @@ def _masked_fill_fwd(op: Op):
     return z.x, z.dx, {"sign": z.sign if same else 0}
 
 
-register(OpSpec(("where", "cat", "stack", "maximum", "minimum", "clamp", "clip", "lerp", "hstack",
+def _clamp_fwd(op: Op):
+    """clamp_min(x, lo) / clamp_max(x, hi) / clamp(x, lo, hi): x's size, bounded by a bound that
+    grows no faster; the sign a bound forces (a lower bound >= 0: never negative; an upper bound
+    <= an epsilon: never positive, as xIELU's expm1(min(x, eps)))."""
+    z = op.ins[0]
+    lo = op.arg(1) if op.op in ("clamp_min", "clamp") else None
+    hi = op.arg(1) if op.op == "clamp_max" else (op.arg(2) if op.op == "clamp" else None)
+    sign = (1 if isinstance(lo, (int, float)) and lo >= 0 else
+            -1 if isinstance(hi, (int, float)) and hi <= EPSILON else z.sign)
+    return z.x, z.dx, {"sign": sign}
+
+
+register(OpSpec(("where", "cat", "concat", "stack", "maximum", "minimum", "clip", "lerp", "hstack",
                  "vstack", "concatenate"), _merge_fwd, all_back, use=_elementwise_use))
+register(OpSpec(("clamp", "clamp_min", "clamp_max", "clamp_", "clamp_min_", "clamp_max_"), _clamp_fwd,
+                pass_back, use=_elementwise_use))
 register(OpSpec(("masked_fill", "masked_fill_"), _masked_fill_fwd, pass_back, use=_elementwise_use))
 
 

@@ -144,6 +144,8 @@ register(OpSpec(("slice", "select", "narrow"), _slice_fwd, pass_back, view=True,
                 dim_map=_ident, use=_view_use))
 register(OpSpec(tuple(SPLITS) + ("getitem",), _slice_fwd, pass_back))
 # gathering and rearranging entries keeps the coordinate scale
+register(OpSpec(("polar", "view_as_complex", "view_as_real", "unfold", "complex", "real", "imag"),
+                same, pass_back))  # RoPE in complex numbers (Llama 4), sliding windows: same scale
 register(OpSpec(("index", "index_select", "gather", "sort", "topk", "kthvalue", "roll", "flip", "repeat", "repeat_interleave",
                  "tile", "pad", "constant_pad_nd", "tril", "triu", "take_along_dim",
                  "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
