@@ -25,7 +25,7 @@ HF models default to SP (constant initializer_range, one global LR), so the expe
 "SP" (unstable is correct for SP + Adam at a constant LR); "muP"/"NTK"/"mixed" are suspicious
 and listed separately.
 
-Run:  PYTHONPATH=. python benchmarks/hf_zoo.py [--families llama,gpt2] [--timeout 120]
+Run:  python benchmarks/hf_zoo.py [--families llama,gpt2] [--timeout 120]
           [--jobs 1] [--json out.json]
 Each family runs in its own subprocess (``--one FAMILY``), so a hang or a hard crash only costs
 that family.
