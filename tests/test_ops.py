@@ -270,3 +270,31 @@ def test_an_epsilon_added_to_a_vanishing_tensor_is_taken_in_the_eps_to_zero_limi
     assert run("add", [Sizes(x=-1)], [(ONE, ONE)], (ONE, ONE), scalars=one)[0] == 0  # x + 1
     zero = Sizes(x=-sp.oo)
     assert run("add", [zero], [(ONE, ONE)], (ONE, ONE), scalars=eps)[0] == 0  # eps is all there is
+
+
+def test_a_softmax_by_hand_is_a_decay():
+    """exp(z - logsumexp(z)) and exp(z - max(z)): the argument is never positive, so exp of a
+    growing z stays bounded (it is a softmax)."""
+    z = Sizes(x=R(1, 2), ident="z")
+    for reducer in ("logsumexp", "amax"):
+        _, _, extra = run(reducer, [z], [(ONE, N)], (ONE, ONE), args=("%z", [-1]))
+        lse = Sizes(x=R(1, 2), upper_of=frozenset(extra["upper_of"]))
+        _, _, diff = run("sub", [z, lse], [(ONE, N), (ONE, ONE)], (ONE, N))
+        assert diff["sign"] == -1
+        x, _, _ = run("exp", [Sizes(x=R(1, 2), sign=diff["sign"])], [(ONE, N)], (ONE, N))
+        def largest(n):  # the largest entry of exp(z - logsumexp(z)) for z ~ n^1/2: <= 1
+            zz = normal(64, n, std=n ** 0.5)
+            return (zz - zz.logsumexp(-1, keepdim=True)).exp().amax(-1)
+        assert x == 0 and measured_slope(largest) < 0.1  # bounded, though z grows
+    assert run("sub", [z, Sizes(x=R(1, 2))], [(ONE, N), (ONE, N)], (ONE, N))[2]["sign"] == 0
+
+
+def test_min_with_an_epsilon_bound_is_nonpositive():
+    """xIELU: expm1(min(x, eps)) with eps a tiny buffer: bounded whatever x's size."""
+    _, _, extra = run("min", [Sizes(x=R(1, 2)), Sizes(x=0, value=-1e-6, sign=-1)],
+                      [(ONE, N), ()], (ONE, N))
+    assert extra["sign"] == -1
+    _, _, extra = run("minimum", [Sizes(x=R(1, 2)), Sizes(x=0, value=1e-6, sign=1)], [(ONE, N), ()],
+                      (ONE, N))
+    assert extra["sign"] == -1
+    agrees(0, lambda n: torch.expm1(torch.clamp_max(normal(64, n, std=n ** 0.5), 1e-6)) - 0.5, tol=0.15)

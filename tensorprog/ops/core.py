@@ -109,6 +109,9 @@ class Sizes:
     uncapped: dict = field(default_factory=dict)  # {"x"|"dx": exponent before a saturation cap}
     centered: bool = False  # the init coordinates have mean zero (E Z = 0): sums of them are CLT
     sign: int = 0  # +1: never negative, -1: never positive, 0: either (for exp of a decay)
+    ident: str = ""  # the tensor this node is, seen through views (for facts between nodes)
+    upper_of: frozenset = frozenset()  # tensors every entry of which this bounds from above
+    value: float | None = None  # a one-element constant's value (a buffer eps)
 
 
 @dataclass

@@ -42,17 +42,30 @@ def _add_fwd(op: Op):
     centered = all(s.centered for s in op.ins) and not consts
     signs = {s.sign for s in op.ins} | {(1 if v["values"][-1] > 0 else -1) for v in consts}
     sign = signs.pop() if len(signs) == 1 and op.op in ("add", "add_") else 0
+    if op.op in ("sub", "sub_") and len(op.ins) == 2:
+        a, b = op.ins
+        if a.ident in b.upper_of or (a.sign < 0 and b.sign > 0):
+            sign = -1  # z - max(z), z - logsumexp(z), negative minus positive
+        elif a.sign > 0 and b.sign < 0:
+            sign = 1
     return mx(*xs), mx(*(s.dx for s in op.ins)), {"centered": centered, "sign": sign}
 
 
 register(OpSpec(("add", "sub", "rsub", "add_", "sub_"), _add_fwd, all_back, use=_elementwise_use,
                 numeric_args=("*",)))
-def _merge_fwd(op: Op):
-    """where / cat / stack / clamp...: entries of one input or another: the larger size; a sign
-    every input shares is kept."""
+def merge_fwd(op: Op):
+    """where / cat / stack / minimum...: entries of one input or another: the larger size; a sign
+    every input shares is kept; a minimum with a nonpositive (or epsilon-small) bound is
+    nonpositive (xIELU's ``expm1(min(x, eps))``), a maximum with a nonnegative one nonnegative."""
     x, dx, _ = _add_fwd(op)
     signs = {s.sign for s in op.ins if s.x != NEG}
-    return x, dx, {"sign": signs.pop() if len(signs) == 1 else 0}
+    sign = signs.pop() if len(signs) == 1 else 0
+    if op.op in ("minimum", "min") and any(s.sign < 0 or (s.value is not None and s.value <= EPSILON)
+                                  for s in op.ins):
+        sign = -1
+    if op.op in ("maximum", "max") and any(s.sign > 0 or (s.value is not None and s.value >= 0) for s in op.ins):
+        sign = 1
+    return x, dx, {"sign": sign}
 
 
 def _masked_fill_fwd(op: Op):
@@ -76,7 +89,7 @@ def _clamp_fwd(op: Op):
 
 
 register(OpSpec(("where", "cat", "concat", "stack", "maximum", "minimum", "clip", "lerp", "hstack",
-                 "vstack", "concatenate"), _merge_fwd, all_back, use=_elementwise_use))
+                 "vstack", "concatenate"), merge_fwd, all_back, use=_elementwise_use))
 register(OpSpec(("clamp", "clamp_min", "clamp_max", "clamp_", "clamp_min_", "clamp_max_"), _clamp_fwd,
                 pass_back, use=_elementwise_use))
 register(OpSpec(("masked_fill", "masked_fill_"), _masked_fill_fwd, pass_back, use=_elementwise_use))

@@ -9,6 +9,7 @@ changes are built by training from correlated vectors and sum LLN.
 from __future__ import annotations
 
 from .core import NEG, ZERO, Op, OpSpec, add, cap_note, mx, pass_back, sum_dims
+from .pointwise import merge_fwd
 from .registry import register
 
 
@@ -44,15 +45,22 @@ register(OpSpec(("mean",), _mean_fwd, lambda op, g: [g - reduced_alpha(op)] + [N
 
 
 def _extreme_fwd(op: Op):
-    """max / median / std pick or summarise entries on the coordinate scale."""
+    """max / median / std pick or summarise entries on the coordinate scale; a max bounds the
+    entries it is taken over (``z - z.amax(-1)`` <= 0, the stable softmax shift)."""
     z = op.ins[0]
-    return z.x, z.dx, {}
+    return z.x, z.dx, {"upper_of": {z.ident}} if op.op in ("amax", "max") else {}
 
 
 register(OpSpec(("std", "median"), _extreme_fwd,
                 lambda op, g: [g - reduced_alpha(op)] + [NEG] * (len(op.ins) - 1)))
 # max picks one entry: its gradient lands there whole
-register(OpSpec(("amax", "amin", "max", "min"), _extreme_fwd, pass_back))
+def _max_fwd(op: Op):
+    """max / min: over a dim (a reduction) or of two tensors (``min.other``: elementwise)."""
+    return merge_fwd(op) if len(op.ins) == 2 else _extreme_fwd(op)
+
+
+register(OpSpec(("amax", "amin"), _extreme_fwd, pass_back))
+register(OpSpec(("max", "min"), _max_fwd, lambda op, g: [g] * len(op.ins)))
 
 
 def _norm2_fwd(op: Op):
@@ -91,9 +99,10 @@ register(OpSpec(("softmax", "_softmax", "_safe_softmax"), _softmax_fwd, pass_bac
 
 
 def _log_softmax_fwd(op: Op):
-    """log_softmax, logsumexp: Theta(1) at zero input, ~|z| for large z."""
+    """log_softmax, logsumexp: Theta(1) at zero input, ~|z| for large z. logsumexp(z) bounds every
+    entry of z from above (``z - logsumexp(z) <= 0``: a softmax written by hand)."""
     z = op.ins[0]
-    return mx(ZERO, z.x), z.dx, {}
+    return mx(ZERO, z.x), z.dx, {"upper_of": {z.ident}} if op.op == "logsumexp" else {}
 
 
 register(OpSpec(("log_softmax", "_log_softmax", "logsumexp"), _log_softmax_fwd, pass_back))

@@ -173,7 +173,10 @@ def _forward(graph, dW, weight_pos, align, undetermined) -> dict[str, Sizes]:
             terms={k: v for k, v in extra.items() if k in TERMS}, logits=extra.get("logits"),
             uncapped={k: v for k, v in uncapped.items() if v},
             centered=bool(extra.get("centered", False)) or _fresh_centered(graph, name, op, weight_pos),
-            sign=1 if spec is not None and spec.positive else int(extra.get("sign", 0)))
+            sign=1 if spec is not None and spec.positive else int(extra.get("sign", 0)),
+            ident=ins[0].ident if spec is not None and spec.view and ins else name,
+            upper_of=frozenset(extra.get("upper_of", ())),
+            value=ins[0].value if spec is not None and spec.view and ins else None)
     return sizes
 
 
@@ -223,11 +226,13 @@ def _placeholder(graph, a, name, dW):
     if a["param"]:
         p = graph.params[a["param"]]
         return Sizes(x=_init_exp(p), dx=dW[p.name], src=frozenset({p.name}),
-                     centered=_centered_init(p))
+                     centered=_centered_init(p), ident=name)
     if a["buffer"]:
         v = a["scalars"].get("value")
-        return Sizes(x=v["exp"] if v and v["exp"] is not None else ZERO, dx=NEG)
-    return Sizes(x=ZERO, dx=NEG, src=frozenset({name}))
+        value = v["values"][-1] if v else None
+        return Sizes(x=v["exp"] if v and v["exp"] is not None else ZERO, dx=NEG, ident=name, value=value,
+                     sign=0 if value is None else (1 if value > 0 else -1 if value < 0 else 0))
+    return Sizes(x=ZERO, dx=NEG, src=frozenset({name}), ident=name)
 
 
 def _centered_init(p) -> bool:
