@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--adam-eps", type=float, default=1e-8)
     ap.add_argument("--exclude", nargs="*", default=[], choices=fuzz.CONSTRUCTS,
                     help="constructs never drawn (isolates a class of disagreements)")
-    ap.add_argument("--json", default="fuzz.json")
+    ap.add_argument("--json", default=None, help="write the summary and every record to this file")
     ap.add_argument("--quiet", action="store_true", help="summary and first refuted nodes only")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -159,8 +159,9 @@ def main(argv=None) -> int:
                   + ("  converging" if d["converging"] else ""), flush=True)
     summ = summarize(results)
     print(json.dumps(summ, indent=1))
-    Path(args.json).write_text(json.dumps({"summary": summ, "args": vars(args), "results": results},
-                                          indent=1, default=str))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"summary": summ, "args": vars(args),
+                                               "results": results}, indent=1, default=str))
     return 0
 
 
