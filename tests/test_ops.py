@@ -162,6 +162,29 @@ def test_scalar_base_power_is_exp_like():
     agrees(x, lambda n: 10000.0 ** (torch.arange(n, dtype=torch.float64) / n))
 
 
+def test_power_of_a_change_that_outgrows_the_init_value():
+    """(z_0 + dz)^p - z_0^p: first order (p - 1) x + dx while dz is at most z_0; once dz
+    outgrows z_0 (a Theta(1) update of a vanishing tensor, a bias trained from zero) the new
+    value's power takes over: dz^2 for a square (not 2 z_0 dz), and z_0^p for rsqrt (a grown
+    tensor's rsqrt falls from z_0^-1/2 to the smaller dz^-1/2)."""
+    def change(op, p, z0, dz):
+        def sample(n):
+            a = z0(n)
+            return op(a + dz(n)) - op(a)
+        return sample
+    _, dx, _ = run("pow", [Sizes(x=-R(1, 2), dx=0)], [(ONE, N)], (ONE, N), args=("%z", 2))
+    assert dx == 0
+    agrees(dx, change(torch.square, 2, lambda n: normal(64, n, std=n ** -0.5),
+                      lambda n: normal(64, n, std=0.5)))
+    _, dx, _ = run("rsqrt", [Sizes(x=-1, dx=0, sign=1)], [(ONE, N)], (ONE, N))
+    assert dx == R(1, 2)
+    agrees(dx, change(torch.rsqrt, -0.5, lambda n: normal(64, n).abs() / n,
+                      lambda n: 1 + normal(64, n).abs()))
+    _, dx, _ = run("pow", [Sizes(x=0, dx=-1)], [(ONE, N)], (ONE, N), args=("%z", 2))
+    assert dx == -1  # a small change: first order
+    agrees(dx, change(torch.square, 2, lambda n: normal(64, n), lambda n: normal(64, n, std=1 / n)))
+
+
 def test_division_by_a_tensor():
     x, _, _ = run("div", [Sizes(x=0), Sizes(x=R(1, 2))], [(ONE, N), (ONE, N)], (ONE, N))
     assert x == -R(1, 2)

@@ -288,7 +288,18 @@ def _pow_fwd(op: Op):
             return NEG, (NEG if z.dx == NEG else p * z.dx), {}
         raise Undetermined(f"`{op.op}` with a negative power of a tensor that is zero at init")
     even = p.is_Integer and p % 2 == 0
-    return p * z.x, add((p - 1) * z.x, z.dx), {"sign": 1 if (even or p.q != 1 or z.sign > 0) else 0}
+    return p * z.x, _pow_change(p, z.x, z.dx), {"sign": 1 if (even or p.q != 1 or z.sign > 0) else 0}
+
+
+def _pow_change(p, x, dx):
+    """Change of z^p, z = z_0 + dz with |z_0| ~ n^x, |dz| ~ n^dx: first order p z_0^(p-1) dz while
+    dz is at most z_0; once the change outgrows the init value (dx > x) the power of the new
+    value takes over: (z_0 + dz)^p - z_0^p ~ dz^p for p > 0 (the square of a Theta(1) update
+    of a vanishing tensor is Theta(1), not z_0 dz), and ~ z_0^p for p < 0 (rsqrt of a grown
+    tensor drops from z_0^p to the smaller dz^p)."""
+    if dx == NEG or dx <= x:
+        return add((p - 1) * x, dx)
+    return mx(p * x, p * dx)
 
 
 def _pow_bwd(op: Op, g):
