@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from ..errors import TraceError
 from ..exponents import exact_exponent, noisy_exponent
+from .optimizers import HYPER, Step, decoupled, geometry_of, optimizers_of
 from .widthgraph import WidthGraph
 
 #: Pooled init values wanted per width for a weight and for a width-sized vector: the RMS of N
@@ -109,32 +110,46 @@ def measure_init(graph: WidthGraph, init_models: dict[int, list[nn.Module]]):
 
 
 def read_optimizer(graph: WidthGraph, models, make_optimizer):
-    """Per-parameter learning rate and weight decay at every width, and their exponents."""
+    """Per-parameter learning rate, weight decay and update geometry at every width, and their
+    exponents. ``make_optimizer`` may return several optimizers (Muon + AdamW): every trainable
+    parameter must be in exactly one."""
     for w, model in models.items():
         try:
-            opt = make_optimizer(model)
+            made = make_optimizer(model)
         except Exception as e:
             raise TraceError(f"make_optimizer(model) raised {type(e).__name__}: {e} (width {w}).") from e
-        if not isinstance(opt, torch.optim.Optimizer):
+        opts = optimizers_of(made)
+        graph.optimizer = "+".join(dict.fromkeys(type(o).__name__ for o in opts))
+        by_id, twice = {}, []
+        for opt in opts:
+            geometry = geometry_of(opt)
+            for group in opt.param_groups:
+                for q in group["params"]:
+                    if id(q) in by_id:
+                        twice.append(q)
+                    by_id[id(q)] = (opt, group, geometry)
+        names = {id(q): n for n, q in model.named_parameters()}
+        if twice:
             raise TraceError(
-                f"make_optimizer must return a torch.optim.Optimizer, got {type(opt).__name__}.")
-        graph.optimizer = type(opt).__name__
-        by_id = {}
-        for group in opt.param_groups:
-            for q in group["params"]:
-                by_id[id(q)] = group
+                f"parameter {names.get(id(twice[0]), '?')!r} is in more than one optimizer (or "
+                "group): each parameter must be stepped by exactly one. Split the parameters "
+                "between the optimizers.")
         missing = []
         for name, q in model.named_parameters():
             if name not in graph.params:
                 continue
-            group = by_id.get(id(q))
-            if group is None:
+            found = by_id.get(id(q))
+            if found is None:
                 if q.requires_grad:
                     missing.append(name)
                 continue
+            opt, group, geometry = found
             lr = group.get("lr")
-            graph.params[name].lr[w] = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
-            graph.params[name].weight_decay[w] = float(group.get("weight_decay", 0.0) or 0.0)
+            rec = graph.params[name]
+            rec.lr[w] = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+            rec.weight_decay[w] = float(group.get("weight_decay", 0.0) or 0.0)
+            rec.step = Step(geometry.name, type(opt).__name__,
+                            {k: group[k] for k in HYPER if k in group}, decoupled(opt, group))
         if missing:
             raise TraceError(
                 f"the optimizer from make_optimizer leaves {len(missing)} trainable parameters out "

@@ -52,6 +52,7 @@ class ParamInfo:
     lr_exp: Any = None  # learning rate ~ n^lr_exp (= -c); None without an optimizer
     weight_decay: dict[int, float] = field(default_factory=dict)
     wd_exp: Any = None
+    step: Any = None  # the optimizer's update for this parameter (graph.optimizers.Step)
     zero_blocks: dict = field(default_factory=dict)  # {dim: (blocks, [zero block indices])}
 
     @property

@@ -293,8 +293,9 @@ def check(
             "other seeds and steps whose data take other branches, so it cannot run it as the "
             "model. Make the branch traceable (torch.where / torch.cond) to check this model.")
     if optimizer is None:
+        from ..graph.optimizers import optimizer_class as steps_class
         from ..theory.abc import optimizer_class
-        optimizer = optimizer_class(graph.optimizer) if graph.optimizer else "adam"
+        optimizer = (steps_class(graph) or optimizer_class(graph.optimizer)) if graph.optimizer else "adam"
     prop = propagate(graph, optimizer, steps=steps, align=alignment)
     t_predict = time.perf_counter() - t0
 

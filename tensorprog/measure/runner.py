@@ -106,14 +106,32 @@ def build_model(factory, w, dev, dtype, seed) -> nn.Module:
     return model
 
 
+class Optimizers:
+    """Several optimizers stepped as one (Muon on the hidden matrices, AdamW on the rest)."""
+
+    def __init__(self, opts):
+        self.opts = opts
+
+    def zero_grad(self, set_to_none=True):
+        for o in self.opts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self):
+        for o in self.opts:
+            o.step()
+
+
 def make_opt(make_optimizer, model, w):
     try:
-        opt = make_optimizer(model)
+        made = make_optimizer(model)
     except Exception as e:
         raise CheckError(f"make_optimizer(model) raised {type(e).__name__}: {e} (width {w}).") from e
-    if not isinstance(opt, torch.optim.Optimizer):
-        raise CheckError(f"make_optimizer must return a torch.optim.Optimizer, got {type(opt).__name__}.")
-    return opt
+    opts = list(made) if isinstance(made, (list, tuple)) else [made]
+    bad = [type(o).__name__ for o in opts if not isinstance(o, torch.optim.Optimizer)]
+    if bad or not opts:
+        raise CheckError("make_optimizer must return a torch.optim.Optimizer or a list of them, got "
+                         f"{bad[0] if bad else 'an empty list'}.")
+    return opts[0] if len(opts) == 1 else Optimizers(opts)
 
 
 def free_memory(dev):

@@ -112,6 +112,7 @@ class Sizes:
     ident: str = ""  # the tensor this node is, seen through views (for facts between nodes)
     upper_of: frozenset = frozenset()  # tensors every entry of which this bounds from above
     value: float | None = None  # a one-element constant's value (a buffer eps)
+    rel: object = NEG  # a change proportional to the value itself (decoupled weight decay)
 
 
 @dataclass

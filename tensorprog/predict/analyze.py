@@ -175,13 +175,14 @@ def analyze(
     alignment: W_0 dz is CLT-like for the readout too). progress: print trace's progress lines
     (stderr), the same keyword as ``check`` and ``sweep``.
     """
+    from ..graph.optimizers import optimizer_class as steps_class
     from ..theory.abc import optimizer_class
 
     graph = factory if isinstance(factory, WidthGraph) else trace(
         factory, widths, example_inputs=example_inputs, make_optimizer=make_optimizer,
         device=device, init_widths=init_widths, progress=progress)
     if graph.optimizer is not None:
-        opt = optimizer_class(graph.optimizer)
+        opt = steps_class(graph) or optimizer_class(graph.optimizer)
         if optimizer is not None and optimizer_class(optimizer) != opt:
             graph.warnings.append(
                 f"optimizer={optimizer!r} ignored: make_optimizer builds {graph.optimizer}.")
@@ -328,11 +329,23 @@ def _A(p, u):
 
 
 def _U(p, u, opt):
+    """The update invariant with the Adam-equivalent LR: an orthogonalised (Muon) or
+    parameter-scaled (Adafactor) step of lr moves each entry by lr times its direction's size,
+    which is what an Adam step of that size does; the class rules then apply unchanged."""
     if p.lr_exp == "zero" or not p.trainable:
         return None
-    c = -(p.lr_exp if p.lr_exp is not None else ZERO)
+    c = -(p.lr_exp if p.lr_exp is not None else ZERO) - _direction_exp(p)
     a = -u.mult_exp
     return (2 * a + c) if opt == "sgd" else (a + c)
+
+
+def _direction_exp(p):
+    """Entry size of one step's direction for Adam-like geometries (0 for Adam itself)."""
+    if p.step is None or not p.step.adam_like:
+        return ZERO
+    dims = [d if d is not None else ZERO for d in p.dims] + [ZERO, ZERO]
+    init = NEG if p.init_exp == "zero" else (p.init_exp if p.init_exp is not None else ZERO)
+    return sp.nsimplify(p.step.direction(ZERO, init, dims[0], dims[1]))
 
 
 def _first_growth(prop, node, get=lambda s: s.dx):

@@ -19,6 +19,7 @@ import sympy as sp
 
 from ..graph.trace import WidthGraph
 from ..ops import NEG, ZERO, Alignment, Op, Sizes, Undetermined, alignment, lookup, mx, split_dim
+from ..ops.core import add
 
 #: Extra results of a rule that are the contraction terms of a layer (for r_l)
 TERMS = ("dW z0", "W0 dz", "dW dz")
@@ -93,9 +94,10 @@ def propagate(graph: WidthGraph, optimizer: str = "adam", *, steps: int = 3,
     outputs = graph.inputs(out_node)
     undetermined: dict[str, Unresolved] = {}
     dW = {p: NEG for p in graph.params}
+    decay: dict[str, object] = {}  # param -> relative change from decoupled weight decay
     history, updates = [], []
     for t in range(steps + 1):
-        sizes = _forward(graph, dW, weight_pos, align, undetermined)
+        sizes = _forward(graph, dW, weight_pos, align, undetermined, decay)
         if outputs:
             _backward(graph, sizes, outputs[min(output, len(outputs) - 1)], weight_pos, align,
                       undetermined, optimizer)
@@ -108,12 +110,33 @@ def propagate(graph: WidthGraph, optimizer: str = "adam", *, steps: int = 3,
             if lr is None or not p.trainable:
                 continue
             g = mx(*(sizes[n].g for n in p.nodes))
-            if g == NEG:
-                continue
-            step = lr + (g if optimizer == "sgd" else ZERO)
+            size = mx(_init_exp(p), dW[pname])  # the parameter's entries now
+            wd = _wd_exp(p)
+            if wd is not None and p.step is not None:  # weight decay moves it, gradient or not
+                if p.step.decoupled:  # p *= 1 - lr wd: a relative change, proportional to p
+                    decay[pname] = mx(decay.get(pname, NEG), lr + wd)
+                else:
+                    g = mx(g, wd + size if size != NEG else NEG)  # g + wd p
+            step = lr + _direction(p, g, dW[pname], optimizer) if g != NEG else NEG
             dW[pname] = mx(dW[pname], step)
     return Propagation(graph=graph, optimizer=optimizer, steps=history, updates=updates,
                        undetermined=undetermined, outputs=outputs, alignment=align)
+
+
+def _direction(p, g, dw, optimizer):
+    """Exponent of one step's direction entries for parameter ``p`` (its optimizer's geometry,
+    ``graph.optimizers``); without an optimizer object, the global class."""
+    if p.step is None:
+        return g if optimizer == "sgd" else ZERO
+    dims = [d if d is not None else ZERO for d in p.dims] + [ZERO, ZERO]
+    return p.step.direction(g, mx(_init_exp(p), dw), dims[0], dims[1])
+
+
+def _wd_exp(p):
+    """Exponent of the weight decay, None when there is none."""
+    if p.wd_exp in (None, "zero") or not p.weight_decay or not any(p.weight_decay.values()):
+        return None
+    return p.wd_exp
 
 
 def _lr_exp(p):
@@ -140,12 +163,12 @@ def _init_exp(p):
     return p.init_exp if p.init_exp is not None else ZERO
 
 
-def _forward(graph, dW, weight_pos, align, undetermined) -> dict[str, Sizes]:
+def _forward(graph, dW, weight_pos, align, undetermined, decay) -> dict[str, Sizes]:
     sizes: dict[str, Sizes] = {}
     for name in graph.order:
         a = graph.node(name)
         if a["kind"] == "placeholder":
-            sizes[name] = _placeholder(graph, a, name, dW)
+            sizes[name] = _placeholder(graph, a, name, dW, decay)
             continue
         if a["kind"] != "call_function":
             continue
@@ -168,8 +191,13 @@ def _forward(graph, dW, weight_pos, align, undetermined) -> dict[str, Sizes]:
             uncapped = {k: max(s.uncapped[k] for s in ins if k in s.uncapped)
                         for k in ("x", "dx") if any(k in s.uncapped for s in ins)
                         and (x if k == "x" else dx) >= max(getattr(s, k) for s in ins if k in s.uncapped)}
+        # a weight shrunk by decoupled decay (p *= 1 - lr wd) changes what it feeds by the same
+        # relative amount, aligned with nothing: the change includes x + rel
+        rel = mx(*(s.rel for s in ins)) if ins else NEG
+        if rel != NEG and x != NEG:
+            dx = mx(dx, add(x, rel))
         sizes[name] = Sizes(
-            x=x, dx=dx, src=_sources(graph, name, a, ins, weight_pos, spec),
+            x=x, dx=dx, src=_sources(graph, name, a, ins, weight_pos, spec), rel=rel,
             terms={k: v for k, v in extra.items() if k in TERMS}, logits=extra.get("logits"),
             uncapped={k: v for k, v in uncapped.items() if v},
             centered=bool(extra.get("centered", False)) or _fresh_centered(graph, name, op, weight_pos),
@@ -177,6 +205,10 @@ def _forward(graph, dW, weight_pos, align, undetermined) -> dict[str, Sizes]:
             ident=ins[0].ident if spec is not None and spec.view and ins else name,
             upper_of=frozenset(extra.get("upper_of", ())),
             value=ins[0].value if spec is not None and spec.view and ins else None)
+    for name in graph.order:  # a decayed parameter's own change (rules saw only the aligned part)
+        s = sizes.get(name)
+        if s is not None and graph.node(name).get("param") and s.rel != NEG:
+            s.dx = mx(s.dx, add(s.x, s.rel))
     return sizes
 
 
@@ -222,11 +254,11 @@ def op_view(graph, sizes, name, weight_pos, align) -> Op:
               weight=wp[0] if wp else None, readout=bool(wp and wp[1]), align=align)
 
 
-def _placeholder(graph, a, name, dW):
+def _placeholder(graph, a, name, dW, decay):
     if a["param"]:
         p = graph.params[a["param"]]
         return Sizes(x=_init_exp(p), dx=dW[p.name], src=frozenset({p.name}),
-                     centered=_centered_init(p), ident=name)
+                     centered=_centered_init(p), ident=name, rel=decay.get(p.name, NEG))
     if a["buffer"]:
         v = a["scalars"].get("value")
         value = v["values"][-1] if v else None

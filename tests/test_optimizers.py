@@ -1,0 +1,100 @@
+"""Optimizers by the geometry of their update (issue: Muon, Adafactor, several optimizers).
+
+Expected values: Muon's orthogonalised step of a finite-rank gradient has entries
+~ sqrt(max(1, A/B)) / sqrt(A B) ("original") or 0.2 sqrt(max(A, B)) / sqrt(A B)
+("match_rms_adamw") for an A x B weight (torch.optim.Muon's ``adjust_lr_fn``), so with a
+constant lr the hidden features of an n x n layer change by Theta(1) with "original" (the
+spectral condition of Yang, Simon, Bernstein 2023, arXiv 2310.17813) and grow like sqrt(n) with
+"match_rms_adamw"; ``check`` measures both.
+"""
+import pytest
+import torch
+import torch.nn as nn
+
+from tensorprog import TensorprogError, analyze, check
+
+X = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+WIDTHS = (64, 128, 256)
+
+
+class MLP(nn.Module):
+    """Input (AdamW), two hidden n x n layers (Muon), a zero-init readout with a 64/n multiplier
+    (AdamW): muP's readout (TP5 App. D.2, Table 8)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+        self.inp = nn.Linear(16, n, bias=False)
+        self.h1, self.h2 = nn.Linear(n, n, bias=False), nn.Linear(n, n, bias=False)
+        self.out = nn.Linear(n, 4, bias=False)
+        nn.init.zeros_(self.out.weight)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        h = torch.relu(self.h1(h))
+        h = torch.relu(self.h2(h))
+        return self.out(h) * (64 / self.n)
+
+
+def hybrid(adjust, weight_decay=0.0):
+    def make(m):
+        return [torch.optim.Muon([m.h1.weight, m.h2.weight], lr=0.02, adjust_lr_fn=adjust,
+                                 weight_decay=weight_decay),
+                torch.optim.AdamW([m.inp.weight, m.out.weight], lr=1e-3, weight_decay=weight_decay)]
+    return make
+
+
+def test_muon_geometry_is_read_from_the_optimizer_object():
+    rep = analyze(MLP, WIDTHS, example_inputs=(X,), make_optimizer=hybrid("original"))
+    g = rep.graph
+    assert g.optimizer == "Muon+AdamW"
+    assert g.params["h1.weight"].step.geometry == "orthogonalised"
+    assert g.params["inp.weight"].step.geometry == "entrywise"
+
+
+@pytest.mark.parametrize("adjust,name", [("original", "muP"), ("match_rms_adamw", "mixed")])
+def test_muon_adjust_lr_fn_decides_the_verdict(adjust, name):
+    rep = analyze(MLP, WIDTHS, example_inputs=(X,), make_optimizer=hybrid(adjust))
+    assert rep.parametrization == name
+    assert rep.stable == (adjust == "original")
+    if adjust == "original":
+        assert rep.feature_learning
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adjust", ["original", "match_rms_adamw"])
+def test_check_confirms_muon_predictions(adjust):
+    rep = check(MLP, (64, 128, 256, 512, 1024), example_inputs=(X,), make_optimizer=hybrid(adjust),
+                steps=3, seeds=2, progress=False)
+    assert not rep.refuted(), [(r.node, r.kind, r.step, r.predicted, r.slope) for r in rep.refuted()]
+    h = rep.get("linear_2", "change", 3)  # the second hidden layer's output after 3 steps
+    assert h.status in ("confirmed", "inconclusive")
+    assert (h.slope < 0.15) if adjust == "original" else (h.slope > 0.15)
+
+
+def test_decoupled_weight_decay_moves_a_parameter_without_gradient():
+    """AdamW's p *= 1 - lr wd changes the zero-gradient input layer at step 1 (its gradient is
+    zero there: the readout starts at zero); the engine predicts the change p's own size."""
+    rep = analyze(MLP, WIDTHS, example_inputs=(X,), make_optimizer=hybrid("original", 0.1))
+    s1 = rep.propagation.steps[1]
+    node = rep.graph.params["inp.weight"].node
+    assert s1[node].dx == rep.graph.params["inp.weight"].init_exp
+
+
+def test_a_parameter_in_two_optimizers_is_an_error():
+    def make(m):
+        return [torch.optim.Muon([m.h1.weight, m.h2.weight]), torch.optim.AdamW(m.parameters())]
+    with pytest.raises(TensorprogError, match="more than one optimizer"):
+        analyze(MLP, WIDTHS, example_inputs=(X,), make_optimizer=make)
+
+
+def test_an_unknown_optimizer_names_the_geometries_and_how_to_declare_one():
+    class Mine(torch.optim.Optimizer):
+        def __init__(self, params):
+            super().__init__(params, {"lr": 1e-3})
+
+        def step(self, closure=None):
+            pass
+
+    with pytest.raises(TensorprogError, match="register_optimizer"):
+        analyze(MLP, WIDTHS, example_inputs=(X,), make_optimizer=lambda m: Mine(m.parameters()))
