@@ -8,6 +8,7 @@ spectral condition of Yang, Simon, Bernstein 2023, arXiv 2310.17813) and grow li
 "match_rms_adamw"; ``check`` measures both.
 """
 import pytest
+import sympy as sp
 import torch
 import torch.nn as nn
 
@@ -171,3 +172,38 @@ def test_check_measures_the_eps_crossover(scaled):
         assert abs(h.slope) < 0.15
     else:
         assert h.predicted == -1 and h.slope < -0.4
+
+
+# --- Adafactor (parameter-scaled: a step's entries are lr * RMS(W)); at the Adam-equivalent
+# learning rates lr * RMS(W) of muP (Table 3): input 1 * 1, hidden n^-1/2 * n^-1/2 = 1/n,
+# readout 1 * 1/n. eps2 (the floor on RMS(W)) is set below every RMS here.
+
+def adafactor(hidden_lr_exp):
+    def make(m):
+        s = 64 / m.n
+        return torch.optim.Adafactor([
+            {"params": [m.inp.weight], "lr": 1e-2},
+            {"params": [m.h1.weight], "lr": 1e-2 * s ** -hidden_lr_exp},
+            {"params": [m.out.weight], "lr": 1e-2}], eps=(None, 1e-6))
+    return make
+
+
+@pytest.mark.parametrize("hidden_lr_exp,stable", [("-1/2", True), ("0", False)])
+def test_adafactor_at_its_mup_learning_rates(hidden_lr_exp, stable):
+    e = {"-1/2": -0.5, "0": 0.0}[hidden_lr_exp]
+    rep = analyze(MLP3, WIDTHS, example_inputs=(X,), make_optimizer=adafactor(e))
+    assert rep.graph.params["h1.weight"].step.geometry == "parameter-scaled"
+    assert rep.stable == stable
+    if stable:
+        assert rep.parametrization == "muP" and rep.feature_learning
+    else:  # a constant lr moves each hidden entry by n^-1/2: the features grow like n^1/2
+        assert rep.propagation.final["linear_1"].dx == sp.Rational(1, 2)
+
+
+@pytest.mark.slow
+def test_check_confirms_adafactor_mup():
+    rep = check(MLP3, (64, 128, 256, 512, 1024, 2048), example_inputs=(X,),
+                make_optimizer=adafactor(-0.5), steps=3, seeds=2, progress=False, device="cpu")
+    assert not rep.refuted(), [(r.node, r.kind, r.step, r.predicted, r.slope) for r in rep.refuted()]
+    h = rep.get("linear_1", "change", 3)
+    assert h.status == "confirmed" and abs(h.slope) < 0.15
