@@ -140,7 +140,7 @@ def test_adam_eps_is_read_per_width_with_its_exponent(scaled):
     notes = [n for n in rep.notes if "Adam's eps" in n]
     assert bool(notes) == (not scaled)
     if notes:
-        assert "'h1.weight': eps ~ 1, gradient ~ n^-1" in notes[0] and "1/fan_in" in notes[0]
+        assert "'h1.weight': eps ~ 1 (0.001 at width 256), gradient ~ n^-1" in notes[0] and "1/fan_in" in notes[0]
 
 
 @pytest.mark.parametrize("scaled", [False, True])
@@ -207,3 +207,28 @@ def test_check_confirms_adafactor_mup():
     assert not rep.refuted(), [(r.node, r.kind, r.step, r.predicted, r.slope) for r in rep.refuted()]
     h = rep.get("linear_1", "change", 3)
     assert h.status == "confirmed" and abs(h.slope) < 0.15
+
+
+# --- the readout decision: b > c (update outgrows the init) is a note, the output decides
+
+def test_table8_readout_with_pytorch_default_init_is_stable_with_a_note():
+    """mup's MuReadout convention (1/width multiplier, constant Adam lr) with nn.Linear's default
+    init (b = 1/2 > c = 0): the output's change is Theta(1) (measured flat to width 4096), so
+    the readout outgrowing its init is a note, not an instability (theory note 9)."""
+    import math
+    from tensorprog.zoo import example
+    ex = example("mlp", param="mup_table8", optimizer="adam")
+
+    def factory(n):
+        m = ex.factory(n)
+        bound = 1 / math.sqrt(m.readout.weight.shape[1])  # nn.Linear's default init
+        nn.init.uniform_(m.readout.weight, -bound, bound)
+        return m
+
+    rep = analyze(factory, ex.widths, example_inputs=ex.example_inputs,
+                  make_optimizer=ex.make_optimizer)
+    assert rep.params["readout.weight"].init_exp == sp.Rational(-1, 2)
+    assert rep.stable and rep.parametrization in ("muP", "mixed")
+    assert not any("outgrows" in p.what for p in rep.problems)
+    assert any("readout 'readout.weight' has an update that outgrows its init" in n
+               for n in rep.notes)

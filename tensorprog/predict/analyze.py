@@ -438,10 +438,11 @@ def _eps_note(graph, prop) -> str | None:
         g = mx(*(init[n].g for n in p.nodes if n in init))
         if g == NEG or g >= e:
             continue
-        hit.append((name, e, g))
+        hit.append((name, e, g, p.eps[max(p.eps)]))
     if not hit:
         return None
-    shown = "; ".join(f"{n!r}: eps ~ {fmt(e)}, gradient ~ {fmt(g)}" for n, e, g in hit[:4])
+    shown = "; ".join(f"{n!r}: eps ~ {fmt(e)} ({v:g} at width {max(graph.widths)}), gradient ~ {fmt(g)}"
+                      for n, e, g, v in hit[:4])
     more = f"; and {len(hit) - 4} more" if len(hit) > 4 else ""
     return ("Adam's eps shrinks slower with width than the gradient it divides ("
             + shown + more + "): at large width eps dominates the gradient and the step becomes "
