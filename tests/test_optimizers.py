@@ -8,6 +8,7 @@ spectral condition of Yang, Simon, Bernstein 2023, arXiv 2310.17813) and grow li
 "match_rms_adamw"; ``check`` measures both.
 """
 import pytest
+import sympy as sp
 import torch
 import torch.nn as nn
 
@@ -98,3 +99,136 @@ def test_an_unknown_optimizer_names_the_geometries_and_how_to_declare_one():
 
     with pytest.raises(TensorprogError, match="register_optimizer"):
         analyze(MLP, WIDTHS, example_inputs=(X,), make_optimizer=lambda m: Mine(m.parameters()))
+
+
+# --- Adam's eps (issue: in muP the hidden gradient shrinks like 1/fan_in; a constant eps
+# eventually dominates it and the step becomes SGD-like, lr g / eps)
+
+class MLP3(nn.Module):
+    """muP, TP5 Table 3: input var 1/16 (lr 1), hidden var 1/n (Adam lr 1/n), readout var 1/n^2
+    (Adam lr 1/n)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+        self.inp = nn.Linear(16, n, bias=False)
+        self.h1 = nn.Linear(n, n, bias=False)
+        self.out = nn.Linear(n, 4, bias=False)
+        nn.init.normal_(self.inp.weight, std=16 ** -0.5)
+        nn.init.normal_(self.h1.weight, std=n ** -0.5)
+        nn.init.normal_(self.out.weight, std=1 / n)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.h1(torch.relu(self.inp(x)))))
+
+
+def adam_eps(scaled):
+    """Adam with eps = 1e-3 (constant) or 1e-3 * 64 / n (like the hidden gradient)."""
+    def make(m):
+        return torch.optim.Adam([{"params": [m.inp.weight], "lr": 1e-2},
+                                 {"params": [m.h1.weight, m.out.weight], "lr": 1e-2 * 64 / m.n}],
+                                eps=1e-3 * 64 / m.n if scaled else 1e-3)
+    return make
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_adam_eps_is_read_per_width_with_its_exponent(scaled):
+    rep = analyze(MLP3, WIDTHS, example_inputs=(X,), make_optimizer=adam_eps(scaled))
+    assert rep.graph.params["h1.weight"].eps_exp == (-1 if scaled else 0)
+    # the default is the eps -> 0 limit: muP either way, with a note for the constant eps
+    assert rep.parametrization == "muP" and rep.feature_learning
+    notes = [n for n in rep.notes if "Adam's eps" in n]
+    assert bool(notes) == (not scaled)
+    if notes:
+        assert "'h1.weight': eps ~ 1 (0.001 at width 256), gradient ~ n^-1" in notes[0] and "1/fan_in" in notes[0]
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_adam_eps_asymptotic_shrinks_the_update_when_eps_dominates(scaled):
+    rep = analyze(MLP3, WIDTHS, example_inputs=(X,), make_optimizer=adam_eps(scaled),
+                  adam_eps="asymptotic")
+    hidden = rep.propagation.final["linear_1"].dx  # the hidden layer's output change
+    assert hidden == (0 if scaled else -1)  # lr g / eps = n^-1 n^-1 / 1 per entry, times n
+    assert rep.feature_learning == scaled
+
+
+def test_adam_eps_option_is_validated():
+    with pytest.raises(ValueError, match="adam_eps"):
+        analyze(MLP3, WIDTHS, example_inputs=(X,), make_optimizer=adam_eps(True), adam_eps="zero")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scaled", [False, True])
+def test_check_measures_the_eps_crossover(scaled):
+    """Measured (CPU, widths 64..2048, 2 seeds): the hidden output's change after 3 steps has
+    slope ~ -0.71 with eps = 1e-3 (between the limit's 0 and the asymptote's -1: the crossover,
+    gradient ~ eps, lies inside these widths) and ~ 0.01 with eps ~ 1/n."""
+    rep = check(MLP3, (64, 128, 256, 512, 1024, 2048), example_inputs=(X,),
+                make_optimizer=adam_eps(scaled), steps=3, seeds=2, progress=False, device="cpu",
+                adam_eps="asymptotic")
+    h = rep.get("linear_1", "change", 3)
+    if scaled:
+        assert not rep.refuted()
+        assert abs(h.slope) < 0.15
+    else:
+        assert h.predicted == -1 and h.slope < -0.4
+
+
+# --- Adafactor (parameter-scaled: a step's entries are lr * RMS(W)); at the Adam-equivalent
+# learning rates lr * RMS(W) of muP (Table 3): input 1 * 1, hidden n^-1/2 * n^-1/2 = 1/n,
+# readout 1 * 1/n. eps2 (the floor on RMS(W)) is set below every RMS here.
+
+def adafactor(hidden_lr_exp):
+    def make(m):
+        s = 64 / m.n
+        return torch.optim.Adafactor([
+            {"params": [m.inp.weight], "lr": 1e-2},
+            {"params": [m.h1.weight], "lr": 1e-2 * s ** -hidden_lr_exp},
+            {"params": [m.out.weight], "lr": 1e-2}], eps=(None, 1e-6))
+    return make
+
+
+@pytest.mark.parametrize("hidden_lr_exp,stable", [("-1/2", True), ("0", False)])
+def test_adafactor_at_its_mup_learning_rates(hidden_lr_exp, stable):
+    e = {"-1/2": -0.5, "0": 0.0}[hidden_lr_exp]
+    rep = analyze(MLP3, WIDTHS, example_inputs=(X,), make_optimizer=adafactor(e))
+    assert rep.graph.params["h1.weight"].step.geometry == "parameter-scaled"
+    assert rep.stable == stable
+    if stable:
+        assert rep.parametrization == "muP" and rep.feature_learning
+    else:  # a constant lr moves each hidden entry by n^-1/2: the features grow like n^1/2
+        assert rep.propagation.final["linear_1"].dx == sp.Rational(1, 2)
+
+
+@pytest.mark.slow
+def test_check_confirms_adafactor_mup():
+    rep = check(MLP3, (64, 128, 256, 512, 1024, 2048), example_inputs=(X,),
+                make_optimizer=adafactor(-0.5), steps=3, seeds=2, progress=False, device="cpu")
+    assert not rep.refuted(), [(r.node, r.kind, r.step, r.predicted, r.slope) for r in rep.refuted()]
+    h = rep.get("linear_1", "change", 3)
+    assert h.status == "confirmed" and abs(h.slope) < 0.15
+
+
+# --- the readout decision: b > c (update outgrows the init) is a note, the output decides
+
+def test_table8_readout_with_pytorch_default_init_is_stable_with_a_note():
+    """mup's MuReadout convention (1/width multiplier, constant Adam lr) with nn.Linear's default
+    init (b = 1/2 > c = 0): the output's change is Theta(1) (measured flat to width 4096), so
+    the readout outgrowing its init is a note, not an instability (theory note 9)."""
+    import math
+    from tensorprog.zoo import example
+    ex = example("mlp", param="mup_table8", optimizer="adam")
+
+    def factory(n):
+        m = ex.factory(n)
+        bound = 1 / math.sqrt(m.readout.weight.shape[1])  # nn.Linear's default init
+        nn.init.uniform_(m.readout.weight, -bound, bound)
+        return m
+
+    rep = analyze(factory, ex.widths, example_inputs=ex.example_inputs,
+                  make_optimizer=ex.make_optimizer)
+    assert rep.params["readout.weight"].init_exp == sp.Rational(-1, 2)
+    assert rep.stable and rep.parametrization in ("muP", "mixed")
+    assert not any("outgrows" in p.what for p in rep.problems)
+    assert any("readout 'readout.weight' has an update that outgrows its init" in n
+               for n in rep.notes)

@@ -148,6 +148,9 @@ def read_optimizer(graph: WidthGraph, models, make_optimizer):
             rec = graph.params[name]
             rec.lr[w] = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
             rec.weight_decay[w] = float(group.get("weight_decay", 0.0) or 0.0)
+            eps = group.get("eps")
+            if isinstance(eps, (int, float)) and not isinstance(eps, bool):
+                rec.eps[w] = float(eps)  # a tuple (Adafactor's (eps1, eps2)) is not Adam's eps
             rec.step = Step(geometry.name, type(opt).__name__,
                             {k: group[k] for k in HYPER if k in group}, decoupled(opt, group))
         if missing:
@@ -165,3 +168,6 @@ def read_optimizer(graph: WidthGraph, models, make_optimizer):
             graph.warnings.append(f"the learning rate of {name!r} follows no power law of the width: {lrs}")
         wds = [p.weight_decay[w] for w in ws]
         p.wd_exp = "zero" if all(v == 0 for v in wds) else exact_exponent(ws, wds, rtol=1e-4)
+        if len(p.eps) == len(ws):
+            epss = [p.eps[w] for w in ws]
+            p.eps_exp = "zero" if all(v == 0 for v in epss) else exact_exponent(ws, epss, rtol=1e-4)

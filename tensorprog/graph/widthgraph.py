@@ -52,6 +52,8 @@ class ParamInfo:
     lr_exp: Any = None  # learning rate ~ n^lr_exp (= -c); None without an optimizer
     weight_decay: dict[int, float] = field(default_factory=dict)
     wd_exp: Any = None
+    eps: dict[int, float] = field(default_factory=dict)  # Adam-like eps per width (when set)
+    eps_exp: Any = None  # eps ~ n^eps_exp; "zero" when eps = 0; None when not read
     step: Any = None  # the optimizer's update for this parameter (graph.optimizers.Step)
     zero_blocks: dict = field(default_factory=dict)  # {dim: (blocks, [zero block indices])}
 
@@ -142,6 +144,7 @@ class WidthGraph(JSONMixin):
                 "init_rms": {str(w): v for w, v in p.init_rms.items()},
                 "mult_exp": jsonable(p.mult_exp), "lr_exp": jsonable(p.lr_exp),
                 "lr": {str(w): v for w, v in p.lr.items()}, "wd_exp": jsonable(p.wd_exp),
+                "eps_exp": jsonable(p.eps_exp),
                 "uses": [{"node": u.node, "op": u.op, "kind": u.kind, "role": u.role,
                           "fan_in": list(u.fan_in), "fan_out": list(u.fan_out),
                           "mult_exp": jsonable(u.mult_exp)} for u in p.uses],

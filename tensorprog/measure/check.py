@@ -232,6 +232,7 @@ def check(
     trace_widths: Sequence[int] | None = None,
     alignment="tp",
     sample: int | None = 1 << 16,
+    adam_eps: str = "limit",
 ) -> CheckReport:
     """Train ``factory(w)`` at each width and confirm or refute every predicted exponent.
 
@@ -245,7 +246,8 @@ def check(
     optimizer make_optimizer builds). graph: a ``WidthGraph`` from ``trace`` to take predictions
     from (default: trace at ``trace_widths``, the three smallest widths). tolerance: the status
     thresholds. sample: tensors with more entries are measured on a fixed random subset of
-    this many (None: every entry; see the module docstring). Returns a ``CheckReport``.
+    this many (None: every entry; see the module docstring). adam_eps: the engine's Adam eps
+    ("limit" or "asymptotic", as ``analyze``). Returns a ``CheckReport``.
     """
     from ..predict.engine import propagate
     from ..graph.trace import trace, WidthGraph
@@ -296,7 +298,7 @@ def check(
         from ..graph.optimizers import optimizer_class as steps_class
         from ..theory.abc import optimizer_class
         optimizer = (steps_class(graph) or optimizer_class(graph.optimizer)) if graph.optimizer else "adam"
-    prop = propagate(graph, optimizer, steps=steps, align=alignment)
+    prop = propagate(graph, optimizer, steps=steps, align=alignment, adam_eps=adam_eps)
     t_predict = time.perf_counter() - t0
 
     EXPORT_MODES.clear()

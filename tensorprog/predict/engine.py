@@ -77,15 +77,25 @@ class Propagation:
         return [u for n, u in self.undetermined.items() if n in up]
 
 
+ADAM_EPS = ("limit", "asymptotic")
+
+
 def propagate(graph: WidthGraph, optimizer: str = "adam", *, steps: int = 3,
-              align="tp", output: int = 0) -> Propagation:
+              align="tp", output: int = 0, adam_eps: str = "limit") -> Propagation:
     """Run ``steps`` training steps in exponents. optimizer: "sgd" or "adam" (sign-like).
 
     The loss gradient is Theta(1) per coordinate of model output ``output`` (TP4: the loss is
     a Theta(1) function of the finite-dim output f).
+
+    adam_eps: "limit" (default) takes an entrywise (Adam-family) step in the eps -> 0 limit,
+    Theta(1) per entry (TP4b). "asymptotic" keeps the eps read from the optimizer, eps ~ n^e:
+    the step g / (|g| + eps) has entries n^min(0, g - e), Adam-like while the gradient
+    dominates eps, SGD-like (lr g / eps) once it falls below (theory note 9).
     """
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer must be 'sgd' or 'adam' (the class), got {optimizer!r}")
+    if adam_eps not in ADAM_EPS:
+        raise ValueError(f"adam_eps must be one of {ADAM_EPS}, got {adam_eps!r}")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer (training steps to propagate), got {steps!r}")
     align = alignment(align)
@@ -117,19 +127,31 @@ def propagate(graph: WidthGraph, optimizer: str = "adam", *, steps: int = 3,
                     decay[pname] = mx(decay.get(pname, NEG), lr + wd)
                 else:
                     g = mx(g, wd + size if size != NEG else NEG)  # g + wd p
-            step = lr + _direction(p, g, dW[pname], optimizer) if g != NEG else NEG
+            step = lr + _direction(p, g, dW[pname], optimizer, adam_eps) if g != NEG else NEG
             dW[pname] = mx(dW[pname], step)
     return Propagation(graph=graph, optimizer=optimizer, steps=history, updates=updates,
                        undetermined=undetermined, outputs=outputs, alignment=align)
 
 
-def _direction(p, g, dw, optimizer):
+def _direction(p, g, dw, optimizer, adam_eps="limit"):
     """Exponent of one step's direction entries for parameter ``p`` (its optimizer's geometry,
-    ``graph.optimizers``); without an optimizer object, the global class."""
+    ``graph.optimizers``); without an optimizer object, the global class. With
+    ``adam_eps="asymptotic"`` an entrywise step is g / (|g| + eps): n^min(0, g - eps_exp)."""
     if p.step is None:
         return g if optimizer == "sgd" else ZERO
     dims = [d if d is not None else ZERO for d in p.dims] + [ZERO, ZERO]
-    return p.step.direction(g, mx(_init_exp(p), dw), dims[0], dims[1])
+    d = p.step.direction(g, mx(_init_exp(p), dw), dims[0], dims[1])
+    e = eps_exp(p)
+    if adam_eps == "asymptotic" and p.step.geometry == "entrywise" and e is not None:
+        d = min(d, g - e)
+    return d
+
+
+def eps_exp(p):
+    """The exponent of an entrywise optimizer's eps, None when eps is zero or not a power law."""
+    if p.step is None or p.step.geometry != "entrywise" or p.eps_exp in (None, "zero"):
+        return None
+    return p.eps_exp
 
 
 def _wd_exp(p):

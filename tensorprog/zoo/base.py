@@ -237,8 +237,9 @@ class MuPTable8(MuP):
 
     The readout computes (x W^T) / width_mult + b with init variance held constant in width at its
     base-width SP value: std = SP std * sqrt(width_mult) = 1/sqrt(3 base_width) (Table 8: "init
-    variance constant"; keeping the plain SP std 1/sqrt(3 width) would give b = 1/2 and break
-    b_{L+1} <= c_{L+1}, TP4b Thm 2.8.12). ``readout_zero_init`` zeroes it instead.
+    variance constant"; keeping the plain SP std 1/sqrt(3 width) gives b = 1/2 > c = 0, TP4b
+    Thm 2.8.12's b_{L+1} <= c_{L+1}: the readout's updates outgrow its init, which ``analyze``
+    notes without calling it unstable, theory note 9). ``readout_zero_init`` zeroes it instead.
     Readout LR factor: Adam 1, SGD width_mult. Every other role as ``MuP`` (Table 3).
 
     ======== === === ======== ===== ========
