@@ -578,7 +578,7 @@ def _fix_text(fs, u, opt, p) -> str:
         lr = by.get("lr")
         name = "SGD" if opt == "sgd" else (p.step.optimizer if p.step is not None else "Adam")
         parts.append(f"{name} LR ∝ {_describe(fs.lr_exp, ai, ao)}"
-                     + (f" (now {fmt(lr.now)}: multiply it by (width/base_width)^{fmt(lr.factor_exp)})"
+                     + (f" (now {fmt(lr.now)}: multiply it by (width/base_width)^{_e(lr.factor_exp)})"
                         if lr else " (unchanged)"))
     src = {"Table 3": "TP5 Table 3", "Table 8": "TP5 Table 8"}.get(fs.name, fs.name)
     return f"{src}: " + "; ".join(parts)

@@ -74,7 +74,7 @@ def format_report(rep) -> str:
         if len(probs) > 20:
             lines.append(f"    ... {len(probs) - 20} more")
     # one row per parameter: its alternatives, each a complete set of changes (any one suffices)
-    fixes = [(p.name, f"({p.role})\n" + "\n".join(p.fixes)) for p in rep.params.values() if p.fixes]
+    fixes = [(p.name, f"({'output: the readout' if p.role == 'output' else p.role})\n" + "\n".join(p.fixes)) for p in rep.params.values() if p.fixes]
     if rep.parametrization != "muP" and (fixes or any(a.kind == "1/sqrt(d)" for a in rep.attention)):
         lines += ["", "  to make it muP (each parameter: any ONE of its alternatives, all of its "
                       "changes together):"]
