@@ -111,3 +111,14 @@ def test_ntk_alternatives_are_tp5s():
     assert _sets(sgd.params["readout.weight"])["Table 8"] == {"multiplier": -1, "lr": 1}
     d = rep.to_dict()["params"]["readout.weight"]["fix_sets"]
     assert [f["name"] for f in d] == [fs.name for fs in rep.params["readout.weight"].fix_sets]
+
+
+def test_fix_for_a_muon_parameter_is_in_muons_lr():
+    """Muon "match_rms_adamw" steps an n x n weight by entries ~ lr n^-1/2 (finite-rank
+    gradient), so with a constant LR the fix is LR ~ n^-1/2 (Adam-equivalent 1/fan_in)."""
+    from test_optimizers import MLP, WIDTHS, X, hybrid
+
+    rep = analyze(MLP, WIDTHS, example_inputs=(X,), make_optimizer=hybrid("match_rms_adamw"))
+    pv = rep.params["h1.weight"]
+    assert _sets(pv) == {"Table 3": {"lr": -h}}
+    assert "Muon LR ∝ fan_in^-1/2" in pv.fixes[0]
