@@ -30,7 +30,7 @@ def _sets(pv):
     return {fs.name: {c.what: c.to for c in fs.changes} for fs in pv.fix_sets}
 
 
-def _apply(ex, choice):
+def _apply(ex, choice, graph):
     """factory / make_optimizer with the chosen fix set of each parameter applied:
     init rescaled after construction, multipliers on the zoo Linear, per-parameter LR groups."""
     def factory(width):
@@ -44,7 +44,7 @@ def _apply(ex, choice):
                 if c.what == "init":
                     params[name].data.mul_(f)
                 elif c.what == "multiplier":
-                    layer = model.get_submodule(name.rsplit(".", 1)[0])
+                    layer = model.get_submodule(graph.node(c.node)["module"])  # the use's module
                     layer.multiplier = (layer.multiplier or 1.0) * f
                 else:
                     model._lr_factor[id(params[name])] = f
@@ -62,20 +62,21 @@ def _apply(ex, choice):
     return factory, make_optimizer
 
 
-CASES = [("mlp", "sp", "adam"), ("mlp", "ntk", "adam"), ("mlp", "sp", "sgd"), ("mlp", "ntk", "sgd"),
-         ("gpt", "sp", "adam"), ("gpt", "ntk", "adam")]
+CASES = [("mlp", "sp", "adam", {}), ("mlp", "ntk", "adam", {}), ("mlp", "sp", "sgd", {}),
+         ("mlp", "ntk", "sgd", {}), ("gpt", "sp", "adam", {}), ("gpt", "ntk", "adam", {}),
+         ("gpt", "sp", "adam", {"tie": True}), ("gpt", "ntk", "adam", {"tie": True})]
 
 
-@pytest.mark.parametrize("name,param,opt", CASES)
-def test_every_alternative_makes_the_parameter_mup(name, param, opt):
-    ex = example(name, param=param, optimizer=opt)
+@pytest.mark.parametrize("name,param,opt,kw", CASES)
+def test_every_alternative_makes_the_parameter_mup(name, param, opt, kw):
+    ex = example(name, param=param, optimizer=opt, **kw)
     rep = _analyze(ex)
     broken = {k: pv for k, pv in rep.params.items() if pv.trainable and "muP" not in pv.classes}
     assert broken
     assert all(pv.fix_sets and pv.fixes == [fs.text for fs in pv.fix_sets] for pv in broken.values())
     for k in range(max(len(pv.fix_sets) for pv in broken.values())):
         choice = {n: pv.fix_sets[min(k, len(pv.fix_sets) - 1)] for n, pv in broken.items()}
-        factory, make_opt = _apply(ex, choice)
+        factory, make_opt = _apply(ex, choice, rep.graph)
         after = _analyze(ex, factory, make_opt)
         for n, fs in choice.items():
             assert "muP" in after.params[n].classes, (n, fs.text, after.params[n])
@@ -122,3 +123,11 @@ def test_fix_for_a_muon_parameter_is_in_muons_lr():
     pv = rep.params["h1.weight"]
     assert _sets(pv) == {"Table 3": {"lr": -h}}
     assert "Muon LR ∝ fan_in^-1/2" in pv.fixes[0]
+
+
+def test_tied_embedding_has_only_table8():
+    """A weight shared by the embedding (input) and the readout has one init and one LR: only
+    Table 8's readout multiplier (TP5 Table 8; the zoo GPT's tie=True docstring) keeps both uses
+    muP; Table 3's 1/fan_in readout init would shrink the embedding."""
+    rep = _analyze(example("gpt", param="sp", tie=True))
+    assert _sets(rep.params["tok_emb.weight"]) == {"Table 8": {"multiplier": -1}}

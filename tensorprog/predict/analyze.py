@@ -548,6 +548,11 @@ def _mup_fixes(p, pv, opt) -> list[FixSet]:
         fs = FixSet(label, changes, init_new, m, lr_new)
         fs.text = _fix_text(fs, anchor, opt, p)
         out.append(fs)
+    if not out:  # a tied weight whose uses need inits or LRs no one change gives them all
+        out.append(FixSet("no single form", [], p.init_exp, anchor.mult_exp, p.lr_exp, text=(
+            "no one init and learning rate put every use of it in muP ("
+            + ", ".join(f"{u.role} by {u.op}" for u in uses) + "): give the uses their own "
+            "multipliers (TP5 Lemma J.1), or untie the weight.")))
     return out
 
 
