@@ -177,13 +177,14 @@ def test_parameter_explanation_names_the_op_and_the_role(mlp_sp_report):
     assert "init RMS" in text and "b = 1/2" in text and "c = 0" in text
     assert re.search(r"muP\s+A >= 1\s+no", text)
     assert "A = 1/2, U = 0" in text  # the invariants, Adam: U = a + c
-    assert "multiply the readout by base_width/width" in flat(text)  # the fix, from analyze
+    assert "TP5 Table 8: multiplier on linear ∝ 1/fan_in" in flat(text)  # the fixes, from analyze
+    assert "alternative 2 of 2" in flat(text) and "init std ∝ 1/fan_in" in flat(text)
 
 
 def test_parameter_explanation_of_hidden_and_vector(mlp_sp_report):
     text = explain_parameter(mlp_sp_report, "hidden.*.weight")
     assert "Role hidden" in flat(text) and "2 parameters match" in flat(text)
-    assert "learning rate should scale as 1/fan_in under Adam" in flat(text)
+    assert "Adam LR ∝ 1/fan_in" in flat(text)
     assert "r = -1" in text
     text = explain_parameter(mlp_sp_report, "input.bias")
     assert "Role vector: it is used elementwise" in flat(text)

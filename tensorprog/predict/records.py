@@ -36,7 +36,8 @@ class ParamVerdict:
     lr_exp: Any
     uses: list[UseVerdict]
     classes: list[str]
-    fixes: list[str]
+    fixes: list[str]  # one complete alternative per string (the text of ``fix_sets``)
+    fix_sets: list["FixSet"] = field(default_factory=list)
 
     @property
     def abc(self):
@@ -45,6 +46,37 @@ class ParamVerdict:
         b = INF if self.init_exp == "zero" else -self.init_exp
         c = None if self.lr_exp in (None, "zero") else -self.lr_exp
         return a, b, c
+
+
+@dataclass
+class Change:
+    """One change of a width exponent: ``what`` is "init" (std), "multiplier" (on the use at
+    ``node``) or "lr" (the learning rate the optimizer is given); ``now`` and ``to`` are the
+    exponents of n (``now`` may be "zero" for a zero init). Apply it by multiplying the current
+    value by (width / base_width) ** (to - now)."""
+
+    what: str
+    now: Any
+    to: Any
+    node: str | None = None
+
+    @property
+    def factor_exp(self):
+        return self.to - (0 if self.now in (None, "zero") else self.now)
+
+
+@dataclass
+class FixSet:
+    """One complete way to put a parameter in muP (TP5 Table 3, Table 8, or the abc-symmetric
+    form that keeps the current multiplier): every change it needs, applied together, and the
+    resulting init, multiplier and LR exponents."""
+
+    name: str
+    changes: list[Change]
+    init_exp: Any
+    mult_exp: Any
+    lr_exp: Any
+    text: str = ""
 
 
 @dataclass

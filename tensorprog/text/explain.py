@@ -280,7 +280,9 @@ def explain_parameter(report, name: str, *, label: str | None = None,
     else:
         d.para("No problem reported at the ops that use it.")
     if pv.fixes:
-        d.bullets([f"fix: {f}" for f in pv.fixes])
+        d.bullets([f"fix: {f}" if len(pv.fixes) == 1 else
+                   f"fix, alternative {k + 1} of {len(pv.fixes)} (all its changes together): {f}"
+                   for k, f in enumerate(pv.fixes)])
     elif "muP" in pv.classes:
         d.para("No fix needed: it already follows muP (TP5 Table 3, or an equivalent form under "
                "the abc symmetry).")

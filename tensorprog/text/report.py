@@ -73,15 +73,20 @@ def format_report(rep) -> str:
             lines.append(f"    {name.rstrip('.')}{'' if count == 1 else f' (x{count})'}: {text}")
         if len(probs) > 20:
             lines.append(f"    ... {len(probs) - 20} more")
-    fixes = [(p.name, f.replace(p.name, "{}")) for p in rep.params.values() for f in p.fixes]
+    # one row per parameter: its alternatives, each a complete set of changes (any one suffices)
+    fixes = [(p.name, f"({'output: the readout' if p.role == 'output' else p.role})\n" + "\n".join(p.fixes)) for p in rep.params.values() if p.fixes]
     if rep.parametrization != "muP" and (fixes or any(a.kind == "1/sqrt(d)" for a in rep.attention)):
-        lines += ["", "  to make it muP:"]
+        lines += ["", "  to make it muP (each parameter: any ONE of its alternatives, all of its "
+                      "changes together):"]
         if any(a.kind == "1/sqrt(d)" for a in rep.attention):
             lines.append("    - attention: use scale 1/d_head instead of 1/sqrt(d_head) (e.g. "
                          "scale=sqrt(base_d_head)/d_head; TP5 Def 4.1).")
         for name, text, count in fold(fixes):
             label = name if count == 1 else f"{name} (x{count})"
-            lines.append(f"    - {text.replace('{}', label, 1)}")
+            head, *alts = text.split("\n")
+            lines.append(f"    - {label} {head}" + (":" if len(alts) == 1 else ", one of:"))
+            for k, alt in enumerate(alts):
+                lines.append(f"        {'' if len(alts) == 1 else ('either ' if k == 0 else 'or ')}{alt}")
     for n in rep.notes + rep.graph.warnings:
         lines.append(f"  note: {n}")
     return "\n".join(lines)

@@ -33,13 +33,27 @@ model is bit for bit the original):
    running concurrently in threads).
 5. **Optimizer**: ``optimizer_factory(model)`` puts every trainable parameter in a group with
    ``lr * (width/base)^lr_exp`` (Adam-like or SGD-like from ``optimizer_cls``, via
-   ``tensorprog.theory.optimizer_class``). Weight decay (``weight_decay_scaling``): "mup" (default)
+   ``tensorprog.theory.optimizer_class``). ``optimizer_cls`` may also give each parameter its own
+   optimizer (a dict by parameter name or role with a "default", or a callable
+   ``(name, role) -> class``; see ``tensorprog.transform.optspec``), e.g. Muon on the hidden
+   matrices and AdamW on the rest::
+
+       apply_mup(factory, 64, optimizer_cls={"hidden": torch.optim.Muon,
+                                             "default": torch.optim.AdamW}, lr=1e-3)
+
+   Then ``optimizer_factory(model)`` returns a list of optimizers, one per class (``trace`` /
+   ``analyze`` / ``check`` accept the list from ``make_optimizer``), and each parameter's LR
+   exponent follows the geometry of its own optimizer (Muon "original": constant for hidden
+   matrices; Adafactor: Adam's minus the parameter's RMS exponent). ``optimizer_kwargs`` go to
+   every optimizer whose signature takes them (lr, weight_decay); per-class arguments go in a
+   ``functools.partial`` (``partial(torch.optim.Muon, momentum=0.9)``). Weight decay (``weight_decay_scaling``): "mup" (default)
    divides the group's weight_decay by the same factor, so the per-step decay lr * wd is constant
    in width, as the mup package's MuAdam / MuAdamW / MuSGD do; "constant" keeps weight_decay the
    same in every group, so the decay follows each group's muP learning rate.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -182,9 +196,12 @@ def apply_mup(
         raise TensorprogError(f"weight_decay_scaling must be 'mup' or 'constant', got {weight_decay_scaling!r}.")
     if not isinstance(base_width, int) or base_width <= 0:
         raise TensorprogError(f"base_width must be a positive int, got {base_width!r}.")
-    opt = optimizer_class(optimizer_cls)
     ws = tuple(widths) if widths is not None else (base_width, 2 * base_width, 4 * base_width)
-    r = derive_rules(factory, ws, example_inputs=example_inputs, optimizer=opt,
+    if isinstance(optimizer_cls, type) and optimizer_kwargs.get("adjust_lr_fn") is not None:
+        optimizer_cls = functools.partial(optimizer_cls, adjust_lr_fn=optimizer_kwargs.pop("adjust_lr_fn"))
+    if isinstance(optimizer_cls, str):
+        optimizer_class(optimizer_cls)  # a name: the rules follow it; the optimizer cannot be built
+    r = derive_rules(factory, ws, example_inputs=example_inputs, optimizer=optimizer_cls,
                      convention=convention, base_width=base_width, progress=progress)
     _refuse(r)
     plan = _Plan.from_rules(r)
@@ -195,8 +212,22 @@ def apply_mup(
         return model
 
     def optimizer_factory(model: nn.Module, **overrides) -> torch.optim.Optimizer:
-        return plan.build_optimizer(model, optimizer_cls, {**optimizer_kwargs, **overrides},
-                              weight_decay_scaling)
+        kwargs = {**optimizer_kwargs, **overrides}
+        if len(plan.specs) == 1 and not plan.hybrid:
+            spec = plan.specs[0]
+            return plan.build_optimizer(model, spec, {**spec.kwargs, **kwargs}, weight_decay_scaling)
+        opts = []
+        for i, spec in enumerate(plan.specs):
+            names = {n for n, k in plan.owner.items() if k == i}
+            if i == 0:  # parameters the trace did not see: with the first optimizer
+                names |= {n for n, _ in model.named_parameters() if n not in plan.owner}
+            opts.append(plan.build_optimizer(model, spec, {**spec.kwargs, **_accepted(spec.cls, kwargs)},
+                                             weight_decay_scaling, names))
+        unused = set(kwargs) - {k for spec in plan.specs for k in _accepted(spec.cls, kwargs)}
+        if unused:
+            raise TensorprogError(f"no optimizer takes {sorted(unused)}: pass per-class arguments "
+                                  "with functools.partial(cls, ...).")
+        return opts
 
     model_factory.rules = optimizer_factory.rules = r  # for inspection
     model_factory.base_width = base_width
@@ -225,6 +256,9 @@ class _Plan:
     trainable: set
     hooks: list[tuple[str, float, float]]  # module, pre exponent, post exponent
     attention: list[float]  # per sdpa call: exponent of the scale factor
+    specs: list = field(default_factory=list)  # OptSpec per optimizer the factory builds
+    owner: dict = field(default_factory=dict)  # param -> index into specs
+    hybrid: bool = False  # optimizer_cls chose per parameter (a dict or a callable)
 
     @classmethod
     def from_rules(cls, r: Rules) -> "_Plan":
@@ -234,8 +268,20 @@ class _Plan:
         att = [_fl(o.factor_exp) for o in r.ops if o.fixable]
         if all(a == 0 for a in att):
             att = []
+        specs, owner = [], {}
+        for n, spec in r.owners.items():
+            if not r.params[n].trainable:
+                continue
+            keys = [s.key for s in specs]
+            if spec.key not in keys:
+                specs.append(spec)
+                keys.append(spec.key)
+            owner[n] = keys.index(spec.key)
+        if not specs and r.owners:
+            specs = [next(iter(r.owners.values()))]
         return cls(r.base_width, r.convention, r.optimizer, init, lr,
-                   {n for n, p in r.params.items() if p.trainable}, hooks, att)
+                   {n for n, p in r.params.items() if p.trainable}, hooks, att, specs, owner,
+                   len(specs) > 1)
 
     def apply(self, model: nn.Module, width: int):
         if not isinstance(model, nn.Module):
@@ -274,7 +320,11 @@ class _Plan:
             model._tensorprog_attention = att  # for the call counter in check()
         model.tensorprog_mup = state
 
-    def build_optimizer(self, model, optimizer_cls, kwargs, wd_scaling):
+    def build_optimizer(self, model, spec, kwargs, wd_scaling, only=None):
+        optimizer_cls = spec.cls
+        if optimizer_cls is None:
+            raise TensorprogError(f"optimizer_cls={spec.step.optimizer!r} is a name: the rules follow "
+                                  "it, but optimizer_factory needs a torch.optim class to build.")
         state = getattr(model, "tensorprog_mup", None)
         if not isinstance(state, MupState):
             raise TensorprogError("optimizer_factory needs a model built by apply_mup's "
@@ -291,7 +341,7 @@ class _Plan:
             wd = 0.0 if wd in (None, inspect.Parameter.empty) else wd
         groups: dict[float, dict] = {}
         for name, p in model.named_parameters():
-            if not p.requires_grad:
+            if not p.requires_grad or (only is not None and name not in only):
                 continue
             e = self.lr.get(name, 0.0)
             if name not in self.lr and name in self.trainable:
@@ -347,3 +397,14 @@ def _default(cls, name):
     except (TypeError, ValueError):
         return None
     return None if p is None else p.default
+
+
+def _accepted(cls, kwargs) -> dict:
+    """The keyword arguments ``cls``'s signature takes."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return dict(kwargs)
+    return {k: v for k, v in kwargs.items() if k in params}

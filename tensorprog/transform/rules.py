@@ -209,6 +209,8 @@ class ParamRule:
     shift: Any = ZERO
     notes: list[str] = field(default_factory=list)
     problem: str | None = None  # set when no muP form can be applied
+    optimizer: str | None = None  # the class of the optimizer that owns it (when one was given)
+    lr_adam_exp: Any = None  # the Adam-equivalent LR exponent before the optimizer's geometry
 
     @property
     def init_factor_exp(self):
@@ -243,6 +245,7 @@ class Rules(JSONMixin):
     notes: list[str]
     label: str = "model"
     graph: WidthGraph | None = field(default=None, repr=False)
+    owners: dict = field(default_factory=dict, repr=False)  # param -> OptSpec (optspec.py)
 
     @property
     def convention_name(self) -> str:
@@ -276,6 +279,7 @@ class Rules(JSONMixin):
                           "kind": u.kind, "multiplier": s(u.multiplier), "mult_exp": s(u.mult_exp),
                           "measured_mult_exp": s(u.measured_mult_exp),
                           "factor": s(WIDTH_MULT**u.factor_exp)} for u in p.uses],
+                "optimizer": p.optimizer, "lr_adam_exp": s(p.lr_adam_exp),
                 "notes": p.notes, "problem": p.problem} for k, p in self.params.items()},
             "hooks": [{"module": h.module, "input_factor": s(WIDTH_MULT**h.pre_exp),
                        "output_factor": s(WIDTH_MULT**h.post_exp), "params": h.params}
@@ -322,27 +326,41 @@ def rules(
     progress: bool = False,
 ) -> Rules:
     """The muP rules of every parameter of ``factory`` (width -> nn.Module, or a traced
-    ``WidthGraph``) in ``convention`` for ``optimizer`` ("sgd", "adam" or an optimizer class /
-    name: AdamW, RMSprop... are Adam-like). ``base_width`` (default: the smallest width) is where
-    every relative factor is 1."""
-    from ..theory.abc import optimizer_class
+    ``WidthGraph``) in ``convention`` for ``optimizer``. ``base_width`` (default: the smallest
+    width) is where every relative factor is 1.
+
+    optimizer: "sgd", "adam", an optimizer class (AdamW, RMSprop... are Adam-like; Muon and
+    Adafactor are sized by their own geometry), a ``functools.partial`` of one
+    (``partial(torch.optim.Muon, adjust_lr_fn="match_rms_adamw")``), a dict from parameter names
+    or roles (plus "default") to those, or a callable ``(name, role) -> optimizer`` (see
+    ``tensorprog.transform.optspec``). Each parameter's LR follows the optimizer that owns it:
+    the convention's Adam LR exponent minus the entry exponent of that optimizer's direction
+    (Muon "original": constant for n x n hidden weights, the spectral condition of Yang, Simon,
+    Bernstein 2023; Adafactor: Adam's minus the parameter's RMS exponent)."""
+    from .optspec import assign
 
     _check_convention(convention)
-    opt = optimizer_class(optimizer)
     graph = factory if isinstance(factory, WidthGraph) else trace(
         factory, widths, example_inputs=example_inputs, device=device, progress=progress)
+    opt, owners = assign(optimizer, graph.params)
     base = int(base_width if base_width is not None else min(graph.widths))
-    return derive(graph, opt, convention, base, label=label)
+    plain = isinstance(optimizer, str)  # "adam" / "sgd": no optimizer object, Adam's own LR
+    r = derive(graph, opt, convention, base, label=label,
+               steps=None if plain else {n: s.step for n, s in owners.items()})
+    r.owners = owners
+    return r
 
 
 def derive(graph: WidthGraph, optimizer: str, convention: str, base_width: int, *,
-           label: str = "model") -> Rules:
-    """``rules`` on an already traced graph (optimizer: "sgd" or "adam")."""
+           label: str = "model", steps: dict | None = None) -> Rules:
+    """``rules`` on an already traced graph (optimizer: "sgd" or "adam"; steps: parameter
+    name -> ``Step`` of the optimizer that owns it, for its geometry)."""
     structure = {}
     fixed: set = set()
     notes: list[str] = []
     for _ in range(8):  # fixing a use can move another module's factors: iterate to a fixpoint
-        params = {name: _param_rule(graph, p, optimizer, convention, fixed)
+        params = {name: _param_rule(graph, p, optimizer, convention, fixed,
+                                    (steps or {}).get(name))
                   for name, p in graph.params.items()}
         hooks, newly = derive_hooks(graph, params, structure)
         if newly <= fixed:
@@ -369,7 +387,7 @@ def _literal(convention, kind, optimizer):
     return var, mult, (sgd if optimizer == "sgd" else adam)
 
 
-def _param_rule(graph, p, optimizer, convention, fixed) -> ParamRule:
+def _param_rule(graph, p, optimizer, convention, fixed, step=None) -> ParamRule:
     k = 2 if optimizer == "sgd" else 1  # LR moves by t^2 (SGD) or t (Adam) under Lemma J.1
     rule = ParamRule(
         name=p.name, aliases=list(p.aliases), shape=tuple(p.shapes[max(graph.widths)]), role=p.role,
@@ -451,6 +469,9 @@ def _param_rule(graph, p, optimizer, convention, fixed) -> ParamRule:
             rule.init_exp = sp.nsimplify(now - a.mult_exp)
             rule.notes.append(f"init kept smaller than the rule (effective n^{now} < n^{target}; "
                               "any init up to Theta(1) is muP for a vector- or scalar-like parameter).")
+    if step is not None:
+        rule.optimizer = step.optimizer
+        _geometry_lr(rule, p, step)
     if p.init_exp is None:
         rule.notes.append("its init scale follows no power law of the width: left as it is.")
     if not p.trainable:
@@ -464,3 +485,24 @@ def _param_rule(graph, p, optimizer, convention, fixed) -> ParamRule:
 
 def _where(u: UseRule) -> str:
     return f"{u.op} in `{u.module or '<top>'}` ({u.kind})"
+
+
+def _geometry_lr(rule: ParamRule, p, step) -> None:
+    """The LR of the optimizer that owns the parameter: Adam's, divided by the entry size of its
+    own direction (orthogonalised Muon, parameter-scaled Adafactor); the same conversion
+    ``analyze`` makes, so the two agree."""
+    from .optspec import direction_exp
+
+    rule.lr_adam_exp = rule.lr_exp
+    if rule.lr_exp is None:
+        return
+    d = direction_exp(step, rule.init_exp, p.dims)
+    if d == 0:
+        return
+    rule.lr_exp = sp.nsimplify(rule.lr_exp - d)
+    rule.lr = sp.simplify(rule.lr / _pretty(d, rule.fan_in_exp, rule.fan_out_exp))
+    why = ("its step's entries are lr * RMS(W) ~ n^" + str(d) if step.geometry == "parameter-scaled"
+           else f"its orthogonalised step ({step.hyper.get('adjust_lr_fn') or 'original'} "
+                f"adjust_lr_fn) has entries ~ lr * n^{d}")
+    rule.notes.append(f"{step.optimizer}: {why}, so its LR is the Adam rule's times n^{-d} "
+                      f"(LR exponent {rule.lr_adam_exp} -> {rule.lr_exp}).")

@@ -1,0 +1,121 @@
+"""Which optimizer owns each parameter, for ``rules`` and ``apply_mup``.
+
+``optimizer`` / ``optimizer_cls`` may be
+
+* one optimizer: a torch.optim class (``torch.optim.AdamW``, ``torch.optim.Muon``,
+  ``torch.optim.Adafactor``), a ``functools.partial`` of one with its hyperparameters
+  (``partial(torch.optim.Muon, adjust_lr_fn="match_rms_adamw")``), or a name ("adam", "sgd");
+* a dict: keys are parameter names or traced roles ("input", "hidden", "output", "vector",
+  "scalar"), plus "default" for the rest, e.g.
+  ``{"hidden": torch.optim.Muon, "default": torch.optim.AdamW}``; a name key wins over a role key;
+* a callable ``(name, role) -> optimizer`` (anything above but a dict), e.g.
+  ``lambda name, role: torch.optim.Muon if role == "hidden" else torch.optim.AdamW``.
+
+Each parameter's muP learning rate then follows the geometry of its own optimizer
+(``tensorprog.graph.optimizers``): the convention's Adam learning rate, divided by the entry size
+of that optimizer's direction (Muon: its orthogonalised, ``adjust_lr_fn``-scaled step;
+Adafactor: the parameter's own RMS). SGD-like and Adam-like optimizers cannot be mixed (the class
+rules differ).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import sympy as sp
+
+from ..errors import TensorprogError
+from ..graph.optimizers import Step, geometry_of
+
+ZERO = sp.Integer(0)
+
+
+@dataclass
+class OptSpec:
+    """One optimizer: the class (or None for a plain "adam" / "sgd" name), its keyword
+    arguments from a partial, and the ``Step`` that sizes its updates."""
+
+    cls: Any
+    kwargs: dict = field(default_factory=dict)
+    step: Step | None = None
+
+    @property
+    def name(self) -> str:
+        return self.cls.__name__ if self.cls is not None else self.step.optimizer
+
+    @property
+    def key(self):
+        return (self.cls, tuple(sorted((k, repr(v)) for k, v in self.kwargs.items())))
+
+
+def spec_of(opt) -> OptSpec:
+    """An ``OptSpec`` from a class, a partial of one, or a name."""
+    from ..theory.abc import optimizer_class
+
+    if isinstance(opt, OptSpec):
+        return opt
+    kwargs = {}
+    if isinstance(opt, functools.partial):
+        if opt.args:
+            raise TensorprogError("an optimizer partial may fix keyword arguments only.")
+        kwargs, opt = dict(opt.keywords), opt.func
+    if isinstance(opt, str):
+        cls_name = optimizer_class(opt)  # "sgd" / "adam"
+        geo = "gradient" if cls_name == "sgd" else "entrywise"
+        return OptSpec(None, {}, Step(geo, cls_name))
+    if not isinstance(opt, type):
+        raise TensorprogError(f"not an optimizer class, partial or name: {opt!r}")
+    geo = geometry_of(opt)
+    hyper = {k: kwargs[k] for k in ("adjust_lr_fn",) if k in kwargs}
+    return OptSpec(opt, kwargs, Step(geo.name, opt.__name__, hyper))
+
+
+def selector(optimizer) -> Callable[[str, str], OptSpec]:
+    """(name, role) -> OptSpec for any form ``optimizer`` may take (see the module doc)."""
+    if isinstance(optimizer, dict):
+        table = {k: spec_of(v) for k, v in optimizer.items()}
+
+        def pick(name, role):
+            for k in (name, role, role.split("+")[0], "default"):
+                if k in table:
+                    return table[k]
+            raise TensorprogError(f"no optimizer for parameter {name!r} (role {role}): add it, "
+                                  f"its role, or a 'default' key to the optimizer dict "
+                                  f"(keys now: {sorted(table)}).")
+        return pick
+    if isinstance(optimizer, (str, type, functools.partial, OptSpec)):
+        one = spec_of(optimizer)
+        return lambda name, role: one
+    if callable(optimizer):
+        cache: dict = {}
+
+        def pick(name, role):
+            s = spec_of(optimizer(name, role))
+            return cache.setdefault(s.key, s)
+        return pick
+    raise TensorprogError(f"optimizer must be a class, a partial, a name, a dict or a callable; "
+                          f"got {type(optimizer).__name__}.")
+
+
+def assign(optimizer, params: dict) -> tuple[str, dict[str, OptSpec]]:
+    """("sgd" | "adam", {param name: OptSpec}) for the traced ``params`` (name -> TracedParam)."""
+    pick = selector(optimizer)
+    owners = {n: pick(n, p.role) for n, p in params.items()}
+    kinds = {s.step.adam_like for s in owners.values()}
+    if len(kinds) > 1:
+        raise TensorprogError(
+            "the optimizers step some parameters by their gradient (SGD) and others "
+            "scale-invariantly (Adam, Muon, Adafactor): muP's rules differ between the two "
+            "classes. Use Adam-like optimizers only, or SGD-like ones only.")
+    return ("adam" if kinds.pop() else "sgd") if kinds else "adam", owners
+
+
+def direction_exp(step: Step | None, init_exp, dims) -> Any:
+    """Entry size (width exponent) of one step's direction, relative to Adam's Theta(1): the
+    LR exponent that matches an Adam LR exponent L is L - direction_exp."""
+    if step is None or not step.adam_like or step.geometry == "entrywise":
+        return ZERO
+    ds = [d if d is not None else ZERO for d in dims] + [ZERO, ZERO]
+    size = ZERO if init_exp in (None, "zero") else init_exp
+    return sp.nsimplify(step.direction(ZERO, size, ds[0], ds[1]))
