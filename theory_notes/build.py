@@ -247,7 +247,7 @@ def gen_rules(ns) -> str:
     """analyze.expected for every role, class and optimizer class, at the usual fan exponents."""
     import sympy as sp
 
-    from tensorprog.predict.analyze import expected
+    from tensorprog.predict.classes import expected
     from tensorprog.text.explain import rule_text, update_text
 
     one, zero = sp.Integer(1), sp.Integer(0)

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import sympy as sp
 
 from .engine import NEG, ZERO, Propagation, Unresolved, propagate
 from ..errors import TensorprogError
@@ -25,59 +24,12 @@ from ..exponents import fmt
 from ..graph.trace import trace
 from ..graph.uses import chain_end, is_view
 from .attention import attention_verdicts
-from .records import AttentionVerdict, Change, FixSet, ParamVerdict, Problem, UseVerdict
+from .classes import CLASSES, INF, direction_exp, expected, init_ok  # noqa: F401 (re-exported)
+from .fixes import mup_fixes
+from .records import AttentionVerdict, ParamVerdict, Problem, UseVerdict
 from ..graph.widthgraph import WidthGraph
 from ..jsonio import JSONMixin, jsonable
 
-CLASSES = ("muP", "SP", "NTK")
-INF = sp.oo
-
-
-# ----------------------------------------------------------------------------- class rules
-
-
-def expected(cls: str, role: str, ai, ao, optimizer: str):
-    """(init rule, update offset) of class ``cls`` for a parameter use.
-
-    init rule: ("eq", v) means A = v; ("eq0", v) means A = v or zero init; ("ge", v) means
-    A >= v (zero init allowed);
-    ("in", vs) means A in vs. Update: U = offset + c0, where c0 is a global LR exponent that
-    SP and NTK leave free and muP fixes at 0. ai, ao: fan-in and fan-out width exponents.
-    Sources: muP - TP5 Table 3; SP - PyTorch's 1/fan_in init or a constant std (GPT-2, BERT,
-    Llama's initializer_range), no multipliers, one global LR; NTK - TP4 §2: unit init with
-    multiplier fan_in^{-1/2}.
-    """
-    sgd = optimizer == "sgd"
-    if role in ("vector", "scalar"):
-        if cls == "muP":
-            return ("ge", ZERO), (-ao if sgd and role == "vector" else ZERO)
-        return ("ge", ZERO), ZERO
-    if cls == "muP":  # zero init is allowed for input and hidden weights too (TP5 App D.2)
-        return {
-            "input": (("eq0", ai / 2), -ao if sgd else ZERO),
-            # SGD: LR fan_out / fan_in (Table 3's 1 when both ~ n; Yang-Simon-Bernstein 2023)
-            "hidden": (("eq0", ai / 2), (ai - ao) if sgd else ai),
-            "output": (("ge", ai), ai),
-        }[role]
-    if cls == "SP":
-        return ("in", (ai / 2, ZERO)), ZERO
-    if cls == "NTK":
-        return ("eq0", ai / 2), (ai if sgd else ai / 2)
-    raise ValueError(cls)
-
-
-def init_ok(rule, A) -> bool:
-    kind, v = rule
-    if kind == "eq":
-        return A == v
-    if kind == "eq0":
-        return A == v or A == INF
-    if kind == "ge":
-        return A >= v
-    return A in v or A == INF  # zero init is legal in every class (SP zero-inits readouts too)
-
-
-# ----------------------------------------------------------------------------- records
 
 
 @dataclass
@@ -346,20 +298,9 @@ def _U(p, u, opt):
     which is what an Adam step of that size does; the class rules then apply unchanged."""
     if p.lr_exp == "zero" or not p.trainable:
         return None
-    c = -(p.lr_exp if p.lr_exp is not None else ZERO) - _direction_exp(p)
+    c = -(p.lr_exp if p.lr_exp is not None else ZERO) - direction_exp(p)
     a = -u.mult_exp
     return (2 * a + c) if opt == "sgd" else (a + c)
-
-
-def _direction_exp(p, init_exp=None):
-    """Entry size of one step's direction for Adam-like geometries (0 for Adam itself);
-    ``init_exp`` overrides the parameter's own (a proposed fix's init)."""
-    if p.step is None or not p.step.adam_like:
-        return ZERO
-    dims = [d if d is not None else ZERO for d in p.dims] + [ZERO, ZERO]
-    ie = p.init_exp if init_exp is None else init_exp
-    init = NEG if ie == "zero" else (ie if ie is not None else ZERO)
-    return sp.nsimplify(p.step.direction(ZERO, init, dims[0], dims[1]))
 
 
 def _first_growth(prop, node, get=lambda s: s.dx):
@@ -487,7 +428,7 @@ def _classify(graph, params, attention, opt, notes) -> str:
             if p.trainable and k not in pv.classes:
                 ok[k] = False
         if p.trainable and "muP" not in pv.classes:
-            pv.fix_sets = _mup_fixes(p, pv, opt)
+            pv.fix_sets = mup_fixes(p, pv, opt)
             pv.fixes = [fs.text for fs in pv.fix_sets]
     for a in attention:
         if a.kind == "1/d":
@@ -535,115 +476,3 @@ def _numel(shape) -> int:
     for s in shape:
         out *= s
     return out
-
-
-def _mup_fixes(p, pv, opt) -> list[FixSet]:
-    """Every complete way (TP5 Table 3 / Table 8, abc symmetry TP4 Eq. 5) to put this parameter
-    in muP, each as the full set of changes from its current exponents.
-
-    The anchor is the first use that is not muP. Each alternative fixes the anchor's multiplier
-    exponent m (Table 3: no multiplier; Table 8: a 1/fan_in readout multiplier; or the current
-    one kept), then solves for the init (A = a + b on the muP rule; left alone when it already
-    satisfies it) and the LR (U = a + c, or 2a + c under SGD, equal to muP's offset; for Muon or
-    Adafactor the LR is converted from the Adam-equivalent one). An alternative is kept only
-    if every use of the parameter then matches muP."""
-    uses = [u for u in pv.uses if u.role != "unknown" and u.fan_in_exp is not None]
-    if not uses:
-        return []
-    anchor = next((u for u in uses if "muP" not in u.classes), uses[0])
-    ai, ao = anchor.fan_in_exp, anchor.fan_out_exp or ZERO
-    cands = []
-    if anchor.role == "output":
-        cands.append(("Table 8", -ai))
-    cands.append(("Table 3", ZERO))
-    if anchor.mult_exp not in [m for _, m in cands]:
-        cands.insert(0, ("keep the multiplier (abc symmetry)", anchor.mult_exp))
-    zero = p.init_exp == "zero"
-    b_now = INF if zero else -(p.init_exp if p.init_exp is not None else ZERO)
-    lr_now = p.lr_exp if p.lr_exp is not None else ZERO
-    out, seen = [], set()
-    for label, m in cands:
-        rule, offset = expected("muP", anchor.role, ai, ao, opt)
-        b = b_now
-        if not init_ok(rule, -m + b):
-            b = rule[1] + m
-        init_new = "zero" if b == INF else -b
-        lr_new = None
-        if p.trainable and p.lr_exp != "zero":
-            c = offset - (2 if opt == "sgd" else 1) * (-m)
-            lr_new = sp.nsimplify(-c - _direction_exp(p, init_new))
-        mults = {u.node: (m if u is anchor else u.mult_exp) for u in uses}
-        if not all(_use_ok_after(u, mults[u.node], b, lr_new, p, init_new, opt) for u in uses):
-            continue
-        changes = []
-        if b != b_now:
-            changes.append(Change("init", p.init_exp, init_new))
-        if m != anchor.mult_exp:
-            changes.append(Change("multiplier", anchor.mult_exp, m, anchor.node))
-        if lr_new is not None and lr_new != lr_now:
-            changes.append(Change("lr", lr_now, lr_new))
-        key = tuple((c.what, c.to) for c in changes)
-        if not changes or key in seen:
-            continue
-        seen.add(key)
-        fs = FixSet(label, changes, init_new, m, lr_new)
-        fs.text = _fix_text(fs, anchor, opt, p)
-        out.append(fs)
-    if not out:  # a tied weight whose uses need inits or LRs no one change gives them all
-        out.append(FixSet("no single form", [], p.init_exp, anchor.mult_exp, p.lr_exp, text=(
-            "no one init and learning rate put every use of it in muP ("
-            + ", ".join(f"{u.role} by {u.op}" for u in uses) + "): give the uses their own "
-            "multipliers (TP5 Lemma J.1), or untie the weight.")))
-    return out
-
-
-def _use_ok_after(u, m, b, lr_exp, p, init_new, opt) -> bool:
-    rule, offset = expected("muP", u.role, u.fan_in_exp, u.fan_out_exp or ZERO, opt)
-    if not init_ok(rule, -m + b):
-        return False
-    if lr_exp is None:
-        return True
-    c = -lr_exp - _direction_exp(p, init_new)
-    return ((2 * -m + c) if opt == "sgd" else (-m + c)) == offset
-
-
-def _fix_text(fs, u, opt, p) -> str:
-    ai, ao = u.fan_in_exp, u.fan_out_exp or ZERO
-    by = {c.what: c for c in fs.changes}
-    parts = []
-    m = by.get("multiplier")
-    parts.append(f"multiplier on {u.op} ∝ {_describe(fs.mult_exp, ai, ao)}"
-                 + (f" (now {fmt(m.now)}: multiply its output by (width/base_width)^{_e(m.factor_exp)})"
-                    if m else " (unchanged)"))
-    i = by.get("init")
-    parts.append(("init zero" if fs.init_exp == "zero" else
-                  f"init std ∝ {_describe(fs.init_exp, ai, ao)}")
-                 + (f" (now {fmt(i.now)}: multiply the init by (width/base_width)^{_e(i.factor_exp)})"
-                    if i else " (unchanged)"))
-    if fs.lr_exp is not None:
-        lr = by.get("lr")
-        name = "SGD" if opt == "sgd" else (p.step.optimizer if p.step is not None else "Adam")
-        parts.append(f"{name} LR ∝ {_describe(fs.lr_exp, ai, ao)}"
-                     + (f" (now {fmt(lr.now)}: multiply it by (width/base_width)^{_e(lr.factor_exp)})"
-                        if lr else " (unchanged)"))
-    src = {"Table 3": "TP5 Table 3", "Table 8": "TP5 Table 8"}.get(fs.name, fs.name)
-    return f"{src}: " + "; ".join(parts)
-
-
-def _describe(e, ai, ao):
-    if e == 0:
-        return "a constant"
-    if ai and e == -ai:
-        return "1/fan_in"
-    if ai and e == -ai / 2:
-        return "fan_in^-1/2"
-    if ao and e == ao:
-        return "fan_out"
-    if ai and e == ai:
-        return "fan_in"
-    return f"n^{fmt(e)}"
-
-
-def _e(x) -> str:
-    s = str(x)
-    return s if "/" not in s and not s.startswith("-") else f"({s})"

@@ -76,7 +76,7 @@ def find_parameter(report, name: str) -> list[str]:
 def _c0(report) -> dict:
     """The global LR exponent SP and NTK are matched with: the value of U - offset that the
     most parameter entries agree on (as analyze's classifier does); muP fixes it at 0."""
-    from ..predict.analyze import expected
+    from ..predict.classes import expected
 
     votes: dict[str, dict] = {"SP": {}, "NTK": {}}
     for pv in report.params.values():
@@ -141,7 +141,7 @@ def _dims_text(p, dims) -> str:
 def explain_parameter(report, name: str, *, label: str | None = None,
                       markdown: bool = False) -> str:
     """Why ``report`` gives parameter ``name`` its role, classes and fix."""
-    from ..predict.analyze import expected, init_ok
+    from ..predict.classes import expected, init_ok
 
     hits = find_parameter(report, name)
     name = hits[0]
