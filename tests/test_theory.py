@@ -423,3 +423,22 @@ def test_optimizer_table():
     for name in ["SGD", "Nesterov", "Adam", "AdamW", "RMSprop", "Adagrad", "signSGD", "Lion",
                  "Adafactor"]:
         assert name in OPTIMIZER_CLASSES
+
+
+# ----------------------------------------------------------------------------- zero init
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_zero_initialised_readout_keeps_mup(optimizer):
+    """TP5 App. D.2: muP with the readout initialised at zero is still muP (stable, feature
+    learning): the output starts at 0 and moves by Theta(1) through the readout's update."""
+    from tensorprog.theory.abc import ABC, preset
+
+    m = preset("muP", L=2, optimizer=optimizer)
+    for zero in ("zero", sp.oo):
+        z = ABC(m.a, m.b[:-1] + (zero,), m.c, optimizer)
+        assert z.b[-1] == sp.oo
+        assert z.stable is True and z.nontrivial is True and z.feature_learning is True
+        assert z.r == m.r
+    with pytest.raises(Exception, match="not a real exponent"):
+        ABC(m.a, m.b, m.c[:-1] + (sp.oo,) if isinstance(m.c, tuple) else sp.oo, optimizer)

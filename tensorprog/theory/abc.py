@@ -109,8 +109,11 @@ def optimizer_class(optimizer: Any) -> str:
 
 # --------------------------------------------------------------------------- helpers
 
-def _sym(x: Any, what: str) -> sp.Expr:
-    """An exponent as an exact SymPy expression (floats and decimal strings become Rationals)."""
+def _sym(x: Any, what: str, zero_init: bool = False) -> sp.Expr:
+    """An exponent as an exact SymPy expression (floats and decimal strings become Rationals).
+    ``zero_init``: b may be +oo (or "zero"): a zero-initialised layer (TP5 App. D.2)."""
+    if zero_init and (x == "zero" or x == "oo" or x == sp.oo or x == float("inf")):
+        return sp.oo
     if isinstance(x, bool):
         raise TheoryError(f"{what}: expected a number, got the bool {x!r}")
     try:
@@ -160,7 +163,8 @@ class Condition:
 class ABC:
     """An abc-parametrization of the L-hidden-layer MLP (TP4 §2, TP4b Def 2.2.1 with d = 0).
 
-    ``a``, ``b``: length L+1 (input, hidden..., readout). ``c``: one global exponent or a
+    ``a``, ``b``: length L+1 (input, hidden..., readout); a b may be oo (or "zero"): a
+    zero-initialised layer (TP5 App. D.2's zero readout). ``c``: one global exponent or a
     length-L+1 sequence. Values may be ints, floats, Fractions, strings ("1/2") or SymPy
     expressions; they are stored as SymPy. ``optimizer``: a name or torch.optim class,
     stored as its class, "sgd" or "adam" (see ``OPTIMIZER_CLASSES``).
@@ -185,7 +189,7 @@ class ABC:
                 f"a and b need L+1 >= 2 entries (input ... readout, L >= 1); got {len(a)}")
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
         set_("a", tuple(_sym(x, f"a_{i + 1}") for i, x in enumerate(a)))
-        set_("b", tuple(_sym(x, f"b_{i + 1}") for i, x in enumerate(b)))
+        set_("b", tuple(_sym(x, f"b_{i + 1}", zero_init=True) for i, x in enumerate(b)))
         if isinstance(self.c, (str, bytes, sp.Basic)) or not hasattr(self.c, "__iter__"):
             set_("c", _sym(self.c, "c"))
         else:
@@ -271,8 +275,8 @@ class ABC:
         # init). It bounds how far the trained readout strays from its init, not the output,
         # whose change is n^{1 - a - c} either way; measured, a b > c readout trains flat (note
         # 9). tensorprog reports it and does not count it against stability.
-        faithful = [] if sgd else [cond("faithful", "c_{L+1} - b_{L+1} >= 0", cs[-1] - b[-1],
-                                        sp.Ge(cs[-1] - b[-1], 0), src_s)]
+        faithful = [] if sgd or b[-1] == sp.oo else [  # a zero readout is all updates
+            cond("faithful", "c_{L+1} - b_{L+1} >= 0", cs[-1] - b[-1], sp.Ge(cs[-1] - b[-1], 0), src_s)]
         return {
             "init": init,
             "stable": stable,
