@@ -83,3 +83,15 @@ def test_check_refutes_nothing_for_the_hybrid():
     rep = check(mf, (64, 128, 256, 512), example_inputs=EX.example_inputs, make_optimizer=of,
                 steps=3, seeds=2, progress=False)
     assert not rep.refuted(), [(r.node, r.kind, r.step, r.predicted, r.slope) for r in rep.refuted()]
+
+
+def test_muon_for_every_parameter_names_the_hybrid_to_use():
+    """torch's Muon refuses parameters that are not matrices: a clear error, not a torch one."""
+    from tensorprog import TensorprogError, apply_mup
+    from tensorprog.zoo import example
+
+    ex = example("mlp", param="sp")
+    mf, of = apply_mup(ex.factory, 64, example_inputs=ex.example_inputs,
+                       optimizer_cls=torch.optim.Muon, lr=0.02, check=False)
+    with pytest.raises(TensorprogError, match="'hidden': torch.optim.Muon"):
+        of(mf(128))

@@ -350,6 +350,14 @@ class _Plan:
             g = groups.setdefault(e, {"params": [], "lr": lr * f, "lr_exp": e,
                                       "weight_decay": wd / f if wd_scaling == "mup" else wd})
             g["params"].append(p)
+        if spec.step.geometry == "orthogonalised":
+            flat = [n for n, p in model.named_parameters() if p.requires_grad and p.dim() != 2
+                    and (only is None or n in only)]
+            if flat:
+                raise TensorprogError(
+                    f"{optimizer_cls.__name__} orthogonalises matrices and refuses parameters that "
+                    f"are not 2-D (e.g. {flat[:3]}). Give it the hidden matrices only: "
+                    "optimizer_cls={'hidden': torch.optim.Muon, 'default': torch.optim.AdamW}.")
         return optimizer_cls(list(groups.values()), lr=lr, **kwargs)
 
     def check(self, model_factory, example_inputs, width):
