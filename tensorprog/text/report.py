@@ -6,6 +6,7 @@ import re
 
 import sympy as sp
 
+from .doc import expr
 from ..exponents import fmt
 
 __all__ = ["format_report", "fold"]
@@ -34,7 +35,7 @@ def format_report(rep) -> str:
         f"tensorprog verdict: {rep.parametrization}   (optimizer class: {rep.optimizer}, "
         f"widths {list(g.widths)})",
         f"  regime: {rep.regime}; stable: {rep.stable} (at init: {rep.stable_init}); "
-        f"nontrivial: {rep.nontrivial}; r = {_s(rep.r)}; every layer maximal: "
+        f"nontrivial: {rep.nontrivial}; r = {expr(rep.r)}; every layer maximal: "
         f"{rep.every_layer_maximal}",
         f"  output: {fmt(rep.output_init)} at init, change {fmt(rep.output_change)} after "
         f"{len(rep.propagation.steps) - 1} steps",
@@ -47,7 +48,7 @@ def format_report(rep) -> str:
         r = next((u.r for u in p.uses if u.r is not None), None)
         rows.append((name, f"{p.role[:13]:13s} {fmt(_n(p.fan_in_exp)):>7s} {fmt(p.init_exp):>9s} "
                            f"{fmt(p.mult_exp):>7s} {fmt(p.lr_exp) if p.lr_exp is not None else '-':>7s} "
-                           f"{_s(r) if r is not None else '':>5s}  {','.join(p.classes) or 'none'}"))
+                           f"{expr(r) if r is not None else '':>5s}  {','.join(p.classes) or 'none'}"))
     for name, text, count in fold(rows):
         label = name if count == 1 else f"{name} (x{count})"
         lines.append(f"  {label[:44]:44s} {text}")
@@ -90,16 +91,6 @@ def format_report(rep) -> str:
     for n in rep.notes + rep.graph.warnings:
         lines.append(f"  note: {n}")
     return "\n".join(lines)
-
-
-def _s(x):
-    if x is None:
-        return "-"
-    if x == sp.oo:
-        return "inf"
-    if x == -sp.oo:
-        return "-inf"
-    return str(x)
 
 
 def _n(x):
