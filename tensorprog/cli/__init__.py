@@ -40,12 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; its exit code. A user error (``TensorprogError``) is one line on stderr
+    and exit 2; Ctrl-C is "tensorprog: interrupted" and exit 130 (128 + SIGINT), no traceback."""
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args) or 0
     except TensorprogError as e:
         print(f"tensorprog: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("tensorprog: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -122,6 +122,7 @@ from ..jsonio import JSONMixin
 from .judge import (NEG, Blowup, Record, Tolerance, assumption_step, compose, first_blowup,
                     first_order_notes, judge, loss_grad_fits, outside_assumptions)
 from .data import batches_for, data_source, first_batch
+from .memory import check_memory
 from .runner import (EXPORT_MODES, Runner, build_model, check_widths, default_loss,
                      default_optimizer, free_memory, make_opt, measured_nodes, program_for,
                      progress_printer, reference_nodes, resolve_device, roundoff_recheck)
@@ -233,6 +234,7 @@ def check(
     alignment="tp",
     sample: int | None = 1 << 16,
     adam_eps: str = "limit",
+    max_memory: float | str | None = "auto",
 ) -> CheckReport:
     """Train ``factory(w)`` at each width and confirm or refute every predicted exponent.
 
@@ -247,7 +249,9 @@ def check(
     from (default: trace at ``trace_widths``, the three smallest widths). tolerance: the status
     thresholds. sample: tensors with more entries are measured on a fixed random subset of
     this many (None: every entry; see the module docstring). adam_eps: the engine's Adam eps
-    ("limit" or "asymptotic", as ``analyze``). Returns a ``CheckReport``.
+    ("limit" or "asymptotic", as ``analyze``). max_memory: refuse (``CheckError``) before
+    training when the largest width's ``memory_estimate`` exceeds this many bytes; "auto" (the
+    device's free memory) or None (no check). Returns a ``CheckReport``.
     """
     from ..predict.engine import propagate
     from ..graph.trace import trace, WidthGraph
@@ -300,6 +304,7 @@ def check(
         optimizer = (steps_class(graph) or optimizer_class(graph.optimizer)) if graph.optimizer else "adam"
     prop = propagate(graph, optimizer, steps=steps, align=alignment, adam_eps=adam_eps)
     t_predict = time.perf_counter() - t0
+    check_memory(graph, max(widths), dtype, optimizer, dev, max_memory)
 
     EXPORT_MODES.clear()
     nodes, skipped, focus = measured_nodes(graph)

@@ -17,6 +17,7 @@ import torch.utils._pytree as pytree
 from .data import batches_for, cast, split
 from ..errors import CheckError, TensorprogError, TraceError
 from .judge import NEG, Tolerance
+from .memory import float_nodes, out_of_memory
 
 __all__ = ["Runner", "DEFAULT_LR", "default_loss", "check_widths", "resolve_device",
            "progress_printer", "default_optimizer", "batches_for",
@@ -92,7 +93,7 @@ def default_optimizer(kind):
 def build_model(factory, w, dev, dtype, seed) -> nn.Module:
     torch.manual_seed(seed)
     try:
-        with torch.device(dev):
+        with torch.device(dev), out_of_memory(w, dev):
             model = factory(w)
     except TensorprogError:
         raise
@@ -198,7 +199,7 @@ def measured_nodes(graph):
     from ..ops import lookup
 
     has_param = set()
-    floats = _float_nodes(graph)
+    floats = float_nodes(graph)
     nodes, skipped = [], {}
     for n in graph.order:
         a = graph.node(n)
@@ -248,13 +249,6 @@ def measured_nodes(graph):
     return nodes, skipped, focus
 
 
-def _float_nodes(graph) -> set:
-    """Names of traced nodes whose value is one floating-point tensor (from the export's meta)."""
-    ep = graph.programs[graph.widths[0]]
-    return {n.name for n in ep.graph.nodes
-            if isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].is_floating_point()}
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -280,6 +274,7 @@ class Runner:
     """One width: the exported program, how to feed it a model, and the training loop."""
 
     def __init__(self, ep, graph, ref_nodes, nodes, w, sample=None, exact=()):
+        self.w = w
         self.sample = sample  # entries per tensor to average over (None: all)
         self.exact = set(exact)  # columns always measured over every entry
         self._index = {}
@@ -374,6 +369,12 @@ class Runner:
         return buf[:v.numel()].view(v.shape)
 
     def train(self, model, opt, batches, loss_fn, T):
+        """Train T steps measuring every node: (sizes, changes, init sizes, loss gradients)."""
+        dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with out_of_memory(self.w, dev):
+            return self._steps(model, opt, batches, loss_fn, T)
+
+    def _steps(self, model, opt, batches, loss_fn, T):
         from torch.export.graph_signature import InputKind
 
         names = [s.target for s in self.in_specs if s.kind == InputKind.PARAMETER]

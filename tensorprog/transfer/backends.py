@@ -6,6 +6,8 @@ import math
 import multiprocessing as mp
 import os
 import pickle
+import signal
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -19,7 +21,8 @@ from ..errors import TransferError
 
 BACKENDS: tuple[str, ...] = ("local", "serial", "ray")
 
-__all__ = ["BACKENDS", "TrialConfig", "TrialResult", "run_trial", "worker_init", "worker_trial", "ray_trial", "mp_context", "run_ray", "PRELOAD"]
+__all__ = ["BACKENDS", "TrialConfig", "TrialResult", "run_trial", "worker_init", "worker_trial",
+           "ray_trial", "mp_context", "run_local", "run_ray", "PRELOAD", "RAY_CRASHES"]
 
 
 @dataclass
@@ -123,6 +126,9 @@ _WORKER_CFG: TrialConfig | None = None
 
 def worker_init(cfg_bytes: bytes) -> None:
     global _WORKER_CFG
+    # Ctrl-C reaches the whole process group: the parent stops the workers (``run_local``); a
+    # worker that took it itself would report the trial as failed and pick up the next one
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     _WORKER_CFG = pickle.loads(cfg_bytes)
 
@@ -151,24 +157,96 @@ def mp_context():
     return mp.get_context("spawn")
 
 
-def run_ray(cfg: TrialConfig, trials, workers, ray_options: dict, collect) -> None:
+def run_local(cfg: TrialConfig, trials, n_workers: int, collect) -> None:
+    """Every trial in a process pool of ``n_workers``, each result handed to ``collect`` as it
+    comes. On any exception in this process (Ctrl-C: KeyboardInterrupt, or ``collect`` raising)
+    the queued trials are cancelled and the workers killed, so nothing keeps running."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=mp_context(),
+                               initializer=worker_init, initargs=(pickle.dumps(cfg),))
+    try:
+        futures = [pool.submit(worker_trial, key, w, lr, s) for key, w, lr, s in trials]
+        for fut in as_completed(futures):
+            try:
+                res = fut.result()
+            except BrokenProcessPool as e:
+                raise TransferError(
+                    f"a worker process died ({e}); out of memory? Try fewer workers, or "
+                    "backend='serial' to see the error in this process") from None
+            collect(res)
+    except BaseException:
+        stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def stop_pool(pool) -> None:
+    """Cancel what is queued and kill the workers of a ProcessPoolExecutor (running trials
+    included), then wait for them to be gone. (``_processes`` is the executor's own table of its
+    worker processes; the public API has no way to stop a running call.)"""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    for p in procs:
+        p.join(timeout=5)
+
+
+#: What Ray raises when the process running a task died (killed, out of memory, segfault):
+#: names looked up in ray.exceptions (they moved between Ray versions).
+RAY_CRASHES = ("WorkerCrashedError", "RayActorError", "NodeDiedError", "OutOfMemoryError",
+               "LocalRayletDiedError", "ObjectLostError", "OwnerDiedError")
+
+
+def run_ray(cfg: TrialConfig, trials, workers, ray_options: dict, collect, describe) -> None:
+    """Every trial as a Ray task. A task whose worker process died (``RAY_CRASHES``) is run once
+    more; a second crash is a ``TransferError`` naming the trial (``describe(key)``). On any
+    exception here (Ctrl-C included) the outstanding tasks are cancelled."""
     try:
         import ray
+        import ray.exceptions as rex
     except ImportError:
         raise TransferError("backend='ray' needs Ray, which is not installed: pip install "
                             "'tensorprog[ray]' (or pip install ray)") from None
     if not ray.is_initialized():
         kwargs = {} if os.environ.get("RAY_ADDRESS") or not workers else {"num_cpus": int(workers)}
         ray.init(**kwargs)
-    options = {"num_cpus": 1, **ray_options}
+    crashes = tuple(getattr(rex, n) for n in RAY_CRASHES if isinstance(getattr(rex, n, None), type))
+    # retries are ours (once, named): Ray's own would re-run a crashing task three times silently
+    options = {"num_cpus": 1, "max_retries": 0, **ray_options}
     remote = ray.remote(ray_trial).options(**options)
     cfg_ref = ray.put(cfg)
-    pending = [remote.remote(cfg_ref, key, w, lr, s) for key, w, lr, s in trials]
+    submitted = {}
+
+    def submit(trial, attempt):
+        key, w, lr, s = trial
+        submitted[remote.remote(cfg_ref, key, w, lr, s)] = (trial, attempt)
+
+    for trial in trials:
+        submit(trial, 1)
     try:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            collect(ray.get(ready[0]))
+        while submitted:
+            ready, _ = ray.wait(list(submitted), num_returns=1)
+            trial, attempt = submitted.pop(ready[0])
+            try:
+                res = ray.get(ready[0])
+            except crashes as e:
+                if attempt == 1:
+                    print(f"[tensorprog transfer] the Ray worker running {describe(trial[0])} "
+                          f"crashed ({type(e).__name__}); retrying it once", file=sys.stderr,
+                          flush=True)
+                    submit(trial, 2)
+                    continue
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise TransferError(
+                    f"trial {describe(trial[0])} failed: its Ray worker process died twice "
+                    f"({type(e).__name__}: {first}); out of memory, or a crash in native code? Try "
+                    "backend='serial' to see the error in this process") from None
+            collect(res)
     except BaseException:
-        for ref in pending:
+        for ref in submitted:
             ray.cancel(ref, force=True)
         raise

@@ -83,6 +83,8 @@ class Sweep:
     ``Sweep(widths=(64, 128), lrs=(1e-3, 2e-3), losses=[[1.0, 2.0], [2.0, 1.0]])``.
     ``histories`` (W, L, S, steps): every training loss (``nan`` after a divergence);
     ``times`` (W, L, S): seconds per trial; ``meta``: how the sweep was run.
+    ``pending`` (W, L, S) bool, only for a sweep stopped early (Ctrl-C): the trials not run, whose
+    losses are ``nan`` (not diverged) and which no minimum is taken over; ``partial`` is then true.
     """
 
     widths: tuple[int, ...]
@@ -93,6 +95,7 @@ class Sweep:
     times: Any = None
     name: str = ""
     meta: dict = field(default_factory=dict)
+    pending: Any = None
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
@@ -104,8 +107,11 @@ class Sweep:
         shape = (len(self.widths), len(self.lrs), len(self.seeds))
         if losses.shape != shape:
             raise TransferError(f"losses has shape {losses.shape}; widths x lrs x seeds is {shape}")
-        losses = np.where(np.isnan(losses) | (losses == -np.inf), np.inf, losses)
-        self.losses = losses
+        pending = np.zeros(shape, dtype=bool) if self.pending is None else \
+            np.asarray(self.pending, dtype=bool).reshape(shape)
+        self.pending = pending if pending.any() else None
+        losses = np.where((np.isnan(losses) | (losses == -np.inf)) & ~pending, np.inf, losses)
+        self.losses = np.where(pending, np.nan, losses)
         if self.histories is not None:
             self.histories = np.asarray(self.histories, dtype=float)
         if self.times is not None:
@@ -120,7 +126,12 @@ class Sweep:
     @property
     def diverged(self) -> np.ndarray:
         """(W, L, S) bool: the trial's loss went non-finite."""
-        return ~np.isfinite(self.losses)
+        return np.isinf(self.losses)
+
+    @property
+    def partial(self) -> bool:
+        """The sweep was stopped before every trial ran (see ``pending``)."""
+        return self.pending is not None
 
     @property
     def log2_lrs(self) -> np.ndarray:
@@ -130,7 +141,7 @@ class Sweep:
     def best_index(self) -> np.ndarray:
         """(W,) index into ``lrs`` of the lowest grid loss per width; -1 if all diverged."""
         g = self.grid
-        idx = np.argmin(g, axis=1)
+        idx = np.argmin(np.where(np.isnan(g), np.inf, g), axis=1)  # nan: a trial not run
         return np.where(np.isfinite(g).any(axis=1), idx, -1)
 
     @property
@@ -212,6 +223,7 @@ class Sweep:
             "drift_refined_err": finite_or_none(self.drift_refined_err),
             "times": None if self.times is None else nested(self.times),
             "meta": self.meta,
+            "pending": None if self.pending is None else self.pending.tolist(),
         }
         if histories and self.histories is not None:
             d["histories"] = nested(self.histories)
@@ -220,10 +232,10 @@ class Sweep:
     @property
     def verdict(self) -> str:
         """The short answer: "transfers" (|drift| <= 0.25: the best learning rate stays put across
-        widths), "drifts" (it moves), or "inconclusive" (a best lr at the edge of the grid, or no
-        drift to measure)."""
+        widths), "drifts" (it moves), or "inconclusive" (a best lr at the edge of the grid, a partial
+        sweep, or no drift to measure)."""
         d = self.drift_refined if math.isfinite(self.drift_refined) else self.drift
-        if not math.isfinite(d) or any(self.at_edge):
+        if not math.isfinite(d) or any(self.at_edge) or self.partial:
             return "inconclusive"
         return "transfers" if abs(d) <= 0.25 else "drifts"
 
@@ -242,7 +254,7 @@ class Sweep:
                    histories=(None if d.get("histories") is None
                               else from_nested(d["histories"], math.nan)),
                    times=None if d.get("times") is None else from_nested(d["times"], math.nan),
-                   name=d.get("name", ""), meta=d.get("meta", {}))
+                   name=d.get("name", ""), meta=d.get("meta", {}), pending=d.get("pending"))
 
     @classmethod
     def from_json(cls, source: str) -> "Sweep":
@@ -269,7 +281,10 @@ class Sweep:
         if "wall_s" in self.meta:
             info.append(f"{self.meta['wall_s']:.0f} s")
         lines = [f"{head} ({', '.join(info)})"]
-        cells = [f"{v:8.3f}" if math.isfinite(v) else "     inf" for v in g.ravel()]
+        if self.partial:
+            lines.append(f"PARTIAL: {self.meta.get('partial', 'stopped early')}; - = not run")
+        cells = [f"{v:8.3f}" if math.isfinite(v) else "     inf" if math.isinf(v) else "       -"
+                 for v in g.ravel()]
         lines.append("  log2 lr |" + "".join(f"{x:8.2f}" for x in self.log2_lrs))
         for i, w in enumerate(self.widths):
             row = cells[i * len(self.lrs):(i + 1) * len(self.lrs)]

@@ -2,7 +2,6 @@
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import functools
 import math
 import os
@@ -10,7 +9,6 @@ import pickle
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -18,8 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import TransferError
-from .backends import (BACKENDS, TrialConfig, TrialResult, mp_context, run_ray, run_trial,
-                       worker_init, worker_trial)
+from .backends import BACKENDS, TrialConfig, TrialResult, run_local, run_ray, run_trial
 from .result import Sweep
 from .tasks import default_forward, default_optimizer
 
@@ -108,6 +105,9 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
     local Ray instance (``ray``); default ``os.cpu_count()``. ``name`` labels printouts and plots.
     ``widths`` and ``lrs`` are sorted (the grid's rows and columns follow the sorted order).
     Raises ``TransferError`` on bad arguments or when a trial raises (divergence is not an error).
+    Ctrl-C (KeyboardInterrupt) stops every trial within seconds (the local backend kills its
+    workers) and returns a partial ``Sweep`` of the finished trials (``partial``; ``pending``
+    marks the trials not run, their losses ``nan``), which can be saved with ``to_json``.
     """
     widths = _check_sizes(widths, "widths", int, 2, "to measure how the best learning rate moves")
     if any(w <= 0 for w in widths):
@@ -151,6 +151,7 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
     losses = np.full(shape, np.nan)
     histories = np.full(shape + (steps,), np.nan)
     times = np.full(shape, np.nan)
+    finished = np.zeros(shape, dtype=bool)
     t_start = time.perf_counter()
     done = 0
 
@@ -161,6 +162,7 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
             raise TransferError(f"trial width={widths[i]}, lr={lrs[j]:g}, seed={seeds[k]} failed:\n"
                                 f"{res.error}")
         losses[i, j, k] = res.final
+        finished[i, j, k] = True
         histories[i, j, k, :len(res.history)] = res.history
         times[i, j, k] = res.seconds
         done += 1
@@ -172,31 +174,26 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
                   f"{status} ({res.seconds:.1f} s, {time.perf_counter() - t_start:.0f} s total)",
                   file=sys.stderr, flush=True)
 
-    if backend == "serial":
-        for key, w, lr, s in trials:
-            collect(run_trial(cfg, key, w, lr, s))
-    elif backend == "local":
-        _check_picklable({"factory": cfg.factory, "make_optimizer": cfg.make_optimizer,
-                          "loss": cfg.loss, "data": cfg.data, "forward": cfg.forward})
-        cfg_bytes = pickle.dumps(cfg)
-        with cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=mp_context(),
-                                    initializer=worker_init, initargs=(cfg_bytes,)) as pool:
-            futures = [pool.submit(worker_trial, key, w, lr, s) for key, w, lr, s in trials]
-            try:
-                for fut in cf.as_completed(futures):
-                    try:
-                        res = fut.result()
-                    except BrokenProcessPool as e:
-                        raise TransferError(
-                            f"a worker process died ({e}); out of memory? Try fewer workers, or "
-                            "backend='serial' to see the error in this process") from None
-                    collect(res)
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
-    else:
-        run_ray(cfg, trials, workers, ray_options or {}, collect)
+    def describe(key) -> str:
+        i, j, k = key
+        return f"width={widths[i]}, lr={lrs[j]:g}, seed={seeds[k]}"
+
+    try:
+        if backend == "serial":
+            for key, w, lr, s in trials:
+                collect(run_trial(cfg, key, w, lr, s))
+        elif backend == "local":
+            _check_picklable({"factory": cfg.factory, "make_optimizer": cfg.make_optimizer,
+                              "loss": cfg.loss, "data": cfg.data, "forward": cfg.forward})
+            run_local(cfg, trials, n_workers, collect)
+        else:
+            run_ray(cfg, trials, workers, ray_options or {}, collect, describe)
+        interrupted = False
+    except KeyboardInterrupt:  # Ctrl-C: the trials are stopped; keep what finished
+        interrupted = True
+        print(f"[tensorprog transfer{' ' + name if name else ''}] interrupted: trials stopped; "
+              f"returning a partial Sweep with the {done} of {len(trials)} trials that finished",
+              file=sys.stderr, flush=True)
 
     meta = {"steps": steps, "average_last": average_last, "warmup": warmup, "backend": backend,
             "workers": n_workers if backend == "local" else (workers if backend == "ray" else 1),
@@ -204,5 +201,7 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
             "wall_s": round(time.perf_counter() - t_start, 2), "factory": _describe(factory),
             "data": repr(data) if not isinstance(data, (list, tuple)) else f"{len(data)} fixed batches",
             "make_optimizer": _describe(cfg.make_optimizer), "torch": torch.__version__}
+    if interrupted:
+        meta["partial"] = f"interrupted after {done} of {len(trials)} trials"
     return Sweep(widths=widths, lrs=lrs, seeds=seeds, losses=losses, histories=histories,
-                 times=times, name=name, meta=meta)
+                 times=times, name=name, meta=meta, pending=~finished if interrupted else None)
