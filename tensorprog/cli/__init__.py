@@ -7,10 +7,11 @@ target is loaded lives in ``cli/load.py``. Nothing outside ``cli/`` imports from
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from ..errors import TensorprogError
-from .load import Target, load_target
+from .load import Target, check_device, check_outputs, load_target
 
 __all__ = ["main", "build_parser", "Target", "load_target"]
 
@@ -40,12 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run one command; its exit code. A user error (``TensorprogError``) is one line on stderr
-    and exit 2; Ctrl-C is "tensorprog: interrupted" and exit 130 (128 + SIGINT), no traceback."""
+    """Run one command; its exit code. A user error (``TensorprogError``, or a file that cannot
+    be written) is one line on stderr and exit 2; Ctrl-C is "tensorprog: interrupted" and exit 130
+    (128 + SIGINT), no traceback. Output paths and --device are checked before the run. torch's
+    own log records (torch.export prints the tracebacks of the failures it reports) are
+    silenced: the error message says what failed."""
+    logging.disable(logging.ERROR)
     try:
         args = build_parser().parse_args(argv)
+        check_outputs(args)
+        check_device(getattr(args, "device", None), allow_auto=args.command == "check")
         return args.func(args) or 0
     except TensorprogError as e:
+        print(f"tensorprog: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # writing an output failed after all (disk full, removed folder...)
         print(f"tensorprog: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

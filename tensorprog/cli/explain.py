@@ -79,6 +79,11 @@ def run(args) -> int:
             c=rationals(args.c, "--c"), lr_exponent=rationals(args.lr_exponent, "--lr-exponent"),
             markdown=args.markdown), end="")
         return 0
+    if target is not None and ":" not in target:
+        raise TensorprogError(
+            f"unknown explain target {target!r}: write 'mlp' for the closed-form MLP theory "
+            "(explain mlp --preset muP), or FILE.py:factory --parameter NAME (or --example "
+            "mlp|cnn|gpt --parameter NAME) for one parameter of a model")
     if target is None and not args.example:
         if theory_flags:
             raise TensorprogError("name the target 'mlp' for the closed-form theory, e.g. "
@@ -92,8 +97,6 @@ def run(args) -> int:
     if not args.parameter:
         raise TensorprogError("which parameter? add --parameter NAME (run `tensorprog analyze` "
                               "on the same model for the list of parameters)")
-    if target is not None and ":" not in target:
-        raise TensorprogError(f"{target!r} is neither 'mlp' nor FILE.py:factory")
     from ..graph.trace import trace
     from ..predict.analyze import analyze
 

@@ -15,7 +15,11 @@ from typing import Any, Callable
 
 from ..errors import TensorprogError
 
-__all__ = ["Target", "load_target", "load_file", "common_arguments"]
+__all__ = ["Target", "load_target", "load_file", "common_arguments", "check_outputs",
+           "check_device", "OUTPUT_FLAGS"]
+
+#: argparse dests of the options that name a file to write
+OUTPUT_FLAGS = ("json", "plot", "dot", "pytorch")
 
 
 @dataclass
@@ -89,3 +93,48 @@ def common_arguments(p: argparse.ArgumentParser):
     p.add_argument("--inputs", help="name of example_inputs in FILE (tuple or width -> tuple)")
     p.add_argument("--make-optimizer", help="name of make_optimizer(model) in FILE")
     p.add_argument("--json", help="write the result as JSON here")
+
+
+def check_outputs(args) -> None:
+    """Every output path the command will write (--json, --plot, --dot, --pytorch; '-' is
+    stdout) can be written, checked before the run starts: not a directory, its directory
+    exists, and both are writable."""
+    for dest in OUTPUT_FLAGS:
+        path = getattr(args, dest, None)
+        if not path or path == "-":
+            continue
+        flag = f"--{dest}"
+        if os.path.isdir(path):
+            raise TensorprogError(f"{flag} {path!r} is a directory; give a file name inside it, "
+                                  f"e.g. {os.path.join(path, 'out.' + _EXT.get(dest, 'txt'))}")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise TensorprogError(f"{flag} {path!r}: the directory {folder!r} does not exist; "
+                                  "create it first or write elsewhere")
+        if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+            raise TensorprogError(f"{flag} {path!r} is not writable (permissions); write elsewhere")
+
+
+_EXT = {"json": "json", "plot": "png", "dot": "dot", "pytorch": "py"}
+
+
+def check_device(name, allow_auto: bool = False) -> None:
+    """--device names a device torch knows and this machine has (checked before the run)."""
+    import torch
+
+    if name is None or (allow_auto and name == "auto"):
+        return
+    choices = "cpu, cuda, cuda:N" + (", meta" if not allow_auto else ", auto")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise TensorprogError(f"--device {name!r} is not a device; use one of {choices}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TensorprogError(f"--device {name}: CUDA is not available on this machine; use "
+                                  "--device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise TensorprogError(f"--device {name}: this machine has "
+                                  f"{torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type not in ("cpu", "meta", "mps"):
+        raise TensorprogError(f"--device {name!r}: tensorprog runs on {choices}")

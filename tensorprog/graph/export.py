@@ -82,7 +82,8 @@ def _quiet_torch_logs():
     import io
 
     previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
+    # ERROR too: a failed export logs the traceback of the error the TraceError reports
+    logging.disable(max(previous, logging.ERROR))
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # export prints partial graphs on error
             yield
