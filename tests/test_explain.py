@@ -149,7 +149,7 @@ def test_cli_abc_lists_accept_negative_rationals(capsys, argv):
     (["--preset", "SP"], "name the target 'mlp'"),
     (["--example", "mlp"], "add --parameter NAME"),
     (["--example", "mlp", "--preset", "SP", "--parameter", "w"], "--preset is for the closed-form"),
-    (["model.py", "--parameter", "w"], "neither 'mlp' nor FILE.py:factory"),
+    (["model.py", "--parameter", "w"], "unknown explain target 'model.py'"),
     (["--example", "nosuch", "--parameter", "w"], "unknown example 'nosuch'"),
 ])
 def test_cli_bad_input_is_a_clear_error(capsys, argv, message):
