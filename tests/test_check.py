@@ -273,7 +273,7 @@ def test_nan_is_a_blowup_not_a_crash():
         assert r.status == ("confirmed" if r.predicted > 0 else "refuted") or \
             "outside the engine's assumptions" in r.note
     assert "blow-up" in str(rep)
-    json.loads(rep.to_json())  # nan / inf survive as strings
+    json.loads(rep.to_json())  # nan / inf survive as {"nonfinite": ...}
 
 
 def test_data_batches_and_frozen_copy():

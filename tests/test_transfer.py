@@ -148,7 +148,8 @@ def test_diverged_runs_are_recorded_as_inf():
     k = int(np.argmax(~np.isfinite(h)))               # first non-finite step is recorded as inf ...
     assert np.isinf(h[k]) and np.isnan(h[k + 1:]).all()  # ... and training stopped there
     d = s.to_dict()
-    assert d["losses"][0][1] == [None] and d["diverged"][0][1] == [True]
+    assert d["losses"][0][1] == [math.inf] and d["diverged"][0][1] == [True]
+    assert eval_json(s.to_json())["losses"][0][1] == [{"nonfinite": "inf"}]
     back = Sweep.from_dict(eval_json(s.to_json()))
     np.testing.assert_array_equal(back.losses, s.losses)
     assert back.best_lr == s.best_lr and back.widths == s.widths

@@ -130,9 +130,11 @@ from .runner import (EXPORT_MODES, Runner, build_model, check_widths, default_lo
 __all__ = ["check", "CheckReport", "Record", "Tolerance", "Blowup", "default_loss"]
 
 
-@dataclass
+@dataclass(eq=False)
 class CheckReport(JSONMixin):
-    """What ``check`` measured. ``str()`` is a readable table; ``to_dict()`` is JSON-able."""
+    """What ``check`` measured. ``str()`` is a readable table; ``to_dict()`` is JSON-able;
+    ``from_json`` / ``from_dict`` read it back into an equal report (without ``graph`` and
+    ``propagation``, which JSON does not carry)."""
 
     records: list[Record]
     widths: tuple[int, ...]
@@ -201,6 +203,28 @@ class CheckReport(JSONMixin):
             "seconds": self.seconds, "notes": self.notes,
             "records": [r.to_dict() for r in self.records],
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CheckReport":
+        """Inverse of ``to_dict`` (decoded JSON: ``jsonio.read_json``)."""
+        from ..jsonio import from_jsonable, parse_exponent
+
+        d = from_jsonable(d)  # plain json.loads output too
+
+        def record(r):
+            predicted = None if r["predicted"] == "?" else parse_exponent(r["predicted"])
+            return Record(node=r["node"], module=r["module"], op=r["op"], kind=r["kind"],
+                          step=r["step"], slope=r["slope"], stderr=r["stderr"],
+                          predicted=predicted, status=r["status"], focus=r["focus"],
+                          values={int(w): list(v) for w, v in r["values"].items()},
+                          blowup=r.get("blowup", False), note=r.get("note", ""))
+
+        return cls(records=[record(r) for r in d["records"]], widths=tuple(d["widths"]),
+                   steps=d["steps"], seeds=d["seeds"], optimizer=d["optimizer"],
+                   device=d["device"], dtype=d["dtype"], tolerance=Tolerance(**d["tolerance"]),
+                   blowups=[Blowup(**b) for b in d["blowups"]], skipped=dict(d["skipped"]),
+                   seconds=dict(d["seconds"]), notes=list(d["notes"]),
+                   loss_grad={int(k): v for k, v in d["loss_grad"].items()})
 
     def __str__(self) -> str:
         from ..text.check import format_check

@@ -84,10 +84,9 @@ class Record:
 
 
 def json_number(x):
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else ("nan" if math.isnan(x) else ("inf" if x > 0 else "-inf"))
+    """A measured number as a float (None stays None); ``jsonio.jsonable`` encodes non-finite
+    ones as ``{"nonfinite": ...}``."""
+    return None if x is None else float(x)
 
 
 def exp_str(e) -> str:

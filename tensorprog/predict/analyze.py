@@ -26,15 +26,26 @@ from ..graph.uses import chain_end, is_view
 from .attention import attention_verdicts
 from .classes import CLASSES, INF, direction_exp, expected, init_ok  # noqa: F401 (re-exported)
 from .fixes import mup_fixes
-from .records import AttentionVerdict, ParamVerdict, Problem, UseVerdict
+from .records import AttentionVerdict, Change, FixSet, ParamVerdict, Problem, UseVerdict
 from ..graph.widthgraph import WidthGraph
 from ..jsonio import JSONMixin, jsonable
 
 
 
 @dataclass
+class SavedGraph:
+    """What a report read back from JSON keeps of its traced graph and propagation."""
+
+    widths: tuple[int, ...]
+    warnings: list[str]
+    steps: int
+
+
+@dataclass(eq=False)
 class Report(JSONMixin):
-    """What ``analyze`` found. ``str(report)`` is a readable table; ``to_dict()`` is JSON-able."""
+    """What ``analyze`` found. ``str(report)`` is a readable table; ``to_dict()`` is JSON-able;
+    ``from_json`` / ``from_dict`` read it back into an equal report, whose ``graph`` is then a
+    ``SavedGraph`` (widths, warnings, steps) and ``propagation`` None."""
 
     parametrization: str
     stable: bool
@@ -58,6 +69,13 @@ class Report(JSONMixin):
     propagation: Propagation = field(repr=False)
     undetermined: list[dict] = field(default_factory=list)
 
+    @property
+    def steps(self) -> int:
+        """Training steps the dynamics were propagated for."""
+        if self.propagation is None:
+            return self.graph.steps
+        return len(self.propagation.steps) - 1
+
     def not_mup(self) -> list[ParamVerdict]:
         return [p for p in self.params.values() if p.trainable and "muP" not in p.classes]
 
@@ -69,7 +87,7 @@ class Report(JSONMixin):
             "feature_learning": self.feature_learning, "kernel_regime": self.kernel_regime,
             "regime": self.regime, "r": j(self.r), "every_layer_maximal": self.every_layer_maximal,
             "output": {"init": j(self.output_init), "change": j(self.output_change)},
-            "widths": list(self.graph.widths),
+            "widths": list(self.graph.widths), "steps": self.steps,
             "params": {k: {
                 "role": p.role, "shape": list(p.shape), "trainable": p.trainable,
                 "fan_in_exp": j(p.fan_in_exp), "fan_out_exp": j(p.fan_out_exp),
@@ -93,6 +111,49 @@ class Report(JSONMixin):
             "unknown_ops": self.unknown_ops, "undetermined": self.undetermined, "notes": self.notes,
             "warnings": self.graph.warnings,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Report":
+        """Inverse of ``to_dict`` (decoded JSON: ``jsonio.read_json``); exponents are read back
+        with ``jsonio.parse_exponent`` (no evaluation)."""
+        from ..jsonio import from_jsonable, parse_exponent as e
+
+        d = from_jsonable(d)  # plain json.loads output too
+
+        def use(u):
+            return UseVerdict(node=u["node"], op=u["op"], role=u["role"], fan_in_exp=None,
+                              fan_out_exp=None, mult_exp=e(u["mult_exp"]), A=e(u["A"]),
+                              U=e(u["U"]), r=e(u["r"]), classes=list(u["classes"]))
+
+        def fix_set(f):
+            return FixSet(name=f["name"], init_exp=e(f["init_exp"]), mult_exp=e(f["mult_exp"]),
+                          lr_exp=e(f["lr_exp"]), text=f["text"],
+                          changes=[Change(what=c["what"], now=e(c["now"]), to=e(c["to"]),
+                                          node=c["node"]) for c in f["changes"]])
+
+        params = {k: ParamVerdict(
+            name=k, role=p["role"], shape=tuple(p["shape"]), trainable=p["trainable"],
+            fan_in_exp=e(p["fan_in_exp"]), fan_out_exp=e(p["fan_out_exp"]),
+            init_exp=e(p["init_exp"]), mult_exp=e(p["mult_exp"]), lr_exp=e(p["lr_exp"]),
+            uses=[use(u) for u in p["uses"]], classes=list(p["classes"]), fixes=list(p["fixes"]),
+            fix_sets=[fix_set(f) for f in p["fix_sets"]]) for k, p in d["params"].items()}
+        attention = [AttentionVerdict(
+            node=a["node"], module=a["module"], d_head_exp=e(a["d_head_exp"]),
+            scale_exp=e(a["scale_exp"]), kind=a["kind"], logits_init=e(a["logits_init"]),
+            logits_trained=e(a["logits_trained"])) for a in d["attention"]]
+        problems = [Problem(node=p["node"], module=p["module"], what=p["what"], when=p["when"],
+                            exponent=e(p["exponent"])) for p in d["problems"]]
+        graph = SavedGraph(widths=tuple(d["widths"]), warnings=list(d.get("warnings", [])),
+                           steps=d.get("steps", 3))
+        return cls(parametrization=d["parametrization"], stable=d["stable"],
+                   stable_init=d["stable_init"], nontrivial=d["nontrivial"],
+                   feature_learning=d["feature_learning"], kernel_regime=d["kernel_regime"],
+                   regime=d["regime"], r=e(d["r"]), every_layer_maximal=d["every_layer_maximal"],
+                   optimizer=d["optimizer"], params=params, attention=attention,
+                   constants=d["constants"], problems=problems,
+                   output_init=e(d["output"]["init"]), output_change=e(d["output"]["change"]),
+                   unknown_ops=d["unknown_ops"], notes=list(d["notes"]), graph=graph,
+                   propagation=None, undetermined=d.get("undetermined", []))
 
     @property
     def verdict(self) -> str:

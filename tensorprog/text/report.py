@@ -38,7 +38,7 @@ def format_report(rep) -> str:
         f"nontrivial: {rep.nontrivial}; r = {expr(rep.r)}; every layer maximal: "
         f"{rep.every_layer_maximal}",
         f"  output: {fmt(rep.output_init)} at init, change {fmt(rep.output_change)} after "
-        f"{len(rep.propagation.steps) - 1} steps",
+        f"{rep.steps} steps",
         "",
         f"  {'parameter':44s} {'role':13s} {'fan_in':>7s} {'init':>9s} {'mult':>7s} {'lr':>7s} "
         f"{'r':>5s}  class",

@@ -2,15 +2,14 @@
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import TransferError
+from ..jsonio import JSONMixin, dumps, from_jsonable, jsonable, read_json
 
 __all__ = ["Sweep", "drift_of"]
 
@@ -55,18 +54,9 @@ def _refine(xs: np.ndarray, ys: np.ndarray, i: int) -> float:
     return float(np.clip(-b / (2 * a), x3[0], x3[2]))
 
 
-def finite_or_none(v):
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def nested(a: np.ndarray):
-    if a.ndim == 0:
-        return finite_or_none(a)
-    return [nested(s) for s in a]
-
-
 def from_nested(v, fill=math.inf) -> np.ndarray:
+    """Nested lists of numbers -> float array; ``None`` (files written before the
+    ``{"nonfinite": ...}`` encoding) -> ``fill``."""
     def conv(x):
         if isinstance(x, list):
             return [conv(e) for e in x]
@@ -74,8 +64,8 @@ def from_nested(v, fill=math.inf) -> np.ndarray:
     return np.asarray(conv(v), dtype=float)
 
 
-@dataclass
-class Sweep:
+@dataclass(eq=False)
+class Sweep(JSONMixin):
     """Result of ``sweep``: final training losses on a (width, lr, seed) grid and what follows.
 
     ``losses[i, j, k]``: final training loss at ``widths[i]``, ``lrs[j]``, ``seeds[k]`` (``inf`` =
@@ -203,31 +193,38 @@ class Sweep:
         return drift_of(self.widths, self.refined_best_lr)[1]
 
     # ---- output
-    def to_dict(self, histories: bool = False) -> dict:
-        """JSON-ready dict; non-finite numbers (diverged runs, missing minima) become ``None``."""
+    def to_dict(self, histories: bool = True) -> dict:
+        """JSON-ready dict (``histories=False`` leaves out the per-step losses); non-finite
+        numbers (diverged runs, trials not run) are encoded by ``to_json`` as in
+        ``tensorprog.jsonio``: ``{"nonfinite": "inf"}`` / ``{"nonfinite": "nan"}``."""
         d = {
             "name": self.name,
             "widths": list(self.widths),
             "lrs": list(self.lrs),
             "seeds": list(self.seeds),
-            "losses": nested(self.losses),
-            "grid": nested(self.grid),
+            "losses": self.losses.tolist(),
+            "grid": self.grid.tolist(),
             "diverged": self.diverged.tolist(),
-            "best_lr": [finite_or_none(v) for v in self.best_lr],
-            "refined_best_lr": [finite_or_none(v) for v in self.refined_best_lr],
-            "best_loss": [finite_or_none(v) for v in self.best_loss],
+            "best_lr": list(self.best_lr),
+            "refined_best_lr": list(self.refined_best_lr),
+            "best_loss": list(self.best_loss),
             "at_edge": list(self.at_edge),
-            "drift": finite_or_none(self.drift),
-            "drift_err": finite_or_none(self.drift_err),
-            "drift_refined": finite_or_none(self.drift_refined),
-            "drift_refined_err": finite_or_none(self.drift_refined_err),
-            "times": None if self.times is None else nested(self.times),
+            "drift": self.drift,
+            "drift_err": self.drift_err,
+            "drift_refined": self.drift_refined,
+            "drift_refined_err": self.drift_refined_err,
+            "times": None if self.times is None else self.times.tolist(),
             "meta": self.meta,
             "pending": None if self.pending is None else self.pending.tolist(),
         }
         if histories and self.histories is not None:
-            d["histories"] = nested(self.histories)
+            d["histories"] = self.histories.tolist()
         return d
+
+    def __eq__(self, other):
+        if not isinstance(other, Sweep):
+            return NotImplemented
+        return jsonable(self.to_dict()) == jsonable(other.to_dict())
 
     @property
     def verdict(self) -> str:
@@ -239,8 +236,10 @@ class Sweep:
             return "inconclusive"
         return "transfers" if abs(d) <= 0.25 else "drifts"
 
-    def to_json(self, path: str | None = None, histories: bool = False) -> str:
-        text = json.dumps(self.to_dict(histories=histories), indent=1, allow_nan=False, default=str)
+    def to_json(self, path: str | None = None, histories: bool = True) -> str:
+        """JSON text (written to ``path`` when given); ``from_json`` reads it back into an equal
+        ``Sweep`` (``histories=False``: without the per-step losses)."""
+        text = dumps(self.to_dict(histories=histories))
         if path is not None:
             with open(path, "w") as fh:
                 fh.write(text)
@@ -248,7 +247,9 @@ class Sweep:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Sweep":
-        """Inverse of ``to_dict`` (``None`` losses read back as ``inf``)."""
+        """Inverse of ``to_dict`` (plain or decoded JSON; ``None`` losses, as files written
+        before the ``{"nonfinite": ...}`` encoding have them, read back as ``inf``)."""
+        d = from_jsonable(d)
         return cls(widths=d["widths"], lrs=d["lrs"], seeds=d.get("seeds", (0,)),
                    losses=from_nested(d["losses"]),
                    histories=(None if d.get("histories") is None
@@ -259,10 +260,7 @@ class Sweep:
     @classmethod
     def from_json(cls, source: str) -> "Sweep":
         """Inverse of ``to_json``: ``source`` is a path to a JSON file or the JSON text itself."""
-        if not source.lstrip().startswith("{") and os.path.exists(source):
-            with open(source) as fh:
-                source = fh.read()
-        return cls.from_dict(json.loads(source))
+        return cls.from_dict(read_json(source))
 
     def summary(self) -> str:
         """One line: the drift with its uncertainties."""

@@ -229,11 +229,12 @@ class ParamRule:
         return None if self.lr_exp is None else WIDTH_MULT**self.lr_exp
 
 
-@dataclass
+@dataclass(eq=False)
 class Rules(JSONMixin):
     """What ``rules`` found: per-parameter rules, the hooks that carry multipliers, and the
     contractions that need a 1/d scale. ``str()`` a table, ``to_dict()`` / ``to_json()``,
-    ``to_pytorch()`` code to paste."""
+    ``to_pytorch()`` code to paste. ``from_json`` / ``from_dict`` read it back into equal rules
+    (without ``graph`` and the optimizer ``owners``, which JSON does not carry)."""
 
     convention: str
     optimizer: str
@@ -288,8 +289,51 @@ class Rules(JSONMixin):
                      "d_exp": s(o.d_exp), "scale_exp": s(o.scale_exp), "needed": "1/d",
                      "needed_exp": s(o.needed_exp), "factor": s(WIDTH_MULT**o.factor_exp),
                      "fixable": o.fixable, "ok": o.ok} for o in self.ops],
-            "notes": self.notes, "problems": self.problems,
+            "notes": self.notes, "problems": self.problems, "label": self.label,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Rules":
+        """Inverse of ``to_dict`` (decoded JSON: ``jsonio.read_json``). Exponents and the
+        expressions in fan_in / fan_out / width_mult are read with ``jsonio.parse_exponent`` and
+        ``jsonio.parse_expression`` (arithmetic only, nothing evaluated)."""
+        from ..jsonio import from_jsonable, parse_exponent as e, parse_expression
+
+        d = from_jsonable(d)  # plain json.loads output too
+
+        names = {"fan_in": FAN_IN, "fan_out": FAN_OUT, "width_mult": WIDTH_MULT}
+
+        def x(text):
+            return parse_expression(text, names)
+
+        def power(text):  # "width_mult**(-1/2)" -> -1/2
+            return sp.nsimplify(x(text).as_coeff_exponent(WIDTH_MULT)[1])
+
+        def use(u):
+            return UseRule(node=u["node"], op=u["op"], module=u["module"], role=u["role"],
+                           kind=u["kind"], fan_in_exp=None, fan_out_exp=None,
+                           multiplier=x(u["multiplier"]), mult_exp=e(u["mult_exp"]),
+                           measured_mult_exp=e(u["measured_mult_exp"]))
+
+        params = {k: ParamRule(
+            name=k, aliases=list(p["aliases"]), shape=tuple(p["shape"]), role=p["role"],
+            kind=p["kind"], trainable=p["trainable"], fan_in_exp=e(p["fan_in_exp"]),
+            fan_out_exp=e(p["fan_out_exp"]), init_var=x(p["init_var"]),
+            multiplier=x(p["multiplier"]), lr=x(p["lr"]), init_exp=e(p["init_exp"]),
+            mult_exp=e(p["mult_exp"]), lr_exp=e(p["lr_exp"]),
+            measured_init_exp=e(p["measured_init_exp"]), measured_lr_exp=e(p["measured_lr_exp"]),
+            uses=[use(u) for u in p["uses"]], notes=list(p["notes"]), problem=p["problem"],
+            optimizer=p["optimizer"], lr_adam_exp=e(p["lr_adam_exp"]))
+            for k, p in d["params"].items()}
+        hooks = [HookRule(module=h["module"], pre_exp=power(h["input_factor"]),
+                          post_exp=power(h["output_factor"]), params=list(h["params"]))
+                 for h in d["hooks"]]
+        ops = [OpRule(node=o["node"], module=o["module"], op=o["op"], attention=o["attention"],
+                      d_exp=e(o["d_exp"]), scale_exp=e(o["scale_exp"]),
+                      needed_exp=e(o["needed_exp"]), fixable=o["fixable"]) for o in d["ops"]]
+        return cls(convention=d["convention"], optimizer=d["optimizer"],
+                   base_width=d["base_width"], widths=tuple(d["widths"]), params=params,
+                   hooks=hooks, ops=ops, notes=list(d["notes"]), label=d.get("label", "model"))
 
     @property
     def verdict(self) -> str:
