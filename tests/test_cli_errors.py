@@ -41,6 +41,7 @@ def assert_one_clear_line(rc, err, *words):
     (["analyze", "--example", "mlp", "--device", "nonsense"], ["--device 'nonsense'", "cpu"]),
     (["check", "--example", "mlp", "--device", "nonsense"], ["--device 'nonsense'", "auto"]),
     (["explain", "foo"], ["unknown explain target 'foo'", "mlp", "FILE.py:factory"]),
+    (["check", "--example", "mlp", "--max-memory", "lots"], ["--max-memory 'lots'", "8GiB"]),
 ])
 def test_bad_arguments_are_one_line(argv, words):
     rc, out, err, _ = tensorprog(*argv)
@@ -95,3 +96,10 @@ def test_wrong_shape_inputs_give_one_message_without_torch_logs(tmp_path):
     rc, out, err, _ = tensorprog("analyze", "bad.py:factory", "--widths", "16", "32", cwd=tmp_path)
     assert_one_clear_line(rc, err, "width 16", "[4, 5]")
     assert "site-packages/torch" not in err  # torch's own log records of the failure
+
+
+def test_check_refuses_a_width_that_does_not_fit():
+    rc, out, err, _ = tensorprog("check", "--example", "mlp", "--device", "cpu", "--widths", "32",
+                                 "64", "128", "--steps", "1", "--seeds", "1", "--max-memory", "1KB")
+    assert_one_clear_line(rc, err, "width 128 needs an estimated", "given as max_memory",
+                          "--max-memory none")

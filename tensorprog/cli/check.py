@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--plot", default=None, help="write the coordinate-check PNG here")
     parser.add_argument("--json", default=None, help="write the full report as JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--max-memory", dest="max_memory", default="auto",
+                        help="refuse widths whose estimated training memory exceeds this: auto "
+                             "(the device's free memory, default), none (no check), or a size "
+                             "such as 8GiB, 500MB, 1e9")
     parser.add_argument("--inputs", help="name of example_inputs in FILE (default: example_inputs)")
     parser.add_argument("--make-optimizer", dest="make_optimizer",
                         help="name of make_optimizer(model) in FILE (default: make_optimizer)")
@@ -49,6 +53,23 @@ def _int_list(s: str) -> list[int]:
         return [int(x) for x in re.split(r"[,\s]+", str(s).strip()) if x]
     except ValueError:
         raise CheckError(f"--widths must be integers (e.g. --widths 64 128 256), got {s!r}.") from None
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+          "t": 1e12, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def memory_limit(text: str):
+    """--max-memory: "auto", "none" or a size ("8GiB", "500MB", "1e9" bytes) -> check's
+    ``max_memory`` ("auto", None or bytes)."""
+    t = str(text).strip().lower()
+    if t in ("auto", "none"):
+        return None if t == "none" else "auto"
+    m = re.fullmatch(r"(\d+(?:\.\d*)?(?:e\d+)?)\s*([a-z]*)", t)
+    if not m or m.group(2) not in _UNITS or float(m.group(1)) <= 0:
+        raise CheckError(f"--max-memory {text!r}: write auto, none, or a size such as 8GiB, "
+                         "500MB or 1e9 (bytes).")
+    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 def _load_target(target: str):
@@ -64,6 +85,7 @@ def _load_target(target: str):
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tensorprog check``; returns the exit code (0 unless a prediction is refuted: 1)."""
+    max_memory = memory_limit(args.max_memory)
     kw: dict[str, Any] = {}
     if args.example:
         from ..zoo import example
@@ -91,8 +113,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise CheckError("give FILE.py:factory or --example NAME.")
     widths = [w for item in args.widths for w in _int_list(item)] if args.widths else default_widths
-    rep = check(factory, widths, steps=args.steps, seeds=args.seeds,
-                device=args.device, progress=not args.quiet, **kw)
+    rep = check(factory, widths, steps=args.steps, seeds=args.seeds, device=args.device,
+                progress=not args.quiet, max_memory=max_memory, **kw)
     print(rep)
     if args.json:
         rep.to_json(args.json)

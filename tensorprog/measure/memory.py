@@ -103,7 +103,10 @@ def available_memory(dev) -> tuple[int | None, str]:
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.{2 if unit == 'GiB' else 1}f} {unit}"
+    return f"{int(n)} bytes"
 
 
 def check_memory(graph, w: int, dtype, optimizer: str, dev, max_memory="auto") -> dict | None:
