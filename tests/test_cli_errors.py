@@ -39,7 +39,6 @@ def assert_one_clear_line(rc, err, *words):
 
 @pytest.mark.parametrize("argv, words", [
     (["analyze", "--example", "mlp", "--device", "nonsense"], ["--device 'nonsense'", "cpu"]),
-    (["check", "--example", "mlp", "--device", "nonsense"], ["--device 'nonsense'", "auto"]),
     (["explain", "foo"], ["unknown explain target 'foo'", "mlp", "FILE.py:factory"]),
     (["check", "--example", "mlp", "--max-memory", "lots"], ["--max-memory 'lots'", "8GiB"]),
 ])
@@ -49,8 +48,7 @@ def test_bad_arguments_are_one_line(argv, words):
 
 
 @pytest.mark.parametrize("command, flag, where", [
-    ("analyze", "--json", "missing"), ("trace", "--dot", "folder"), ("rules", "--pytorch", "missing"),
-    ("check", "--plot", "folder"), ("check", "--json", "missing"),
+    ("analyze", "--json", "missing"), ("trace", "--dot", "folder"), ("check", "--plot", "folder"),
 ])
 def test_output_paths_are_checked_before_the_run(tmp_path, command, flag, where):
     path = str(tmp_path / "no" / "such" / "out") if where == "missing" else str(tmp_path)
@@ -77,6 +75,22 @@ def test_every_output_flag_is_checked(tmp_path):
                     check_outputs(args)
             args = parser.parse_args([command, "--example", "mlp", flag, str(tmp_path / "ok")])
             check_outputs(args)  # a fresh file in a writable folder is fine
+
+
+def test_device_is_checked():
+    """In-process: what --device accepts (check also takes "auto")."""
+    import torch
+    from tensorprog.cli.load import check_device
+    from tensorprog.errors import TensorprogError
+
+    for bad, auto in [("nonsense", False), ("nonsense", True), ("auto", False), ("cuda:x", True)]:
+        with pytest.raises(TensorprogError, match="--device"):
+            check_device(bad, allow_auto=auto)
+    check_device("cpu")
+    check_device("auto", allow_auto=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(TensorprogError, match="CUDA is not available"):
+            check_device("cuda")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
