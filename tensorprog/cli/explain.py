@@ -54,7 +54,7 @@ def add_arguments(parser):
     m.add_argument("--widths", type=int, nargs="+", help="widths to trace (default 64 128 256)")
     m.add_argument("--inputs", help="name of example_inputs in FILE")
     m.add_argument("--make-optimizer", help="name of make_optimizer(model) in FILE")
-    m.add_argument("--alignment", default="tp", choices=["tp", "everett"],
+    m.add_argument("--alignment", default="tp", choices=["tp", "everett", "full", "none"],
                    help="tp (default) or everett")
     m.add_argument("--device", default="cpu", help="cpu, or meta to trace without weights")
     parser.add_argument("--optimizer",

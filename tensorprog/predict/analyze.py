@@ -129,8 +129,9 @@ def analyze(
     optimizer: "sgd" or "adam" class; a plain string with no ``make_optimizer`` means one
     global learning rate for every parameter. With ``make_optimizer`` the class is read from
     the optimizer it builds (AdamW, RMSprop, Lion... are "adam"-like; SGD with momentum "sgd").
-    alignment: "tp" (Tensor Programs, default) or "everett" (Everett et al. 2024's full
-    alignment: W_0 dz is CLT-like for the readout too). progress: print trace's progress lines
+    alignment: "tp" (Tensor Programs, default), "everett" / "full" (Everett et al. 2024's full
+    alignment: W_0 dz is CLT-like for the readout too) or "none" (their no alignment: every
+    term CLT-like); the same names work in ``theory.ABC`` and ``max_stable_lr_exponent``. progress: print trace's progress lines
     (stderr), the same keyword as ``check`` and ``sweep``. adam_eps: "limit" (default: Adam's
     step in the eps -> 0 limit, TP4b) or "asymptotic" (the eps read from the optimizer, with its
     width exponent: a gradient below eps makes the step SGD-like); theory note 9.
