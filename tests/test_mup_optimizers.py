@@ -95,3 +95,92 @@ def test_muon_for_every_parameter_names_the_hybrid_to_use():
                        optimizer_cls=torch.optim.Muon, lr=0.02, check=False)
     with pytest.raises(TensorprogError, match="'hidden': torch.optim.Muon"):
         of(mf(128))
+
+
+# ----------------------------------------------------------------------------- generated code, CLI
+
+RMS_HYBRID = {"hidden": functools.partial(torch.optim.Muon, adjust_lr_fn="match_rms_adamw"),
+              "default": torch.optim.AdamW}
+
+
+def test_generated_code_builds_both_optimizers_of_a_hybrid():
+    # Muon "match_rms_adamw" on the hidden matrices: LR ~ n^-1/2 (spectral condition, module
+    # doc); AdamW on the rest with TP5 Table 8's constant LRs. At width 256 = 4 x base 64 the
+    # Muon groups get lr_muon * 4^-1/2, every AdamW group lr_adamw.
+    r = _rules(RMS_HYBRID)
+    code = r.to_pytorch()
+    assert "'hidden.0.weight': 'Muon'" in code and "'input.weight': 'AdamW'" in code
+    ns: dict = {}
+    exec(compile(code, "<rules.to_pytorch>", "exec"), ns)
+    model = EX.factory(256)
+    opts = ns["mup_optimizers"](model, {"Muon": 0.02, "AdamW": 1e-3}, 256)
+    assert sorted(type(o).__name__ for o in opts) == ["AdamW", "Muon"]
+    muon = next(o for o in opts if isinstance(o, torch.optim.Muon))
+    adamw = next(o for o in opts if isinstance(o, torch.optim.AdamW))
+    assert muon.defaults["adjust_lr_fn"] == "match_rms_adamw"
+    names = {id(p): n for n, p in model.named_parameters()}
+    owned = [names[id(p)] for o in opts for g in o.param_groups for p in g["params"]]
+    assert sorted(owned) == sorted(names.values())  # every parameter in exactly one optimizer
+    assert {names[id(p)] for g in muon.param_groups for p in g["params"]} == \
+        {"hidden.0.weight", "hidden.1.weight"}
+    assert all(g["lr"] == pytest.approx(0.02 * 4 ** -0.5) for g in muon.param_groups)
+    assert all(g["lr"] == pytest.approx(1e-3) for g in adamw.param_groups)
+
+
+def _cli(*args):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run([sys.executable, "-m", "tensorprog", "rules", "--example", "mlp",
+                           "--param", "sp", "--convention", "table8", "--widths", "64", "128",
+                           *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("spec, hidden_lr", [("muon+adamw", "0"),
+                                             ("hidden=muon:match_rms_adamw,default=adamw", "-1/2")])
+def test_cli_rules_accepts_hybrids(tmp_path, spec, hidden_lr):
+    import json
+
+    out = _cli("--optimizer", spec, "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    d = json.loads((tmp_path / "r.json").read_text())["params"]
+    assert d["hidden.0.weight"]["optimizer"] == "Muon" and d["hidden.0.weight"]["lr_exp"] == hidden_lr
+    assert d["input.weight"]["optimizer"] == "AdamW" and d["input.weight"]["lr_exp"] == "0"
+
+
+def test_cli_rules_bad_optimizer_is_a_clear_error():
+    out = _cli("--optimizer", "muon+nosuchopt")
+    assert out.returncode != 0
+    assert "unknown optimizer 'nosuchopt'" in out.stderr and "Traceback" not in out.stderr
+
+
+# ----------------------------------------------------------------------------- Adafactor
+
+def _adafactor_mup():
+    return apply_mup(EX.factory, 64, example_inputs=EX.example_inputs,
+                     optimizer_cls=torch.optim.Adafactor, lr=1e-2, weight_decay=0.0)
+
+
+def test_apply_mup_adafactor_is_mup():
+    # Adafactor's step is lr x RMS(W): the hidden weight's muP LR is Adam's 1/fan_in over its
+    # RMS n^-1/2, i.e. n^-1/2 (module doc); analyze reads the optimizer object and agrees.
+    mf, of = _adafactor_mup()
+    model = mf(256)
+    (opt,) = of(model) if isinstance(of(model), (list, tuple)) else (of(model),)
+    assert isinstance(opt, torch.optim.Adafactor)
+    hidden = dict(model.named_parameters())["hidden.0.weight"]
+    lr = next(g["lr"] for g in opt.param_groups if any(p is hidden for p in g["params"]))
+    assert lr == pytest.approx(1e-2 * 4 ** -0.5)
+    rep = analyze(mf, (64, 128, 256), example_inputs=EX.example_inputs, make_optimizer=of)
+    assert rep.graph.params["hidden.0.weight"].step.geometry == "parameter-scaled"
+    assert rep.parametrization == "muP", str(rep)
+
+
+@pytest.mark.slow
+def test_check_does_not_refute_adafactor_mup():
+    mf, of = _adafactor_mup()
+    rep = check(mf, (64, 128, 256, 512), example_inputs=EX.example_inputs, make_optimizer=of,
+                steps=3, seeds=2, progress=False)
+    assert not rep.refuted(), [(r.node, r.kind, r.step, r.predicted, r.slope) for r in rep.refuted()]

@@ -461,8 +461,15 @@ def _param_rule(graph, p, optimizer, convention, fixed, step=None) -> ParamRule:
     rule.lr = sp.simplify(lr / t**k) if p.trainable else None
     rule.lr_exp = lr_target if p.trainable else None
     rule.fan_in_exp, rule.fan_out_exp = a.fan_in_exp, a.fan_out_exp
-    # vector- / scalar-like parameters may start smaller than Theta(1): keep a smaller init
-    if (all(u.role in ("vector", "scalar") for u in p.uses) and p.init_exp not in (None, "zero")):
+    # vector- / scalar-like parameters may start smaller than Theta(1): keep a smaller init --
+    # not under Adafactor, whose step is lr * RMS(W): a muP update outgrows a smaller init, and
+    # the next step, sized by the grown RMS, is larger by the same factor (it blows up)
+    scaled = step is not None and step.geometry == "parameter-scaled"
+    if scaled and all(u.role in ("vector", "scalar") for u in p.uses) and p.trainable:
+        rule.notes.append(f"{step.optimizer} sizes its step by RMS(W), so the rule's init is "
+                          "applied even where the init is smaller (a smaller one would be outgrown "
+                          "by the first update and the steps after it would grow with the width).")
+    elif (all(u.role in ("vector", "scalar") for u in p.uses) and p.init_exp not in (None, "zero")):
         now = sp.nsimplify(p.init_exp) + a.measured_mult_exp
         target = s + a.mult_exp
         if now < target:
