@@ -139,8 +139,45 @@ def test_adam_eps_is_read_per_width_with_its_exponent(scaled):
     assert rep.parametrization == "muP" and rep.feature_learning
     notes = [n for n in rep.notes if "Adam's eps" in n]
     assert bool(notes) == (not scaled)
-    if notes:
-        assert "'h1.weight': eps ~ 1 (0.001 at width 256), gradient ~ n^-1" in notes[0] and "1/fan_in" in notes[0]
+    if notes:  # eps = 1e-3 is above the hidden gradient's RMS (~3e-4) already at width 256
+        assert "'h1.weight' (eps ~ 1, gradient ~ n^-1, already above the gradient's RMS)" in notes[0]
+        assert "1/fan_in" in notes[0]
+
+
+def constant_eps(eps):
+    def make(m):
+        return torch.optim.Adam([{"params": [m.inp.weight], "lr": 1e-2},
+                                 {"params": [m.h1.weight, m.out.weight], "lr": 1e-2 * 64 / m.n}],
+                                eps=eps)
+    return make
+
+
+def test_default_adam_eps_is_not_noted():
+    # eps = 1e-8 meets a ~3e-4 gradient falling like 1/n only near width 256 * 3e4: far
+    # beyond the analysed widths, so no note
+    rep = analyze(MLP3, WIDTHS, example_inputs=(X,), make_optimizer=constant_eps(1e-8))
+    assert not [n for n in rep.notes if "eps" in n]
+
+
+def test_eps_note_names_the_width_where_eps_meets_the_gradient():
+    import re
+
+    rep = analyze(MLP3, WIDTHS, example_inputs=(X,), make_optimizer=constant_eps(1e-4))
+    (note,) = [n for n in rep.notes if "Adam's eps" in n]
+    m = re.search(r"'h1.weight' \(eps ~ 1, gradient ~ n\^-1, reaching the gradient's RMS near "
+                  r"width ([0-9.e+]+)\)", note)
+    assert m, note
+    cross = round(float(m.group(1)))
+    assert 256 < cross < 256 * 100
+    # measured here, at that width: the hidden weight's RMS gradient under the proxy loss
+    # (0.5 mean((y - t)^2), t fixed N(0, 1) targets, seed 1234) is eps, within a factor 2
+    torch.manual_seed(0)
+    model = MLP3(cross)
+    y = model(X)
+    t = torch.randn(tuple(y.shape), generator=torch.Generator().manual_seed(1234))
+    (0.5 * ((y - t) ** 2).mean()).backward()
+    rms = float(model.h1.weight.grad.pow(2).mean().sqrt())
+    assert 0.5 < rms / 1e-4 < 2, rms
 
 
 @pytest.mark.parametrize("scaled", [False, True])

@@ -372,13 +372,25 @@ def _adam_readout_check(graph, params, notes, out_dx):
                        "grows, which the problems list") + " (theory note 9).")
 
 
+#: the eps note looks this far past the largest analysed width
+EPS_HORIZON = 100
+
+
+def eps_crossover(eps: float, grad: float, e, g, width: int) -> float:
+    """The width where Adam's eps ~ eps (width / n)^e meets the gradient's RMS entry
+    ~ grad (width / n)^g (g < e): n* = width (eps / grad)^(1 / (g - e)). Past it the step is
+    SGD-like, lr g / eps (Everett et al. 2024, arXiv 2407.05872, §4: eps underflow)."""
+    return width * (eps / grad) ** (1.0 / float(g - e))
+
+
 def _eps_note(graph, prop) -> str | None:
-    """Entrywise (Adam-family) parameters whose eps shrinks slower than their gradient: at large
-    width eps dominates and the step becomes SGD-like (lr g / eps), smaller than the eps -> 0
-    limit the verdict uses."""
+    """Entrywise (Adam-family) parameters whose eps shrinks slower than their gradient, noted
+    only where it matters: their gradient's RMS (measured at the largest width, ``grad_rms``)
+    falls to eps within ``EPS_HORIZON`` times the largest analysed width. Without a measured
+    gradient every such parameter is listed."""
     from .engine import eps_exp
     from ..ops import mx
-    init = prop.steps[0]
+    init, top = prop.steps[0], max(graph.widths)
     hit = []
     for name, p in graph.params.items():
         e = eps_exp(p)
@@ -387,17 +399,27 @@ def _eps_note(graph, prop) -> str | None:
         g = mx(*(init[n].g for n in p.nodes if n in init))
         if g == NEG or g >= e:
             continue
-        hit.append((name, e, g, p.eps[max(p.eps)]))
+        eps, grad = p.eps.get(top), p.grad_rms.get(top)
+        cross = eps_crossover(eps, grad, e, g, top) if eps and grad else None
+        if cross is not None and cross > EPS_HORIZON * top:
+            continue
+        hit.append((name, e, g, cross))
     if not hit:
         return None
-    shown = "; ".join(f"{n!r}: eps ~ {fmt(e)} ({v:g} at width {max(graph.widths)}), gradient ~ {fmt(g)}"
-                      for n, e, g, v in hit[:4])
+
+    def where(c):
+        if c is None:
+            return ""
+        return (", already above the gradient's RMS" if c <= top
+                else f", reaching the gradient's RMS near width {c:.3g}")
+
+    shown = "; ".join(f"{n!r} (eps ~ {fmt(e)}, gradient ~ {fmt(g)}{where(c)})"
+                      for n, e, g, c in hit[:4])
     more = f"; and {len(hit) - 4} more" if len(hit) > 4 else ""
-    return ("Adam's eps shrinks slower with width than the gradient it divides ("
-            + shown + more + "): at large width eps dominates the gradient and the step becomes "
-            "SGD-like, lr g / eps, shrinking like n^(g - e) below the eps -> 0 limit this verdict "
-            "assumes (analyze(..., adam_eps='asymptotic') predicts it). Scaling eps like the "
-            "gradient, ~1/fan_in for hidden weights, keeps the update Adam-like (theory note 9).")
+    return ("Adam's eps outgrows the gradient it divides: " + shown + more + ". Past that width "
+            "the step is SGD-like (lr g / eps) and smaller than the eps -> 0 limit this verdict "
+            "assumes (adam_eps='asymptotic' predicts it); eps ~ 1/fan_in for hidden weights "
+            "keeps it Adam-like (theory note 9).")
 
 
 def _classify(graph, params, attention, opt, notes) -> str:
