@@ -269,3 +269,44 @@ def test_table8_readout_with_pytorch_default_init_is_stable_with_a_note():
     assert not any("outgrows" in p.what for p in rep.problems)
     assert any("readout 'readout.weight' has an update that outgrows its init" in n
                for n in rep.notes)
+
+
+# --- coupled (L2) weight decay: g + wd p. At step 1 the zero readout gives the hidden layers a
+# zero gradient, so only the decay moves them.
+
+def test_coupled_weight_decay_under_sgd_is_a_relative_shrink():
+    # SGD: p - lr (g + wd p) = (1 - lr wd) p when g = 0, so h1 = W z changes by lr wd h1:
+    # by h1's own size, not by an aligned (law of large numbers) step n^{1/2} larger
+    rep = analyze(MLP, WIDTHS, example_inputs=(X,),
+                  make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1, weight_decay=0.1))
+    s1 = rep.propagation.steps[1]["linear_1"]
+    assert s1.dx == s1.x == 0
+    assert not [n for n in rep.notes if "coupled" in n]
+
+
+def test_coupled_weight_decay_under_adam_is_an_upper_bound():
+    # Adam: the step is lr (g + wd p) / |g + wd p| = lr sign(p) when g = 0: entries lr, aligned
+    # with the init W0, not with the features z, so h1 changes by lr sign(W0) z ~ lr n^{1/2}
+    # (central limit). The engine counts the step as gradient-aligned, lr n (law of large
+    # numbers): an upper bound, which its note says; measured here, the change grows slower.
+    make = lambda m: torch.optim.Adam(m.parameters(), lr=1e-3, weight_decay=0.1)  # noqa: E731
+    rep = analyze(MLP, WIDTHS, example_inputs=(X,), make_optimizer=make)
+    (note,) = [n for n in rep.notes if "coupled (L2) weight decay" in n]
+    assert "upper bound" in note and "'h1.weight'" in note
+    predicted = rep.propagation.steps[1]["linear_1"].dx
+    assert predicted == 1
+    changes = []
+    for n in (64, 256, 1024):
+        torch.manual_seed(0)
+        model = MLP(n)
+        before = model.h1(torch.relu(model.inp(X))).detach()
+        opt = make(model)
+        y = model(X)
+        (0.5 * (y - torch.ones_like(y)).pow(2).mean()).backward()
+        opt.step()
+        after = model.h1(torch.relu(model.inp(X))).detach()
+        changes.append(float((after - before).pow(2).mean().sqrt()))
+    import math
+    slope = math.log(changes[-1] / changes[0]) / math.log(1024 / 64)
+    assert abs(slope - 0.5) < 0.15, slope  # lr sign(W0) z: CLT
+    assert slope < float(predicted)

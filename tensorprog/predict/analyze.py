@@ -155,6 +155,16 @@ def analyze(
         note = _eps_note(graph, prop)
         if note:
             report.notes.append(note)
+    coupled = [n for n, p in graph.params.items() if p.trainable and p.step is not None
+               and p.step.adam_like and not p.step.decoupled and p.wd_exp not in (None, "zero")]
+    if coupled:
+        report.notes.append(
+            f"coupled (L2) weight decay under {graph.optimizer} ({', '.join(map(repr, coupled[:4]))}"
+            + (f" and {len(coupled) - 4} more" if len(coupled) > 4 else "") + "): wd p is added "
+            "to the gradient before the normalisation, and the prediction counts the step as if "
+            "it followed the gradient (aligned with the features), an upper bound: where wd |p| "
+            "outgrows |g| the step follows sign(p) and changes the features less. Decoupled decay "
+            "(AdamW, decoupled_weight_decay=True) is modelled exactly.")
     report.notes.extend(w for w in graph.warnings if w.startswith("the model branches on data"))
     if graph.optimizer is None:
         report.notes.insert(0, f"no optimizer factory: {opt}-like updates with one global learning "
