@@ -184,3 +184,30 @@ def test_check_does_not_refute_adafactor_mup():
     rep = check(mf, (64, 128, 256, 512), example_inputs=EX.example_inputs, make_optimizer=of,
                 steps=3, seeds=2, progress=False)
     assert not rep.refuted(), [(r.node, r.kind, r.step, r.predicted, r.slope) for r in rep.refuted()]
+
+
+# ----------------------------------------------------------------------------- alignment
+
+def test_rules_alignment_none_matches_the_theorys_largest_stable_lrs():
+    # TP5 Table 3 with Adam: LRs (1, 1/fan_in, 1/fan_in) under TP alignment. Without alignment
+    # (Everett et al. 2024: dW z_0 sums its fan-in CLT-like, n^{1/2}) the largest stable Adam
+    # LR of a layer contracting over n is n^{1/2} larger: (1, n^-1/2, n^-1/2); the MLP theory
+    # says the same (test_theory_geometry.py derives it by hand).
+    from tensorprog.theory.abc import max_stable_lr_exponent
+
+    r = rules(EX.factory, (64, 128, 256), example_inputs=EX.example_inputs, optimizer="adam",
+              convention="table3", alignment="none")
+    got = tuple(r.params[n].lr_exp for n in ("input.weight", "hidden.0.weight", "readout.weight"))
+    assert got == (0, -h, -h)
+    c = max_stable_lr_exponent((0, 0, 0), (0, h, 1), "adam", per_layer=True, alignment="none")
+    assert got == tuple(-x for x in c)
+    assert _rules(HYBRID).params["hidden.0.weight"].lr_exp == 0  # TP by default
+    muon = rules(EX.factory, (64, 128, 256), example_inputs=EX.example_inputs, optimizer=HYBRID,
+                 convention="table8", alignment="none")
+    assert muon.params["hidden.0.weight"].lr_exp == h  # Muon's LR follows: n^{1/2} larger
+
+
+def test_rules_alignment_under_sgd_is_a_clear_error():
+    with pytest.raises(TensorprogError, match="max_stable_lr_exponent"):
+        rules(EX.factory, (64, 128), example_inputs=EX.example_inputs, optimizer="sgd",
+              alignment="none")

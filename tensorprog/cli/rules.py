@@ -65,6 +65,9 @@ def add_arguments(parser):
                         help="table3 (default), table8 (the mup package), table9 (TP4), unit")
     parser.add_argument("--base-width", type=int, help="width where every factor is 1 "
                         "(default: the smallest traced width)")
+    parser.add_argument("--alignment", default="tp", choices=["tp", "everett", "full", "none"],
+                        help="alignment the learning rates assume (Everett et al. 2024): tp "
+                        "(default, the tables'), full (= everett) or none (Adam-like optimizers)")
     parser.add_argument("--pytorch", help="write ready-to-paste PyTorch code here ('-': stdout)")
     parser.add_argument("--device", default="cpu", help="cpu, or meta to trace without weights")
     return parser
@@ -81,6 +84,7 @@ def run(args) -> int:
     t = load_target(args)
     r = rules(t.factory, tuple(args.widths or t.widths), example_inputs=t.example_inputs,
               optimizer=optimizer, convention=args.convention,
+              alignment=getattr(args, "alignment", "tp"),
               base_width=args.base_width, device=getattr(args, "device", "cpu"), label=t.label)
     print(r)
     if args.json:

@@ -174,6 +174,7 @@ def apply_mup(
     weight_decay_scaling: str = "mup",
     check: bool = True,
     progress: bool = False,
+    alignment="tp",
     **optimizer_kwargs,
 ):
     """(model_factory, optimizer_factory) that build ``factory``'s model in muP.
@@ -187,7 +188,8 @@ def apply_mup(
     package's form), "table3", "table9" or "unit" (see ``tensorprog.rules``).
     check: build the model at 2 base once and run it on the example inputs, to make sure every
     hook and the attention patch fire (catches an sdpa that is not reached through
-    torch.nn.functional).
+    torch.nn.functional). alignment: as for ``rules`` ("tp", "full", "none"; Everett et al.
+    2024), which sizes the learning rates.
     Returns ``model_factory(width) -> nn.Module`` and ``optimizer_factory(model) -> Optimizer``.
     """
     from ..theory.abc import optimizer_class
@@ -202,7 +204,8 @@ def apply_mup(
     if isinstance(optimizer_cls, str):
         optimizer_class(optimizer_cls)  # a name: the rules follow it; the optimizer cannot be built
     r = derive_rules(factory, ws, example_inputs=example_inputs, optimizer=optimizer_cls,
-                     convention=convention, base_width=base_width, progress=progress)
+                     convention=convention, base_width=base_width, progress=progress,
+                     alignment=alignment)
     _refuse(r)
     plan = _Plan.from_rules(r)
 

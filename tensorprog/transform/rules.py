@@ -324,6 +324,7 @@ def rules(
     device: str = "cpu",
     label: str = "model",
     progress: bool = False,
+    alignment: Any = "tp",
 ) -> Rules:
     """The muP rules of every parameter of ``factory`` (width -> nn.Module, or a traced
     ``WidthGraph``) in ``convention`` for ``optimizer``. ``base_width`` (default: the smallest
@@ -336,7 +337,10 @@ def rules(
     ``tensorprog.transform.optspec``). Each parameter's LR follows the optimizer that owns it:
     the convention's Adam LR exponent minus the entry exponent of that optimizer's direction
     (Muon "original": constant for n x n hidden weights, the spectral condition of Yang, Simon,
-    Bernstein 2023; Adafactor: Adam's minus the parameter's RMS exponent)."""
+    Bernstein 2023; Adafactor: Adam's minus the parameter's RMS exponent).
+
+    alignment: "tp" (default; the tables' assumption), "full" / "everett" or "none" (Everett et
+    al. 2024, arXiv 2407.05872), or an ``ops.Alignment``: see ``align_learning_rates``."""
     from .optspec import assign
 
     _check_convention(convention)
@@ -348,7 +352,47 @@ def rules(
     r = derive(graph, opt, convention, base, label=label,
                steps=None if plain else {n: s.step for n, s in owners.items()})
     r.owners = owners
+    align_learning_rates(r, alignment)
     return r
+
+
+def align_learning_rates(r: Rules, alignment: Any) -> None:
+    """Re-size ``r``'s learning rates for another alignment of dW z_0 (Everett et al. 2024,
+    §3): an update contracted over a fan-in n^f gains n^{alpha f} instead of TP's n^f, so the
+    largest stable (maximal) update is n^{(1 - alpha) f} larger and so is each LR of a
+    parameter that contracts over the width (hidden, output-like). Adam-like optimizers only:
+    their layers decouple (``theory.max_stable_lr_exponent``); under SGD the readout's LR sizes
+    every layer's gradient. The init rules stay: they are stable under every alignment in
+    [1/2, 1]. ``r`` is changed in place."""
+    from ..ops import alignment as resolve
+
+    try:
+        al = resolve(alignment)
+    except ValueError as err:
+        raise TensorprogError(str(err)) from None
+    extra = 1 - sp.nsimplify(al.dw_z0)
+    if extra == 0:
+        return
+    if r.optimizer == "sgd":
+        raise TensorprogError(
+            f"alignment {al.name!r} in rules is for Adam-like optimizers: under SGD the readout's "
+            "learning rate sizes every layer's gradient, so the layers' rules do not shift one by "
+            "one. Use tensorprog.theory.max_stable_lr_exponent(a, b, 'sgd', per_layer=True, "
+            f"alignment={al.name!r}) for the MLP.")
+    for rule in r.params.values():
+        f = rule.fan_in_exp
+        if rule.lr_exp is None or not f or f <= 0:
+            continue
+        shift = sp.nsimplify(extra * f)
+        rule.lr_exp = sp.nsimplify(rule.lr_exp + shift)
+        if rule.lr_adam_exp is not None:
+            rule.lr_adam_exp = sp.nsimplify(rule.lr_adam_exp + shift)
+        rule.lr = sp.simplify(rule.lr * _pretty(shift, f, rule.fan_out_exp))
+        rule.notes.append(f"alignment {al.name}: dW z_0 sums its fan-in with exponent "
+                          f"{al.dw_z0}, so the LR is n^{shift} larger than the table's "
+                          "(Everett et al. 2024).")
+    r.notes.append(f"learning rates for alignment {al.name!r} (Everett et al. 2024, arXiv "
+                   "2407.05872), not the tables' TP alignment.")
 
 
 def derive(graph: WidthGraph, optimizer: str, convention: str, base_width: int, *,
