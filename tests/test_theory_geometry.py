@@ -162,3 +162,25 @@ def test_bad_geometry_and_adjust():
         ABC((0, 0), (0, H), 0, "sgd", geometry="entrywise")
     with pytest.raises(TheoryError, match="adjust_lr_fn"):
         ABC((0, 0), (0, H), 0, "muon", adjust_lr_fn="sideways")
+
+
+def test_registered_optimizer_reaches_the_theory():
+    # an unknown class: the error names where to declare it; once declared (a Shampoo-like
+    # matrix preconditioner as orthogonalised) ABC sizes it like Muon "original"
+    import importlib
+    import re
+
+    class Shampooish(torch.optim.Optimizer):
+        pass
+
+    with pytest.raises(TheoryError, match="register_optimizer") as err:
+        ABC((0, 0, 0), (0, H, 1), 0, Shampooish)
+    module = re.search(r"with ([\w.]+)\.register_optimizer", str(err.value)).group(1)
+    register = importlib.import_module(module).register_optimizer
+    from tensorprog.graph.optimizers import OPTIMIZERS
+    try:
+        register(Shampooish, "orthogonalised")
+        assert ABC((0, 0, 0), (0, H, 1), (0, 0, H), Shampooish).regime == "feature learning"
+        assert max_stable_lr_exponent((0, 0, 0), (0, H, 1), Shampooish, per_layer=True) == (0, 0, H)
+    finally:
+        OPTIMIZERS.pop("Shampooish", None)
