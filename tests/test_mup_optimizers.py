@@ -211,3 +211,43 @@ def test_rules_alignment_under_sgd_is_a_clear_error():
     with pytest.raises(TensorprogError, match="max_stable_lr_exponent"):
         rules(EX.factory, (64, 128), example_inputs=EX.example_inputs, optimizer="sgd",
               alignment="none")
+
+
+# ----------------------------------------------------------------------------- eps
+
+@pytest.mark.parametrize("convention", ["table8", "table3"])
+def test_apply_mup_scales_adam_eps_like_the_measured_gradient(convention):
+    # eps_scaling="mup": each group's eps ~ its parameter's muP gradient entries. Measured here:
+    # the RMS gradient of each weight of the muP model (one backward pass, 0.5 mean((y - t)^2))
+    # at widths 64 and 512 falls with the exponent the eps follows.
+    import math
+
+    mf, of = apply_mup(EX.factory, 64, example_inputs=EX.example_inputs,
+                       optimizer_cls=torch.optim.Adam, lr=1e-3, eps=1e-8, eps_scaling="mup",
+                       convention=convention)
+    exps = {n: float(p.eps_exp) for n, p in of.rules.params.items() if p.eps_exp is not None}
+    assert exps["hidden.0.weight"] == -1  # 1/fan_in (TP5 App. B's eps for hidden weights)
+    # the readout: Theta(1) gradient with Table 3's unit multiplier, 1/n with Table 8's 1/n
+    assert exps["readout.weight"] == (0 if convention == "table3" else -1)
+    rms = {}
+    for n in (64, 512):
+        torch.manual_seed(0)
+        model = mf(n)
+        opt = of(model)
+        eps_of = {id(p): g["eps"] for g in opt.param_groups for p in g["params"]}
+        named = dict(model.named_parameters())
+        for name, e in exps.items():
+            assert eps_of[id(named[name])] == pytest.approx(1e-8 * (n / 64) ** e)
+        (x,) = EX.example_inputs(n) if callable(EX.example_inputs) else EX.example_inputs
+        y = model(x)
+        t = torch.randn(tuple(y.shape), generator=torch.Generator().manual_seed(1234))
+        (0.5 * (y - t).pow(2).mean()).backward()
+        rms[n] = {name: float(named[name].grad.pow(2).mean().sqrt()) for name in exps}
+    for name in ("input.weight", "hidden.0.weight", "hidden.1.weight", "readout.weight"):
+        slope = math.log(rms[512][name] / rms[64][name]) / math.log(8)
+        assert abs(slope - exps[name]) < 0.2, (name, slope, exps[name])
+
+
+def test_apply_mup_eps_scaling_is_validated():
+    with pytest.raises(TensorprogError, match="eps_scaling"):
+        apply_mup(EX.factory, 64, example_inputs=EX.example_inputs, eps_scaling="sometimes")

@@ -211,6 +211,7 @@ class ParamRule:
     problem: str | None = None  # set when no muP form can be applied
     optimizer: str | None = None  # the class of the optimizer that owns it (when one was given)
     lr_adam_exp: Any = None  # the Adam-equivalent LR exponent before the optimizer's geometry
+    eps_exp: Any = None  # Adam's eps ~ n^eps_exp: the muP gradient's entry size (see _eps_rule)
 
     @property
     def init_factor_exp(self):
@@ -279,7 +280,7 @@ class Rules(JSONMixin):
                           "kind": u.kind, "multiplier": s(u.multiplier), "mult_exp": s(u.mult_exp),
                           "measured_mult_exp": s(u.measured_mult_exp),
                           "factor": s(WIDTH_MULT**u.factor_exp)} for u in p.uses],
-                "optimizer": p.optimizer, "lr_adam_exp": s(p.lr_adam_exp),
+                "optimizer": p.optimizer, "lr_adam_exp": s(p.lr_adam_exp), "eps_exp": s(p.eps_exp),
                 "notes": p.notes, "problem": p.problem} for k, p in self.params.items()},
             "hooks": [{"module": h.module, "input_factor": s(WIDTH_MULT**h.pre_exp),
                        "output_factor": s(WIDTH_MULT**h.post_exp), "params": h.params}
@@ -523,6 +524,7 @@ def _param_rule(graph, p, optimizer, convention, fixed, step=None) -> ParamRule:
     if step is not None:
         rule.optimizer = step.optimizer
         _geometry_lr(rule, p, step)
+    _eps_rule(rule)
     if p.init_exp is None:
         rule.notes.append("its init scale follows no power law of the width: left as it is.")
     if not p.trainable:
@@ -532,6 +534,18 @@ def _param_rule(graph, p, optimizer, convention, fixed, step=None) -> ParamRule:
                           + ", ".join(f"{u.module or '<top>'}: width_mult^{u.shift}" for u in uses if u.shift != 0)
                           + ") to keep one init and one learning rate for the tensor.")
     return rule
+
+
+def _eps_rule(rule: ParamRule) -> None:
+    """Adam's eps scaled like the parameter's gradient entries in muP, so that eps stays as far
+    below them at every width (TP5 App. B / Everett et al. 2024 §4): the gradient of w is
+    n^{mult} x (backprop vector) x (input), whose entries are Theta(1) for a finite fan-out
+    (the loss's own gradient) and Theta(1/n) for a width-sized one (in muP every backprop
+    vector inside the network is as large as the readout's entries, 1/n)."""
+    if not rule.trainable or rule.mult_exp is None or rule.shift != 0 or rule.problem:
+        return
+    wide_out = rule.fan_out_exp is None or rule.fan_out_exp > 0
+    rule.eps_exp = sp.nsimplify(rule.mult_exp - (1 if wide_out else 0))
 
 
 def _where(u: UseRule) -> str:
