@@ -184,3 +184,19 @@ def test_registered_optimizer_reaches_the_theory():
         assert max_stable_lr_exponent((0, 0, 0), (0, H, 1), Shampooish, per_layer=True) == (0, 0, H)
     finally:
         OPTIMIZERS.pop("Shampooish", None)
+
+
+@pytest.mark.parametrize("alignment, verdict", [("tp", "=> unstable"), ("full", "=> feature learning")])
+def test_cli_explain_takes_the_alignment(alignment, verdict):
+    # SP with Adam LRs (1, 1/n, 1/n): see test_sp_adam_per_layer_lr_stable_only_without_tp_...
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-m", "tensorprog", "explain", "mlp", "--a", "0", "0", "0",
+                          "--b", "0", "1/2", "1/2", "--lr-exponent", "0", "-1", "-1", "--optimizer",
+                          "adam", "--alignment", alignment], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert verdict in out.stdout

@@ -77,7 +77,7 @@ def run(args) -> int:
             args.preset, args.layers, args.optimizer or "sgd",
             a=rationals(args.a, "--a"), b=rationals(args.b, "--b"),
             c=rationals(args.c, "--c"), lr_exponent=rationals(args.lr_exponent, "--lr-exponent"),
-            markdown=args.markdown), end="")
+            markdown=args.markdown, alignment=args.alignment), end="")
         return 0
     if target is None and not args.example:
         if theory_flags:

@@ -204,13 +204,18 @@ def explain_abc(p, *, label: str | None = None, markdown: bool = False) -> str:
 
 
 def explain_preset(name: str | None = None, L: int | None = None, optimizer: Any = "sgd", *,
-                   a=None, b=None, c=None, lr_exponent=None, markdown: bool = False) -> str:
+                   a=None, b=None, c=None, lr_exponent=None, markdown: bool = False,
+                   alignment: Any = "tp") -> str:
     """Build the ABC from a preset name or from a, b (and c or lr_exponent), then explain it.
 
     ``lr_exponent``: learning rate ~ n^{lr_exponent}, i.e. c = -lr_exponent (one value or one
-    per layer). ``c``: TP4's c directly. Bad input raises ``TensorprogError``.
+    per layer). ``c``: TP4's c directly. ``optimizer`` may name a geometry's optimizer (muon,
+    adafactor); ``alignment``: "tp", "full", "none" (``theory.ABC``). Bad input raises
+    ``TensorprogError``.
     """
-    from ..theory.abc import ABC, preset
+    import dataclasses
+
+    from ..theory.abc import ABC, optimizer_class, preset
 
     def listify(x):
         if x is None:
@@ -230,7 +235,8 @@ def explain_preset(name: str | None = None, L: int | None = None, optimizer: Any
     if name is not None:
         if a is not None or b is not None:
             raise TensorprogError("give either a preset or --a/--b, not both")
-        p = preset(name, 2 if L is None else L, optimizer, c=cval)
+        p = preset(name, 2 if L is None else L, optimizer_class(optimizer), c=cval)
+        p = dataclasses.replace(p, optimizer=optimizer, alignment=alignment, geometry=None)
         label = f"{name} preset" if cval is None else f"{name} preset with c = {_cval(cval)}"
     else:
         if a is None or b is None:
@@ -239,7 +245,7 @@ def explain_preset(name: str | None = None, L: int | None = None, optimizer: Any
         if L is not None and len(a) != L + 1:
             raise TensorprogError(f"--layers {L} needs L + 1 = {L + 1} values for --a and --b; "
                                   f"got {len(a)}")
-        p = ABC(a, b, 0 if cval is None else cval, optimizer)
+        p = ABC(a, b, 0 if cval is None else cval, optimizer, alignment)
         label = "abc-parametrization"
     return explain_abc(p, label=label, markdown=markdown)
 
