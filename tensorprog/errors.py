@@ -13,6 +13,10 @@ class TraceError(TensorprogError):
     """The model could not be traced across widths."""
 
 
+class TheoryError(TensorprogError, ValueError):
+    """Bad input to the closed-form theory (a ValueError too)."""
+
+
 class CheckError(TensorprogError):
     """The empirical check could not run."""
 

@@ -78,8 +78,9 @@ def test_apply_mup_muon_adamw_hybrid_is_mup():
 
 
 @pytest.mark.slow
-def test_check_refutes_nothing_for_the_hybrid():
-    mf, of = _hybrid_mup()
+@pytest.mark.parametrize("made", ["hybrid", "adafactor"])
+def test_check_refutes_nothing_for_apply_mups_model(made):
+    mf, of = _hybrid_mup() if made == "hybrid" else _adafactor_mup()
     rep = check(mf, (64, 128, 256, 512), example_inputs=EX.example_inputs, make_optimizer=of,
                 steps=3, seeds=2, progress=False)
     assert not rep.refuted(), [(r.node, r.kind, r.step, r.predicted, r.slope) for r in rep.refuted()]
@@ -95,3 +96,151 @@ def test_muon_for_every_parameter_names_the_hybrid_to_use():
                        optimizer_cls=torch.optim.Muon, lr=0.02, check=False)
     with pytest.raises(TensorprogError, match="'hidden': torch.optim.Muon"):
         of(mf(128))
+
+
+# ----------------------------------------------------------------------------- generated code, CLI
+
+RMS_HYBRID = {"hidden": functools.partial(torch.optim.Muon, adjust_lr_fn="match_rms_adamw"),
+              "default": torch.optim.AdamW}
+
+
+def test_generated_code_builds_both_optimizers_of_a_hybrid():
+    # Muon "match_rms_adamw" on the hidden matrices: LR ~ n^-1/2 (spectral condition, module
+    # doc); AdamW on the rest with TP5 Table 8's constant LRs. At width 256 = 4 x base 64 the
+    # Muon groups get lr_muon * 4^-1/2, every AdamW group lr_adamw.
+    r = _rules(RMS_HYBRID)
+    code = r.to_pytorch()
+    assert "'hidden.0.weight': 'Muon'" in code and "'input.weight': 'AdamW'" in code
+    ns: dict = {}
+    exec(compile(code, "<rules.to_pytorch>", "exec"), ns)
+    model = EX.factory(256)
+    opts = ns["mup_optimizers"](model, {"Muon": 0.02, "AdamW": 1e-3}, 256)
+    assert sorted(type(o).__name__ for o in opts) == ["AdamW", "Muon"]
+    muon = next(o for o in opts if isinstance(o, torch.optim.Muon))
+    adamw = next(o for o in opts if isinstance(o, torch.optim.AdamW))
+    assert muon.defaults["adjust_lr_fn"] == "match_rms_adamw"
+    names = {id(p): n for n, p in model.named_parameters()}
+    owned = [names[id(p)] for o in opts for g in o.param_groups for p in g["params"]]
+    assert sorted(owned) == sorted(names.values())  # every parameter in exactly one optimizer
+    assert {names[id(p)] for g in muon.param_groups for p in g["params"]} == \
+        {"hidden.0.weight", "hidden.1.weight"}
+    assert all(g["lr"] == pytest.approx(0.02 * 4 ** -0.5) for g in muon.param_groups)
+    assert all(g["lr"] == pytest.approx(1e-3) for g in adamw.param_groups)
+
+
+def _cli(*args):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run([sys.executable, "-m", "tensorprog", "rules", "--example", "mlp",
+                           "--param", "sp", "--convention", "table8", "--widths", "64", "128",
+                           *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("spec, hidden_lr", [("muon+adamw", "0"),
+                                             ("hidden=muon:match_rms_adamw,default=adamw", "-1/2")])
+def test_cli_rules_accepts_hybrids(tmp_path, spec, hidden_lr):
+    import json
+
+    out = _cli("--optimizer", spec, "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    d = json.loads((tmp_path / "r.json").read_text())["params"]
+    assert d["hidden.0.weight"]["optimizer"] == "Muon" and d["hidden.0.weight"]["lr_exp"] == hidden_lr
+    assert d["input.weight"]["optimizer"] == "AdamW" and d["input.weight"]["lr_exp"] == "0"
+
+
+def test_cli_rules_bad_optimizer_is_a_clear_error():
+    out = _cli("--optimizer", "muon+nosuchopt")
+    assert out.returncode != 0
+    assert "unknown optimizer 'nosuchopt'" in out.stderr and "Traceback" not in out.stderr
+
+
+# ----------------------------------------------------------------------------- Adafactor
+
+def _adafactor_mup():
+    return apply_mup(EX.factory, 64, example_inputs=EX.example_inputs,
+                     optimizer_cls=torch.optim.Adafactor, lr=1e-2, weight_decay=0.0)
+
+
+def test_apply_mup_adafactor_is_mup():
+    # Adafactor's step is lr x RMS(W): the hidden weight's muP LR is Adam's 1/fan_in over its
+    # RMS n^-1/2, i.e. n^-1/2 (module doc); analyze reads the optimizer object and agrees.
+    mf, of = _adafactor_mup()
+    model = mf(256)
+    (opt,) = of(model) if isinstance(of(model), (list, tuple)) else (of(model),)
+    assert isinstance(opt, torch.optim.Adafactor)
+    hidden = dict(model.named_parameters())["hidden.0.weight"]
+    lr = next(g["lr"] for g in opt.param_groups if any(p is hidden for p in g["params"]))
+    assert lr == pytest.approx(1e-2 * 4 ** -0.5)
+    rep = analyze(mf, (64, 128, 256), example_inputs=EX.example_inputs, make_optimizer=of)
+    assert rep.graph.params["hidden.0.weight"].step.geometry == "parameter-scaled"
+    assert rep.parametrization == "muP", str(rep)
+
+
+# ----------------------------------------------------------------------------- alignment
+
+def test_rules_alignment_none_matches_the_theorys_largest_stable_lrs():
+    # TP5 Table 3 with Adam: LRs (1, 1/fan_in, 1/fan_in) under TP alignment. Without alignment
+    # (Everett et al. 2024: dW z_0 sums its fan-in CLT-like, n^{1/2}) the largest stable Adam
+    # LR of a layer contracting over n is n^{1/2} larger: (1, n^-1/2, n^-1/2); the MLP theory
+    # says the same (test_theory_geometry.py derives it by hand).
+    from tensorprog.theory.abc import max_stable_lr_exponent
+
+    r = rules(EX.factory, (64, 128, 256), example_inputs=EX.example_inputs, optimizer="adam",
+              convention="table3", alignment="none")
+    got = tuple(r.params[n].lr_exp for n in ("input.weight", "hidden.0.weight", "readout.weight"))
+    assert got == (0, -h, -h)
+    c = max_stable_lr_exponent((0, 0, 0), (0, h, 1), "adam", per_layer=True, alignment="none")
+    assert got == tuple(-x for x in c)
+    assert _rules(HYBRID).params["hidden.0.weight"].lr_exp == 0  # TP by default
+    muon = rules(EX.factory, (64, 128, 256), example_inputs=EX.example_inputs, optimizer=HYBRID,
+                 convention="table8", alignment="none")
+    assert muon.params["hidden.0.weight"].lr_exp == h  # Muon's LR follows: n^{1/2} larger
+
+
+def test_rules_alignment_under_sgd_is_a_clear_error():
+    with pytest.raises(TensorprogError, match="max_stable_lr_exponent"):
+        rules(EX.factory, (64, 128), example_inputs=EX.example_inputs, optimizer="sgd",
+              alignment="none")
+
+
+# ----------------------------------------------------------------------------- eps
+
+@pytest.mark.parametrize("convention", ["table8", "table3"])
+def test_apply_mup_scales_adam_eps_like_the_measured_gradient(convention):
+    # eps_scaling="mup": each group's eps ~ its parameter's muP gradient entries. Measured here:
+    # the RMS gradient of each weight of the muP model (one backward pass, 0.5 mean((y - t)^2))
+    # at widths 64 and 512 falls with the exponent the eps follows.
+    import math
+
+    mf, of = apply_mup(EX.factory, 64, example_inputs=EX.example_inputs,
+                       optimizer_cls=torch.optim.Adam, lr=1e-3, eps=1e-8, eps_scaling="mup",
+                       convention=convention)
+    exps = {n: float(p.eps_exp) for n, p in of.rules.params.items() if p.eps_exp is not None}
+    assert exps["hidden.0.weight"] == -1  # 1/fan_in (TP5 App. B's eps for hidden weights)
+    # the readout: Theta(1) gradient with Table 3's unit multiplier, 1/n with Table 8's 1/n
+    assert exps["readout.weight"] == (0 if convention == "table3" else -1)
+    rms = {}
+    for n in (64, 512):
+        torch.manual_seed(0)
+        model = mf(n)
+        opt = of(model)
+        eps_of = {id(p): g["eps"] for g in opt.param_groups for p in g["params"]}
+        named = dict(model.named_parameters())
+        for name, e in exps.items():
+            assert eps_of[id(named[name])] == pytest.approx(1e-8 * (n / 64) ** e)
+        (x,) = EX.example_inputs(n) if callable(EX.example_inputs) else EX.example_inputs
+        y = model(x)
+        t = torch.randn(tuple(y.shape), generator=torch.Generator().manual_seed(1234))
+        (0.5 * (y - t).pow(2).mean()).backward()
+        rms[n] = {name: float(named[name].grad.pow(2).mean().sqrt()) for name in exps}
+    for name in ("input.weight", "hidden.0.weight", "hidden.1.weight", "readout.weight"):
+        slope = math.log(rms[512][name] / rms[64][name]) / math.log(8)
+        assert abs(slope - exps[name]) < 0.2, (name, slope, exps[name])
+
+
+def test_apply_mup_eps_scaling_is_validated():
+    with pytest.raises(TensorprogError, match="eps_scaling"):
+        apply_mup(EX.factory, 64, example_inputs=EX.example_inputs, eps_scaling="sometimes")

@@ -139,8 +139,45 @@ def test_adam_eps_is_read_per_width_with_its_exponent(scaled):
     assert rep.parametrization == "muP" and rep.feature_learning
     notes = [n for n in rep.notes if "Adam's eps" in n]
     assert bool(notes) == (not scaled)
-    if notes:
-        assert "'h1.weight': eps ~ 1 (0.001 at width 256), gradient ~ n^-1" in notes[0] and "1/fan_in" in notes[0]
+    if notes:  # eps = 1e-3 is above the hidden gradient's RMS (~3e-4) already at width 256
+        assert "'h1.weight' (eps ~ 1, gradient ~ n^-1, already above the gradient's RMS)" in notes[0]
+        assert "1/fan_in" in notes[0]
+
+
+def constant_eps(eps):
+    def make(m):
+        return torch.optim.Adam([{"params": [m.inp.weight], "lr": 1e-2},
+                                 {"params": [m.h1.weight, m.out.weight], "lr": 1e-2 * 64 / m.n}],
+                                eps=eps)
+    return make
+
+
+def test_default_adam_eps_is_not_noted():
+    # eps = 1e-8 meets a ~3e-4 gradient falling like 1/n only near width 256 * 3e4: far
+    # beyond the analysed widths, so no note
+    rep = analyze(MLP3, WIDTHS, example_inputs=(X,), make_optimizer=constant_eps(1e-8))
+    assert not [n for n in rep.notes if "eps" in n]
+
+
+def test_eps_note_names_the_width_where_eps_meets_the_gradient():
+    import re
+
+    rep = analyze(MLP3, WIDTHS, example_inputs=(X,), make_optimizer=constant_eps(1e-4))
+    (note,) = [n for n in rep.notes if "Adam's eps" in n]
+    m = re.search(r"'h1.weight' \(eps ~ 1, gradient ~ n\^-1, reaching the gradient's RMS near "
+                  r"width ([0-9.e+]+)\)", note)
+    assert m, note
+    cross = round(float(m.group(1)))
+    assert 256 < cross < 256 * 100
+    # measured here, at that width: the hidden weight's RMS gradient under the proxy loss
+    # (0.5 mean((y - t)^2), t fixed N(0, 1) targets, seed 1234) is eps, within a factor 2
+    torch.manual_seed(0)
+    model = MLP3(cross)
+    y = model(X)
+    t = torch.randn(tuple(y.shape), generator=torch.Generator().manual_seed(1234))
+    (0.5 * ((y - t) ** 2).mean()).backward()
+    rms = float(model.h1.weight.grad.pow(2).mean().sqrt())
+    assert 0.5 < rms / 1e-4 < 2, rms
 
 
 @pytest.mark.parametrize("scaled", [False, True])
@@ -232,3 +269,44 @@ def test_table8_readout_with_pytorch_default_init_is_stable_with_a_note():
     assert not any("outgrows" in p.what for p in rep.problems)
     assert any("readout 'readout.weight' has an update that outgrows its init" in n
                for n in rep.notes)
+
+
+# --- coupled (L2) weight decay: g + wd p. At step 1 the zero readout gives the hidden layers a
+# zero gradient, so only the decay moves them.
+
+def test_coupled_weight_decay_under_sgd_is_a_relative_shrink():
+    # SGD: p - lr (g + wd p) = (1 - lr wd) p when g = 0, so h1 = W z changes by lr wd h1:
+    # by h1's own size, not by an aligned (law of large numbers) step n^{1/2} larger
+    rep = analyze(MLP, WIDTHS, example_inputs=(X,),
+                  make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1, weight_decay=0.1))
+    s1 = rep.propagation.steps[1]["linear_1"]
+    assert s1.dx == s1.x == 0
+    assert not [n for n in rep.notes if "coupled" in n]
+
+
+def test_coupled_weight_decay_under_adam_is_an_upper_bound():
+    # Adam: the step is lr (g + wd p) / |g + wd p| = lr sign(p) when g = 0: entries lr, aligned
+    # with the init W0, not with the features z, so h1 changes by lr sign(W0) z ~ lr n^{1/2}
+    # (central limit). The engine counts the step as gradient-aligned, lr n (law of large
+    # numbers): an upper bound, which its note says; measured here, the change grows slower.
+    make = lambda m: torch.optim.Adam(m.parameters(), lr=1e-3, weight_decay=0.1)  # noqa: E731
+    rep = analyze(MLP, WIDTHS, example_inputs=(X,), make_optimizer=make)
+    (note,) = [n for n in rep.notes if "coupled (L2) weight decay" in n]
+    assert "upper bound" in note and "'h1.weight'" in note
+    predicted = rep.propagation.steps[1]["linear_1"].dx
+    assert predicted == 1
+    changes = []
+    for n in (64, 256, 1024):
+        torch.manual_seed(0)
+        model = MLP(n)
+        before = model.h1(torch.relu(model.inp(X))).detach()
+        opt = make(model)
+        y = model(X)
+        (0.5 * (y - torch.ones_like(y)).pow(2).mean()).backward()
+        opt.step()
+        after = model.h1(torch.relu(model.inp(X))).detach()
+        changes.append(float((after - before).pow(2).mean().sqrt()))
+    import math
+    slope = math.log(changes[-1] / changes[0]) / math.log(1024 / 64)
+    assert abs(slope - 0.5) < 0.15, slope  # lr sign(W0) z: CLT
+    assert slope < float(predicted)

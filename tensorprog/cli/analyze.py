@@ -11,8 +11,8 @@ def add_arguments(p) -> None:
     common_arguments(p)
     p.add_argument("--lr-rule", nargs="+", metavar="ROLE=EXP",
                    help="learning rate ~ n^EXP per role instead of reading an optimizer")
-    p.add_argument("--alignment", default="tp", choices=["tp", "everett"],
-                   help="tp (default) or everett")
+    p.add_argument("--alignment", default="tp", choices=["tp", "everett", "full", "none"],
+                   help="tp (default), full (= everett: Everett et al. 2024 full alignment) or none")
     p.add_argument("--device", default="cpu", help="cpu, or meta to trace without weights")
 
 

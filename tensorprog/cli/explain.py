@@ -54,7 +54,7 @@ def add_arguments(parser):
     m.add_argument("--widths", type=int, nargs="+", help="widths to trace (default 64 128 256)")
     m.add_argument("--inputs", help="name of example_inputs in FILE")
     m.add_argument("--make-optimizer", help="name of make_optimizer(model) in FILE")
-    m.add_argument("--alignment", default="tp", choices=["tp", "everett"],
+    m.add_argument("--alignment", default="tp", choices=["tp", "everett", "full", "none"],
                    help="tp (default) or everett")
     m.add_argument("--device", default="cpu", help="cpu, or meta to trace without weights")
     parser.add_argument("--optimizer",
@@ -77,7 +77,7 @@ def run(args) -> int:
             args.preset, args.layers, args.optimizer or "sgd",
             a=rationals(args.a, "--a"), b=rationals(args.b, "--b"),
             c=rationals(args.c, "--c"), lr_exponent=rationals(args.lr_exponent, "--lr-exponent"),
-            markdown=args.markdown), end="")
+            markdown=args.markdown, alignment=args.alignment), end="")
         return 0
     if target is not None and ":" not in target:
         raise TensorprogError(

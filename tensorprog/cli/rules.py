@@ -1,20 +1,73 @@
 """``tensorprog rules``: derive the muP init, multiplier and LR of every parameter."""
 from __future__ import annotations
 
+import functools
 import sys
 
+import torch
+
+from ..errors import TensorprogError
 from ..transform.rules import CONVENTIONS
 from .load import common_arguments, load_target
+
+OPTIMIZER_HELP = (
+    "adam (default) | sgd (a plain global LR), a torch.optim class (adafactor, muon, rmsprop...), "
+    "a hybrid MATRIX+REST (muon+adamw: Muon on the hidden matrices, AdamW on everything else), "
+    "or KEY=OPT pairs joined by commas, KEY a role (input, hidden, output, vector, scalar), a "
+    "parameter name or 'default' (hidden=muon,default=adamw); muon:match_rms_adamw sets Muon's "
+    "adjust_lr_fn")
+
+
+def _optimizer_class(name: str):
+    """torch.optim class (or a partial of Muon with its adjust_lr_fn) from a name."""
+    base, _, adjust = name.strip().partition(":")
+    classes = {k.lower(): v for k, v in vars(torch.optim).items()
+               if isinstance(v, type) and issubclass(v, torch.optim.Optimizer)
+               and v is not torch.optim.Optimizer}
+    cls = classes.get(base.lower())
+    if cls is None:
+        raise TensorprogError(f"--optimizer: unknown optimizer {base!r}; torch.optim has "
+                              f"{', '.join(sorted(classes))}. {OPTIMIZER_HELP}.")
+    return functools.partial(cls, adjust_lr_fn=adjust) if adjust else cls
+
+
+def parse_optimizer(text: str | None):
+    """``--optimizer`` as ``rules`` takes it: "adam" / "sgd" (names), a class, or a dict
+    role-or-name -> class for a hybrid (see ``OPTIMIZER_HELP``)."""
+    text = (text or "adam").strip()
+    if text.lower() in ("adam", "adamw", "sgd"):
+        return "adam" if text.lower() == "adamw" else text.lower()
+    if "+" in text:
+        parts = text.split("+")
+        if len(parts) != 2 or not all(parts):
+            raise TensorprogError(f"--optimizer {text!r}: a hybrid is MATRIX+REST, e.g. muon+adamw")
+        return {"hidden": _optimizer_class(parts[0]), "default": _optimizer_class(parts[1])}
+    if "=" in text:
+        table = {}
+        for pair in text.split(","):
+            key, eq, name = pair.partition("=")
+            if not eq or not key.strip() or not name.strip():
+                raise TensorprogError(f"--optimizer {text!r}: write KEY=OPT pairs joined by "
+                                      "commas, e.g. hidden=muon,default=adamw")
+            table[key.strip()] = _optimizer_class(name)
+        return table
+    return _optimizer_class(text)
 
 
 def add_arguments(parser):
     """Arguments of ``tensorprog rules``: FILE.py:factory or --example NAME, --optimizer,
     --convention, --base-width, --json, --pytorch."""
     common_arguments(parser)
+    for action in parser._actions:
+        if action.dest == "optimizer":
+            action.help = OPTIMIZER_HELP
     parser.add_argument("--convention", default="table3", choices=CONVENTIONS,
                         help="table3 (default), table8 (the mup package), table9 (TP4), unit")
     parser.add_argument("--base-width", type=int, help="width where every factor is 1 "
                         "(default: the smallest traced width)")
+    parser.add_argument("--alignment", default="tp", choices=["tp", "everett", "full", "none"],
+                        help="alignment the learning rates assume (Everett et al. 2024): tp "
+                        "(default, the tables'), full (= everett) or none (Adam-like optimizers)")
     parser.add_argument("--pytorch", help="write ready-to-paste PyTorch code here ('-': stdout)")
     parser.add_argument("--device", default="cpu", help="cpu, or meta to trace without weights")
     return parser
@@ -24,10 +77,14 @@ def run(args) -> int:
     """Print the table; --json / --pytorch write the other forms."""
     from ..transform.rules import rules
 
+    from ..transform.optspec import assign_kind
+
+    optimizer = parse_optimizer(args.optimizer)
+    args.optimizer = assign_kind(optimizer)  # the zoo builds its examples for "adam" / "sgd"
     t = load_target(args)
-    optimizer = args.optimizer or "adam"
     r = rules(t.factory, tuple(args.widths or t.widths), example_inputs=t.example_inputs,
-              optimizer="adam" if optimizer == "adamw" else optimizer, convention=args.convention,
+              optimizer=optimizer, convention=args.convention,
+              alignment=getattr(args, "alignment", "tp"),
               base_width=args.base_width, device=getattr(args, "device", "cpu"), label=t.label)
     print(r)
     if args.json:

@@ -96,7 +96,7 @@ def geometry_of(opt) -> Geometry:
     raise TraceError(
         f"unknown optimizer {cls.__name__}: tensorprog sizes an update by its geometry "
         f"({', '.join(GEOMETRIES)}). Declare it with "
-        "tensorprog.predict.optimizers.register_optimizer(YourOptimizer, 'entrywise') (or the "
+        "tensorprog.graph.optimizers.register_optimizer(YourOptimizer, 'entrywise') (or the "
         "geometry that describes its step).")
 
 

@@ -171,3 +171,44 @@ def read_optimizer(graph: WidthGraph, models, make_optimizer):
         if len(p.eps) == len(ws):
             epss = [p.eps[w] for w in ws]
             p.eps_exp = "zero" if all(v == 0 for v in epss) else exact_exponent(ws, epss, rtol=1e-4)
+
+
+def measure_gradients(graph: WidthGraph, model, args, kwargs, width: int) -> None:
+    """``grad_rms[width]``: the RMS entry of the loss gradient of every trainable parameter that
+    an Adam-family optimizer steps with a nonzero eps, from one backward pass of ``model`` in
+    eval mode (no running statistics move) under a Theta(1) proxy loss, 0.5 mean((y - t)^2) on
+    the first output with fixed N(0, 1) targets t (``check``'s default loss; TP4's loss is a
+    Theta(1) function of the output). Adam's eps acts where it is comparable to |g|; analyze's
+    eps note compares the two. A model whose output gives no such loss is skipped (no note)."""
+    import torch.utils._pytree as pytree
+
+    want = {p.name: p for p in graph.params.values()
+            if p.trainable and p.step is not None and p.step.geometry == "entrywise"
+            and any(p.eps.values())}
+    named = dict(model.named_parameters())
+    if not want or any(q.is_meta for q in named.values()):
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        for q in named.values():
+            q.grad = None
+        leaves = [x for x in pytree.tree_leaves(model(*args, **kwargs))
+                  if isinstance(x, torch.Tensor) and x.is_floating_point() and x.requires_grad]
+        if not leaves:
+            return
+        y = leaves[0]
+        gen = torch.Generator(device="cpu").manual_seed(1234)
+        target = torch.randn(tuple(y.shape), generator=gen).to(device=y.device, dtype=y.dtype)
+        (y.reshape(()) if y.numel() == 1 else 0.5 * ((y - target) ** 2).mean()).backward()
+        for name, p in want.items():
+            g = named[name].grad if name in named else None
+            if g is not None and finite(g):
+                p.grad_rms[width] = float(g.detach().float().pow(2).mean().sqrt())
+    except Exception:  # any failure only costs the note its crossover width
+        return
+    finally:
+        for q in named.values():
+            q.grad = None
+        model.train(was_training)
+

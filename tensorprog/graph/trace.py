@@ -35,7 +35,8 @@ from ..exponents import exact_exponent
 from ..ops import lookup
 from .hop import expand as expand_hops, hop_name, is_hop
 from .export import export_program  # noqa: F401 - re-exported (measure/runner.py)
-from .params import INIT_VALUES, finite, get_param, measure_init, read_optimizer
+from .params import (INIT_VALUES, finite, get_param, measure_gradients, measure_init,
+                     read_optimizer)
 from .uses import attach_uses
 from .widthgraph import ParamInfo, WidthGraph, short_op
 
@@ -76,12 +77,12 @@ def trace(
             "Pass a function, e.g. `lambda n: MyModel(hidden=n)`.")
     say = progress_printer(progress)
 
-    models, programs, modes = {}, {}, (False, True)
+    models, programs, modes, inputs = {}, {}, (False, True), {}
     for w in widths:
         say(f"building and exporting width {w}")
         model = _build(factory, w, device, seed)
         args, kwargs = example_args(example_inputs, model, w, device)
-        models[w] = model
+        models[w], inputs[w] = model, (args, kwargs)
         programs[w], strict = export_program(model, args, kwargs, w, modes)
         modes = (strict,)  # the mode that worked at the first width serves the others
     aligned = _align(programs, widths)
@@ -130,6 +131,8 @@ def trace(
     if make_optimizer is not None:
         say("reading learning rates from the optimizer")
         read_optimizer(graph, models, make_optimizer)
+        top = max(widths)
+        measure_gradients(graph, models[top], *inputs[top], top)
     attach_uses(graph)
     for p in graph.params.values():  # the parameter record on its placeholder nodes, too
         for node in p.nodes:

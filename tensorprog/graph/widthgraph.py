@@ -54,6 +54,7 @@ class ParamInfo:
     wd_exp: Any = None
     eps: dict[int, float] = field(default_factory=dict)  # Adam-like eps per width (when set)
     eps_exp: Any = None  # eps ~ n^eps_exp; "zero" when eps = 0; None when not read
+    grad_rms: dict[int, float] = field(default_factory=dict)  # RMS loss gradient (eps's scale)
     step: Any = None  # the optimizer's update for this parameter (graph.optimizers.Step)
     zero_blocks: dict = field(default_factory=dict)  # {dim: (blocks, [zero block indices])}
 

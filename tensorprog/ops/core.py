@@ -65,7 +65,8 @@ class Alignment:
     (TP4, TP5 Table 14): dW z_0 and dW dz are outer-product updates against correlated vectors
     (LLN, 1); W_0 dz is CLT-like (1/2) for an iid matrix but LLN-like (1) for a readout, whose
     output dim is finite and whose input change dz is built by backprop from W_0 itself.
-    Everett et al.'s "full alignment" uses 1/2 for W_0 dz everywhere.
+    Everett et al.'s "full alignment" ("everett", also "full") uses 1/2 for W_0 dz everywhere;
+    their "no alignment" ("none") uses 1/2 for every term (each contraction CLT-like).
     """
 
     dw_z0: sp.Rational = ONE
@@ -78,6 +79,8 @@ class Alignment:
 ALIGNMENTS = {
     "tp": Alignment(),
     "everett": Alignment(w0_dz_readout=HALF, name="everett"),
+    "full": Alignment(w0_dz_readout=HALF, name="full"),
+    "none": Alignment(HALF, HALF, HALF, HALF, name="none"),
 }
 
 

@@ -190,8 +190,9 @@ def analyze(
     optimizer: "sgd" or "adam" class; a plain string with no ``make_optimizer`` means one
     global learning rate for every parameter. With ``make_optimizer`` the class is read from
     the optimizer it builds (AdamW, RMSprop, Lion... are "adam"-like; SGD with momentum "sgd").
-    alignment: "tp" (Tensor Programs, default) or "everett" (Everett et al. 2024's full
-    alignment: W_0 dz is CLT-like for the readout too). progress: print trace's progress lines
+    alignment: "tp" (Tensor Programs, default), "everett" / "full" (Everett et al. 2024's full
+    alignment: W_0 dz is CLT-like for the readout too) or "none" (their no alignment: every
+    term CLT-like); the same names work in ``theory.ABC`` and ``max_stable_lr_exponent``. progress: print trace's progress lines
     (stderr), the same keyword as ``check`` and ``sweep``. adam_eps: "limit" (default: Adam's
     step in the eps -> 0 limit, TP4b) or "asymptotic" (the eps read from the optimizer, with its
     width exponent: a gradient below eps makes the step SGD-like); theory note 9.
@@ -215,6 +216,16 @@ def analyze(
         note = _eps_note(graph, prop)
         if note:
             report.notes.append(note)
+    coupled = [n for n, p in graph.params.items() if p.trainable and p.step is not None
+               and p.step.adam_like and not p.step.decoupled and p.wd_exp not in (None, "zero")]
+    if coupled:
+        report.notes.append(
+            f"coupled (L2) weight decay under {graph.optimizer} ({', '.join(map(repr, coupled[:4]))}"
+            + (f" and {len(coupled) - 4} more" if len(coupled) > 4 else "") + "): wd p is added "
+            "to the gradient before the normalisation, and the prediction counts the step as if "
+            "it followed the gradient (aligned with the features), an upper bound: where wd |p| "
+            "outgrows |g| the step follows sign(p) and changes the features less. Decoupled decay "
+            "(AdamW, decoupled_weight_decay=True) is modelled exactly.")
     report.notes.extend(w for w in graph.warnings if w.startswith("the model branches on data"))
     if graph.optimizer is None:
         report.notes.insert(0, f"no optimizer factory: {opt}-like updates with one global learning "
@@ -432,13 +443,25 @@ def _adam_readout_check(graph, params, notes, out_dx):
                        "grows, which the problems list") + " (theory note 9).")
 
 
+#: the eps note looks this far past the largest analysed width
+EPS_HORIZON = 100
+
+
+def eps_crossover(eps: float, grad: float, e, g, width: int) -> float:
+    """The width where Adam's eps ~ eps (width / n)^e meets the gradient's RMS entry
+    ~ grad (width / n)^g (g < e): n* = width (eps / grad)^(1 / (g - e)). Past it the step is
+    SGD-like, lr g / eps (Everett et al. 2024, arXiv 2407.05872, §4: eps underflow)."""
+    return width * (eps / grad) ** (1.0 / float(g - e))
+
+
 def _eps_note(graph, prop) -> str | None:
-    """Entrywise (Adam-family) parameters whose eps shrinks slower than their gradient: at large
-    width eps dominates and the step becomes SGD-like (lr g / eps), smaller than the eps -> 0
-    limit the verdict uses."""
+    """Entrywise (Adam-family) parameters whose eps shrinks slower than their gradient, noted
+    only where it matters: their gradient's RMS (measured at the largest width, ``grad_rms``)
+    falls to eps within ``EPS_HORIZON`` times the largest analysed width. Without a measured
+    gradient every such parameter is listed."""
     from .engine import eps_exp
     from ..ops import mx
-    init = prop.steps[0]
+    init, top = prop.steps[0], max(graph.widths)
     hit = []
     for name, p in graph.params.items():
         e = eps_exp(p)
@@ -447,17 +470,27 @@ def _eps_note(graph, prop) -> str | None:
         g = mx(*(init[n].g for n in p.nodes if n in init))
         if g == NEG or g >= e:
             continue
-        hit.append((name, e, g, p.eps[max(p.eps)]))
+        eps, grad = p.eps.get(top), p.grad_rms.get(top)
+        cross = eps_crossover(eps, grad, e, g, top) if eps and grad else None
+        if cross is not None and cross > EPS_HORIZON * top:
+            continue
+        hit.append((name, e, g, cross))
     if not hit:
         return None
-    shown = "; ".join(f"{n!r}: eps ~ {fmt(e)} ({v:g} at width {max(graph.widths)}), gradient ~ {fmt(g)}"
-                      for n, e, g, v in hit[:4])
+
+    def where(c):
+        if c is None:
+            return ""
+        return (", already above the gradient's RMS" if c <= top
+                else f", reaching the gradient's RMS near width {c:.3g}")
+
+    shown = "; ".join(f"{n!r} (eps ~ {fmt(e)}, gradient ~ {fmt(g)}{where(c)})"
+                      for n, e, g, c in hit[:4])
     more = f"; and {len(hit) - 4} more" if len(hit) > 4 else ""
-    return ("Adam's eps shrinks slower with width than the gradient it divides ("
-            + shown + more + "): at large width eps dominates the gradient and the step becomes "
-            "SGD-like, lr g / eps, shrinking like n^(g - e) below the eps -> 0 limit this verdict "
-            "assumes (analyze(..., adam_eps='asymptotic') predicts it). Scaling eps like the "
-            "gradient, ~1/fan_in for hidden weights, keeps the update Adam-like (theory note 9).")
+    return ("Adam's eps outgrows the gradient it divides: " + shown + more + ". Past that width "
+            "the step is SGD-like (lr g / eps) and smaller than the eps -> 0 limit this verdict "
+            "assumes (adam_eps='asymptotic' predicts it); eps ~ 1/fan_in for hidden weights "
+            "keeps it Adam-like (theory note 9).")
 
 
 def _classify(graph, params, attention, opt, notes) -> str:

@@ -123,9 +123,12 @@ def propagate(graph: WidthGraph, optimizer: str = "adam", *, steps: int = 3,
             size = mx(_init_exp(p), dW[pname])  # the parameter's entries now
             wd = _wd_exp(p)
             if wd is not None and p.step is not None:  # weight decay moves it, gradient or not
-                if p.step.decoupled:  # p *= 1 - lr wd: a relative change, proportional to p
+                if p.step.decoupled or p.step.geometry == "gradient":
+                    # p *= 1 - lr wd: a relative change, proportional to p. Coupled (L2) decay
+                    # under SGD is the same: p - lr (g + wd p) = (1 - lr wd) p - lr g
                     decay[pname] = mx(decay.get(pname, NEG), lr + wd)
-                else:
+                else:  # coupled, normalised with the gradient: counted as an aligned step of
+                    # the normaliser's size, an upper bound (analyze's note; theory note 4)
                     g = mx(g, wd + size if size != NEG else NEG)  # g + wd p
             step = lr + _direction(p, g, dW[pname], optimizer, adam_eps) if g != NEG else NEG
             dW[pname] = mx(dW[pname], step)

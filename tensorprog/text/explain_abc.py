@@ -34,7 +34,7 @@ def _symbolic(p):
     a = sp.symbols(f"a_1:{n + 1}")
     b = sp.symbols(f"b_1:{n + 1}")
     c = sp.symbols(f"c_1:{n + 1}") if isinstance(p.c, tuple) else sp.Symbol("c")
-    return ABC(a, b, c, p.optimizer)
+    return ABC(a, b, c, p.optimizer, p.alignment, p.geometry, p.adjust_lr_fn)
 
 
 def _named_equivalent(p) -> list[str]:
@@ -66,6 +66,14 @@ def explain_abc(p, *, label: str | None = None, markdown: bool = False) -> str:
     d.title(f"Derivation: {label or 'abc-parametrization'}, MLP with L = {L} hidden "
             f"layer{'s' if L > 1 else ''}")
     d.para(f"Optimizer class: {p.optimizer} ({opt}). n is the width.")
+    from ..theory.updates import alignment_name
+
+    align = alignment_name(p.alignment, L)
+    if p.geometry not in ("gradient", "entrywise") or align != "tp":
+        d.para(f"Update geometry {p.geometry}, alignment {align or tup(p.alignment)}: the "
+               "formulas below are TP's; the numbers use dW_l's entry size n^{-d_l} of this "
+               "geometry and r_l = d_l - alpha_l f_l (Everett et al. 2024, arXiv 2407.05872; "
+               "tensorprog.theory.updates).")
 
     # 1. the parametrization
     d.step("Step 1. The parametrization and its invariants")
@@ -165,7 +173,8 @@ def explain_abc(p, *, label: str | None = None, markdown: bool = False) -> str:
     A = p.readout_init
     if regime == "unstable":
         try:
-            cstar = max_stable_lr_exponent(p.a, p.b, p.optimizer)
+            cstar = max_stable_lr_exponent(p.a, p.b, p.geometry, alignment=p.alignment,
+                                           adjust_lr_fn=p.adjust_lr_fn)
             d.para("Some coordinate grows without bound as n -> infinity. With this a and b the "
                    f"largest stable global learning rate is n^{{-c*}} with c* = {expr(cstar)} "
                    "(theory.max_stable_lr_exponent).")
@@ -195,13 +204,18 @@ def explain_abc(p, *, label: str | None = None, markdown: bool = False) -> str:
 
 
 def explain_preset(name: str | None = None, L: int | None = None, optimizer: Any = "sgd", *,
-                   a=None, b=None, c=None, lr_exponent=None, markdown: bool = False) -> str:
+                   a=None, b=None, c=None, lr_exponent=None, markdown: bool = False,
+                   alignment: Any = "tp") -> str:
     """Build the ABC from a preset name or from a, b (and c or lr_exponent), then explain it.
 
     ``lr_exponent``: learning rate ~ n^{lr_exponent}, i.e. c = -lr_exponent (one value or one
-    per layer). ``c``: TP4's c directly. Bad input raises ``TensorprogError``.
+    per layer). ``c``: TP4's c directly. ``optimizer`` may name a geometry's optimizer (muon,
+    adafactor); ``alignment``: "tp", "full", "none" (``theory.ABC``). Bad input raises
+    ``TensorprogError``.
     """
-    from ..theory.abc import ABC, preset
+    import dataclasses
+
+    from ..theory.abc import ABC, optimizer_class, preset
 
     def listify(x):
         if x is None:
@@ -221,7 +235,8 @@ def explain_preset(name: str | None = None, L: int | None = None, optimizer: Any
     if name is not None:
         if a is not None or b is not None:
             raise TensorprogError("give either a preset or --a/--b, not both")
-        p = preset(name, 2 if L is None else L, optimizer, c=cval)
+        p = preset(name, 2 if L is None else L, optimizer_class(optimizer), c=cval)
+        p = dataclasses.replace(p, optimizer=optimizer, alignment=alignment, geometry=None)
         label = f"{name} preset" if cval is None else f"{name} preset with c = {_cval(cval)}"
     else:
         if a is None or b is None:
@@ -230,7 +245,7 @@ def explain_preset(name: str | None = None, L: int | None = None, optimizer: Any
         if L is not None and len(a) != L + 1:
             raise TensorprogError(f"--layers {L} needs L + 1 = {L + 1} values for --a and --b; "
                                   f"got {len(a)}")
-        p = ABC(a, b, 0 if cval is None else cval, optimizer)
+        p = ABC(a, b, 0 if cval is None else cval, optimizer, alignment)
         label = "abc-parametrization"
     return explain_abc(p, label=label, markdown=markdown)
 

@@ -38,7 +38,10 @@ from typing import Any, Sequence
 import sympy as sp
 from sympy.logic.boolalg import BooleanAtom
 
-from ..errors import TensorprogError
+from ..errors import TheoryError
+from ..graph.optimizers import GEOMETRIES
+from .updates import (SHIFT, alignment_name, layer_alignments, optimizer_classes,
+                      optimizer_geometry, update_exponents)
 
 __all__ = [
     "ABC", "Condition", "TheoryError", "OPTIMIZER_CLASSES", "optimizer_class", "preset",
@@ -48,63 +51,26 @@ __all__ = [
 HALF = sp.Rational(1, 2)
 
 
-class TheoryError(TensorprogError, ValueError):
-    """Bad input to the closed-form theory (a ValueError too)."""
-
-
 # --------------------------------------------------------------------------- optimizers
 
-#: Which infinite-width theory an optimizer follows. "sgd": the update is linear in the
-#: gradient (TP4). "adam": the update is an entrywise, scale-invariant function of the
-#: gradient history, so its size does not depend on the gradient's size (TP4b, eps -> 0).
-OPTIMIZER_CLASSES: dict[str, str] = {
-    "SGD": "sgd",
-    "SGD with momentum": "sgd",  # momentum is a linear filter of past gradients
-    "Momentum": "sgd",
-    "Nesterov": "sgd",
-    "Adam": "adam",
-    "AdamW": "adam",  # decoupled weight decay does not change the update's scaling (TP5)
-    "NAdam": "adam",
-    "RAdam": "adam",
-    "Adamax": "adam",  # normalised by a running max of |g|: still entrywise scale-invariant
-    "SparseAdam": "adam",
-    "RMSprop": "adam",
-    "Adagrad": "adam",  # normalised by the accumulated sum of g^2: scale-invariant, but its
-                        # step shrinks like t^{-1/2} in the step count (not in width)
-    "signSGD": "adam",  # sign methods: the extreme case of entrywise normalisation
-    "Signum": "adam",
-    "Lion": "adam",
-    "Adafactor": "adam",  # factored (row x column) second moment; the update is still
-                          # normalised entry by entry, so its size is Theta(1) per entry
-}
+#: Which infinite-width theory an optimizer follows, by the geometry of its update
+#: (``tensorprog.graph.optimizers``). "sgd": the update is linear in the gradient (TP4).
+#: "adam": the update does not scale with the gradient's size (TP4b, eps -> 0): entrywise
+#: (Adam family, RMSprop, Adagrad, Lion, sign methods), parameter-scaled (Adafactor) and
+#: orthogonalised (Muon). A snapshot at import; ``optimizer_class`` also sees classes
+#: registered later with ``register_optimizer``.
+OPTIMIZER_CLASSES: dict[str, str] = optimizer_classes()
 
 
 def _norm_name(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
-_BY_NORMED = {_norm_name(k): v for k, v in OPTIMIZER_CLASSES.items()}
-_BY_NORMED.update({"sgdmomentum": "sgd", "sgdnesterov": "sgd"})
-
-
 def optimizer_class(optimizer: Any) -> str:
-    """'sgd' or 'adam' for a name ("AdamW", "sgd") or a torch.optim class or instance.
-
-    Classes are looked up along their MRO, so subclasses of torch.optim.Adam count as Adam.
-    """
-    if isinstance(optimizer, str):
-        names = [optimizer]
-    else:
-        cls = optimizer if isinstance(optimizer, type) else type(optimizer)
-        names = [k.__name__ for k in cls.__mro__]
-    for name in names:
-        found = _BY_NORMED.get(_norm_name(name))
-        if found:
-            return found
-    raise TheoryError(
-        f"unknown optimizer {names[0]!r}; supported: {', '.join(OPTIMIZER_CLASSES)} "
-        "(or any torch.optim subclass of those). Pass optimizer='sgd' or 'adam' for the class."
-    )
+    """'sgd' or 'adam' for a name ("AdamW", "sgd", "muon"), a geometry name or a torch.optim
+    class or instance (read along its MRO, so subclasses of torch.optim.Adam count as Adam)."""
+    geometry, _ = optimizer_geometry(optimizer)
+    return "adam" if GEOMETRIES[geometry].adam_like else "sgd"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -166,14 +132,22 @@ class ABC:
     ``a``, ``b``: length L+1 (input, hidden..., readout); a b may be oo (or "zero"): a
     zero-initialised layer (TP5 App. D.2's zero readout). ``c``: one global exponent or a
     length-L+1 sequence. Values may be ints, floats, Fractions, strings ("1/2") or SymPy
-    expressions; they are stored as SymPy. ``optimizer``: a name or torch.optim class,
-    stored as its class, "sgd" or "adam" (see ``OPTIMIZER_CLASSES``).
+    expressions; they are stored as SymPy. ``optimizer``: a name, a geometry name or a
+    torch.optim class or instance, stored as its class, "sgd" or "adam" (``OPTIMIZER_CLASSES``);
+    ``geometry`` (derived from ``optimizer`` unless given): the update geometry of
+    ``tensorprog.graph.optimizers`` ("gradient", "entrywise", "parameter-scaled",
+    "orthogonalised"), with Muon's ``adjust_lr_fn``. ``alignment``: "tp" (default), "full",
+    "none" or L+1 triples (alpha_l, omega_l, u_l) (Everett et al. 2024; ``theory.updates``),
+    stored as the triples.
     """
 
     a: tuple
     b: tuple
     c: Any
-    optimizer: str = "sgd"
+    optimizer: Any = "sgd"
+    alignment: Any = "tp"
+    geometry: str | None = None
+    adjust_lr_fn: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -197,7 +171,24 @@ class ABC:
             if len(c) != len(a):
                 raise TheoryError(f"per-layer c has {len(c)} entries; it needs L+1 = {len(a)}")
             set_("c", tuple(_sym(x, f"c_{i + 1}") for i, x in enumerate(c)))
-        set_("optimizer", optimizer_class(self.optimizer))
+        geometry, adjust = optimizer_geometry(self.optimizer)
+        if self.geometry is not None and self.geometry != geometry:
+            given, _ = optimizer_geometry(self.geometry)
+            if GEOMETRIES[given].adam_like != GEOMETRIES[geometry].adam_like:
+                raise TheoryError(f"geometry {self.geometry!r} does not step like optimizer "
+                                  f"{self.optimizer!r}; give one of them")
+            geometry = given
+        if geometry == "orthogonalised":
+            adjust = self.adjust_lr_fn or adjust or "original"
+            if adjust not in ("original", "match_rms_adamw"):
+                raise TheoryError(f"Muon's adjust_lr_fn {adjust!r} is not modelled; use "
+                                  "'original' or 'match_rms_adamw'.")
+        else:
+            adjust = None
+        set_("optimizer", "adam" if GEOMETRIES[geometry].adam_like else "sgd")
+        set_("geometry", geometry)
+        set_("adjust_lr_fn", adjust)
+        set_("alignment", layer_alignments(self.alignment, len(a) - 1))
 
     # ----------------------------------------------------------------- exponents
     @property
@@ -216,43 +207,56 @@ class ABC:
         return self.a[-1] + self.b[-1]
 
     @property
+    def update_sizes(self) -> tuple:
+        """(d_1, ..., d_{L+1}): dW_l's entries are n^{-d_l} (``theory.updates``): 2a_l + c_l +
+        beta_l (SGD), a_l + c_l (Adam), a_l + b_l + c_l (Adafactor), a_l + c_l + (o_l + i_l)/2
+        - adjust (Muon)."""
+        return update_exponents(self.a, self.b, self.c_layers, self.geometry, self.adjust_lr_fn)
+
+    @property
     def readout_update(self) -> sp.Expr:
-        """u with (readout update) x (features) = Theta(n^{-u}): 2a_{L+1}+c_{L+1}-1 (SGD),
-        a_{L+1}+c_{L+1}-1 (Adam, TP4b's r_{L+1}). Stability needs u >= 0."""
-        a, c = self.a[-1], self.c_layers[-1]
-        return 2 * a + c - 1 if self.optimizer == "sgd" else a + c - 1
+        """u with (readout update) x (features) = Theta(n^{-u}): d_{L+1} - alpha_{L+1}; TP:
+        2a_{L+1}+c_{L+1}-1 (SGD), a_{L+1}+c_{L+1}-1 (Adam, TP4b's r_{L+1}). Stability needs u >= 0."""
+        return self.update_sizes[-1] - self.alignment[-1][0]
 
     @property
     def r_layers(self) -> tuple:
-        """(r_1, ..., r_L): Delta h^l = Theta(n^{-r_l}) after training (r_l = 0: maximal).
+        """(r_1, ..., r_L): layer l's own update moves h^l by Theta(n^{-r_l}):
+        r_l = d_l - alpha_l f_l (f_1 = 0, f_l = 1 for hidden layers).
 
-        SGD (TP4 Prop 5.3): r_l = min(a_{L+1}+b_{L+1}, 2a_{L+1}+c) + c - 1 + 2a_l + I(l=1),
-        with c -> c_{L+1} in the min and c -> c_l outside for per-layer learning rates.
+        SGD, TP alignment (TP4 Prop 5.3): r_l = min(a_{L+1}+b_{L+1}, 2a_{L+1}+c) + c - 1 + 2a_l
+        + I(l=1), with c -> c_{L+1} in the min and c -> c_l outside for per-layer learning rates.
         Adam (TP4b): r_1 = c_1 + a_1, r_l = c_l + a_l - 1 for 2 <= l <= L.
         """
-        cs = self.c_layers
-        if self.optimizer == "sgd":
-            back = sp.Min(self.readout_init, 2 * self.a[-1] + cs[-1])
-            return tuple(back + cs[i] - 1 + 2 * self.a[i] + (1 if i == 0 else 0)
-                         for i in range(self.L))
-        return tuple(cs[i] + self.a[i] - (0 if i == 0 else 1) for i in range(self.L))
+        d, al = self.update_sizes, self.alignment
+        return tuple(d[i] - (0 if i == 0 else al[i][0]) for i in range(self.L))
+
+    @property
+    def propagation(self) -> tuple:
+        """(P_1, ..., P_L): a change of h^l reaches h^L times n^{P_l}, P_l = sum over the later
+        hidden layers k of omega_k - 1/2 (W_0 dz with a_k + b_k = 1/2); 0 under TP alignment."""
+        om = [t[1] - HALF for t in self.alignment[1:self.L]]
+        return tuple(sum(om[i:], sp.Integer(0)) for i in range(self.L))
 
     @property
     def r(self) -> sp.Expr:
-        """r = min_l r_l: Delta x^L = Theta(n^{-r}) (TP4 Def 3.2; TP4b for Adam)."""
-        return sp.Min(*self.r_layers)
+        """r with Delta x^L = Theta(n^{-r}): min_l (r_l - P_l) (TP4 Def 3.2; TP4b for Adam;
+        P_l = 0 under TP alignment, so r = min_l r_l)."""
+        return sp.Min(*(x - p for x, p in zip(self.r_layers, self.propagation)))
 
     # ----------------------------------------------------------------- conditions
     @cached_property
     def _groups(self) -> dict[str, list[Condition]]:
         """The conditions by theorem: init + stable (all), nontrivial (either), r = 0, r > 0."""
         a, b, L, r, A, u = self.a, self.b, self.L, self.r, self.readout_init, self.readout_update
-        cs = self.c_layers
         sgd = self.optimizer == "sgd"
+        al, om = self.alignment[-1][0], self.alignment[-1][1]
+        tp = alignment_name(self.alignment, L) == "tp"
+        ev = "" if tp else "; alignment: Everett et al. 2024 §3"
         cL = "c_{L+1}" if isinstance(self.c, tuple) else "c"
-        src_s = "TP4 Thm 3.3" if sgd else "TP4b Thm 2.8.12"
+        src_s = ("TP4 Thm 3.3" if sgd else "TP4b Thm 2.8.12") + ev
         src_i = "TP4 Thm 3.3" if sgd else "TP4 Thm 3.3 (init; assumed by TP4b)"
-        src_n = "TP4 Thm 3.4" if sgd else "TP4b Thm 2.8.15"
+        src_n = ("TP4 Thm 3.4" if sgd else "TP4b Thm 2.8.15") + ev
 
         def cond(name, text, value, rel, source):
             return Condition(name, text, value, _truth(rel), source)
@@ -261,28 +265,36 @@ class ABC:
         init += [cond("stable (init)", f"a_{l} + b_{l} = 1/2", a[l - 1] + b[l - 1],
                       sp.Eq(a[l - 1] + b[l - 1], HALF), src_i) for l in range(2, L + 1)]
         init.append(cond("stable (init)", "a_{L+1} + b_{L+1} >= 1/2", A, sp.Ge(A, HALF), src_i))
-        if sgd:
-            ro = cond("stable", f"2 a_{{L+1}} + {cL} >= 1", 2 * a[-1] + cs[-1], sp.Ge(u, 0), src_s)
-            nt = cond("nontrivial", f"2 a_{{L+1}} + {cL} = 1", 2 * a[-1] + cs[-1], sp.Eq(u, 0),
-                      src_n)
-        else:
-            ro = cond("stable", "r_{L+1} = a_{L+1} + c_{L+1} - 1 >= 0", u, sp.Ge(u, 0), src_s)
-            nt = cond("nontrivial", "a_{L+1} + c_{L+1} = 1", a[-1] + cs[-1], sp.Eq(u, 0),
-                      src_n)
+        d = self.update_sizes[-1]
+        if self.geometry == "gradient":
+            ro = cond("stable", f"2 a_{{L+1}} + {cL} >= {al}", d, sp.Ge(u, 0), src_s)
+            nt = cond("nontrivial", f"2 a_{{L+1}} + {cL} = {al}", d, sp.Eq(u, 0), src_n)
+        elif self.geometry == "entrywise":
+            ro = cond("stable", f"r_{{L+1}} = a_{{L+1}} + c_{{L+1}} - {al} >= 0", u, sp.Ge(u, 0),
+                      src_s)
+            nt = cond("nontrivial", f"a_{{L+1}} + c_{{L+1}} = {al}", d, sp.Eq(u, 0), src_n)
+        else:  # the readout's update entries n^{-d_{L+1}} (theory.updates), this geometry
+            ro = cond("stable", f"r_{{L+1}} = d_{{L+1}} - {al} >= 0 ({self.geometry} update)", u,
+                      sp.Ge(u, 0), src_s)
+            nt = cond("nontrivial", f"d_{{L+1}} = {al} ({self.geometry} update)", d,
+                      sp.Eq(u, 0), src_n)
         stable = [cond("stable", "r >= 0", r, sp.Ge(r, 0), src_s), ro,
-                  cond("stable", "a_{L+1} + b_{L+1} + r >= 1", A + r, sp.Ge(A + r, 1), src_s)]
+                  cond("stable", f"a_{{L+1}} + b_{{L+1}} + r >= {om}", A + r, sp.Ge(A + r, om),
+                       src_s)]
         # TP4b Thm 2.8.12 also asks c_{L+1} >= b_{L+1} (the readout's update no larger than its
         # init). It bounds how far the trained readout strays from its init, not the output,
         # whose change is n^{1 - a - c} either way; measured, a b > c readout trains flat (note
         # 9). tensorprog reports it and does not count it against stability.
+        grow = d - a[-1] - b[-1]  # readout's w: update n^{-(d - a)} against init n^{-b}
         faithful = [] if sgd or b[-1] == sp.oo else [  # a zero readout is all updates
-            cond("faithful", "c_{L+1} - b_{L+1} >= 0", cs[-1] - b[-1], sp.Ge(cs[-1] - b[-1], 0), src_s)]
+            cond("faithful", "c_{L+1} - b_{L+1} >= 0" if self.geometry == "entrywise" else
+                 "d_{L+1} - a_{L+1} - b_{L+1} >= 0", grow, sp.Ge(grow, 0), src_s)]
         return {
             "init": init,
             "stable": stable,
             "faithful": faithful,
-            "nontrivial": [cond("nontrivial", "a_{L+1} + b_{L+1} + r = 1", A + r,
-                                sp.Eq(A + r, 1), src_n), nt],
+            "nontrivial": [cond("nontrivial", f"a_{{L+1}} + b_{{L+1}} + r = {om}", A + r,
+                                sp.Eq(A + r, om), src_n), nt],
             "feature learning": [cond("feature learning", "r = 0", r, sp.Eq(r, 0), "TP4 Thm 3.6")],
             "kernel": [cond("kernel", "r > 0", r, sp.Gt(r, 0), "TP4 Thm 3.8")],
         }
@@ -334,13 +346,17 @@ class ABC:
         return "feature learning" if self.feature_learning else "kernel"
 
     # ----------------------------------------------------------------- symmetry
+    def _with(self, a, b, c) -> "ABC":
+        return ABC(a, b, c, self.optimizer, self.alignment, self.geometry, self.adjust_lr_fn)
+
     def shift(self, t: Any) -> "ABC":
-        """(a_l + t, b_l - t, c - 2t) for SGD (TP4 Eq. 5), (a_l + t, b_l - t, c_l - t) for
-        Adam (TP4b Prop 2.2.3): the same training dynamics at every width."""
+        """(a_l + t, b_l - t, c_l - k t): the same training dynamics at every width, with k = 2
+        for SGD (TP4 Eq. 5), 1 for Adam (TP4b Prop 2.2.3) and Muon, 0 for Adafactor (its step
+        scales with the parameter; Everett et al. 2024 §2)."""
         t = _sym(t, "t")
-        k = 2 if self.optimizer == "sgd" else 1
+        k = SHIFT[self.geometry]
         c = tuple(x - k * t for x in self.c) if isinstance(self.c, tuple) else self.c - k * t
-        return ABC(tuple(x + t for x in self.a), tuple(x - t for x in self.b), c, self.optimizer)
+        return self._with(tuple(x + t for x in self.a), tuple(x - t for x in self.b), c)
 
     def canonical(self) -> "ABC":
         """The representative with a_1 = 0 (input multiplier n^0): shift by t = -a_1.
@@ -350,8 +366,10 @@ class ABC:
         return self.shift(-self.a[0])
 
     def equivalent(self, other: "ABC") -> bool:
-        """Same optimizer class, same L and equal canonical forms (per-layer c compared)."""
-        if not isinstance(other, ABC) or (self.L, self.optimizer) != (other.L, other.optimizer):
+        """Same optimizer geometry, alignment and L, and equal canonical forms (per-layer c
+        compared)."""
+        key = lambda p: (p.L, p.optimizer, p.geometry, p.adjust_lr_fn, p.alignment)  # noqa: E731
+        if not isinstance(other, ABC) or key(self) != key(other):
             return False
         x, y = self.canonical(), other.canonical()
         pairs = zip(x.a + x.b + x.c_layers, y.a + y.b + y.c_layers)
@@ -360,8 +378,14 @@ class ABC:
     # ----------------------------------------------------------------- display
     def __str__(self) -> str:
         opt = "SGD (TP4)" if self.optimizer == "sgd" else "Adam-like (TP4b)"
-        lines = [
-            f"abc-parametrization, L = {self.L}, optimizer class {opt}",
+        lines = [f"abc-parametrization, L = {self.L}, optimizer class {opt}"]
+        default = "gradient" if self.optimizer == "sgd" else "entrywise"
+        name = alignment_name(self.alignment, self.L)
+        if self.geometry != default or name != "tp":
+            muon = f" ({self.adjust_lr_fn})" if self.adjust_lr_fn else ""
+            lines.append(f"  update geometry {self.geometry}{muon}, alignment "
+                         f"{name or _fmt(self.alignment)}")
+        lines += [
             f"  a = {_fmt(self.a)}",
             f"  b = {_fmt(self.b)}",
             f"  c = {_fmt(self.c)}",
@@ -440,34 +464,51 @@ def uniform(r: Any, L: int = 2, optimizer: Any = "sgd") -> ABC:
 
 
 def max_stable_lr_exponent(a: Sequence, b: Sequence, optimizer: Any = "sgd",
-                           per_layer: bool = False) -> Any:
+                           per_layer: bool = False, alignment: Any = "tp",
+                           adjust_lr_fn: str | None = None) -> Any:
     """The smallest c (largest learning rate n^{-c}) for which (a, b, c) is stable.
 
-    The stability conditions are monotone in c, so the stable set is [c*, oo) and c* is the
-    max of their lower bounds. With A = a_{L+1} + b_{L+1}, K = max(0, 1 - A) (from r >= 0 and
-    A + r >= 1, i.e. r >= K):
-    SGD (TP4 Def 3.2, Thm 3.3), m = min_l (2 a_l + I(l = 1)), r = min(A + c, 2a_{L+1} + 2c) - 1 + m:
-        c* = max(1 - 2 a_{L+1},  K + 1 - m - A,  (K + 1 - m - 2 a_{L+1}) / 2).
-    Adam (TP4b Thm 2.8.12), layers decouple: c_1 >= K - a_1, c_l >= K + 1 - a_l (hidden),
-    c_{L+1} >= 1 - a_{L+1} (TP4b's c_{L+1} >= b_{L+1} is reported, not required: see
-    ``ABC.why``'s "faithful" record); ``per_layer=True`` returns these (Adam only; under
-    SGD the layers trade off through the readout, so no per-layer minimum exists), else the
-    global c* is their max. The initialisation conditions must hold: a TheoryError if they
-    fail for every c (with symbolic a, b they are assumed).
+    ``optimizer``: a name, geometry or torch.optim class / instance (its update geometry,
+    ``theory.updates``); ``alignment``: "tp", "full", "none" or L+1 triples (alpha_l, omega_l,
+    u_l) (Everett et al. 2024, arXiv 2407.05872, §3). The stability conditions (``ABC.why``)
+    are monotone in c, so the stable set is [c*, oo) and c* is the max of their lower bounds.
+    With A = a_{L+1} + b_{L+1}, K = max(0, omega_{L+1} - A) (from r >= 0 and A + r >=
+    omega_{L+1}), P_l the propagation exponents (``ABC.propagation``), f_l the fan-in exponent
+    and d_l = c_l + k_l the update exponents (``ABC.update_sizes``):
+
+    * Adam-like (entrywise, parameter-scaled, orthogonalised) layers decouple:
+      c_l* = K + P_l + alpha_l f_l - k_l (l <= L), c_{L+1}* = alpha_{L+1} - k_{L+1}; TP
+      alignment, Adam (TP4b Thm 2.8.12): c_1 >= K - a_1, c_l >= K + 1 - a_l, c_{L+1} >= 1 - a_{L+1}.
+      (TP4b's c_{L+1} >= b_{L+1} is reported, not required: ``ABC.why``'s "faithful" record.)
+      ``per_layer=True`` returns these, else the global c* is their max.
+    * SGD (TP4 Def 3.2, Thm 3.3): d_l = 2 a_l + c + beta, beta = min(A, 2 a_{L+1} + c). With
+      T = K + max_l (P_l + alpha_l f_l - 2 a_l): c* = max(alpha_{L+1} - 2 a_{L+1}, T - A,
+      (T - 2 a_{L+1}) / 2); TP alignment: c* = max(1 - 2 a_{L+1}, K + 1 - m - A,
+      (K + 1 - m - 2 a_{L+1}) / 2), m = min_l (2 a_l + I(l = 1)). The layers trade off through
+      the readout (its LR sizes everyone's gradient), so ``per_layer=True`` fixes the readout
+      at its own largest stable LR first: c_{L+1}* = alpha_{L+1} - 2 a_{L+1}, beta* =
+      min(A, alpha_{L+1}), then c_l* = K + P_l + alpha_l f_l - 2 a_l - beta*.
+
+    The initialisation conditions must hold: a TheoryError if they fail for every c (with
+    symbolic a, b they are assumed).
     """
-    opt = optimizer_class(optimizer)
-    p = ABC(a, b, 0, opt)
+    p = ABC(a, b, 0, optimizer, alignment, adjust_lr_fn=adjust_lr_fn)
     init_ok = _truth(sp.And(*(c.holds for c in p._groups["init"])))
     if init_ok is False:
         raise TheoryError("no learning rate makes this stable: the initialisation conditions "
                           "a_1 + b_1 = 0, a_l + b_l = 1/2, a_{L+1} + b_{L+1} >= 1/2 fail")
-    a, b = p.a, p.b
+    a, b, al = p.a, p.b, p.alignment
     A = a[-1] + b[-1]
-    K = sp.Max(0, 1 - A)
-    if opt == "sgd":
+    K = sp.Max(0, al[-1][1] - A)
+    P = p.propagation
+    fan = [al[i][0] if i else 0 for i in range(p.L)]  # alpha_l f_l
+    if p.geometry == "gradient":
+        need = [K + P[i] + fan[i] - 2 * a[i] for i in range(p.L)]
         if per_layer:
-            raise TheoryError("per_layer=True is for Adam-like optimizers only")
-        m = sp.Min(*(2 * a[i] + (1 if i == 0 else 0) for i in range(p.L)))
-        return sp.Max(1 - 2 * a[-1], K + 1 - m - A, (K + 1 - m - 2 * a[-1]) / 2)
-    cs = (K - a[0],) + tuple(K + 1 - a[i] for i in range(1, p.L)) + (1 - a[-1],)
+            beta = sp.Min(A, al[-1][0])
+            return tuple(x - beta for x in need) + (al[-1][0] - 2 * a[-1],)
+        T = sp.Max(*need)
+        return sp.Max(al[-1][0] - 2 * a[-1], T - A, (T - 2 * a[-1]) / 2)
+    k = p.update_sizes  # at c = 0: d_l = c_l + k_l
+    cs = tuple(K + P[i] + fan[i] - k[i] for i in range(p.L)) + (al[-1][0] - k[-1],)
     return cs if per_layer else sp.Max(*cs)

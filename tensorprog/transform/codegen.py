@@ -16,6 +16,66 @@ def _f(e) -> str:
     return "m" if e == 1 else f"m ** {float(e)!r}"
 
 
+def _class_source(spec) -> tuple[str, str | None]:
+    """(source of the optimizer class, module to import or None) for an ``OptSpec``."""
+    cls = spec.cls
+    if cls is None:  # a plain name: "adam" / "sgd"
+        return ("torch.optim.SGD" if spec.step.optimizer == "sgd" else "torch.optim.AdamW"), None
+    if cls.__module__.startswith("torch.optim"):
+        return f"torch.optim.{cls.__name__}", None
+    if "<" in cls.__qualname__ or cls.__module__ == "__main__":
+        return f"{cls.__name__}  # your class: define or import it here", None
+    return f"{cls.__module__}.{cls.__qualname__}", cls.__module__
+
+
+def _owner_labels(owners: dict) -> dict:
+    """OptSpec key -> a label ("Muon", "AdamW"; "Muon#2" for a second Muon with other kwargs)."""
+    labels: dict = {}
+    for spec in owners.values():
+        if spec.key not in labels:
+            base = spec.name if spec.cls is not None else ("SGD" if spec.step.optimizer == "sgd"
+                                                           else "AdamW")
+            n = sum(1 for v in labels.values() if v.split("#")[0] == base)
+            labels[spec.key] = base if n == 0 else f"{base}#{n + 1}"
+    return labels
+
+
+def _optimizer_section(r) -> list[str]:
+    """OWNER (parameter -> optimizer label), OPTIMIZERS (label -> class, kwargs) and
+    ``mup_optimizers``, which builds one optimizer per owner (Muon + AdamW: both)."""
+    owners = {n: s for n, s in r.owners.items() if n in r.params and r.params[n].trainable}
+    labels = _owner_labels(owners)
+    specs = {labels[s.key]: s for s in owners.values()}
+    imports = sorted({m for s in specs.values() for m in [_class_source(s)[1]] if m})
+    out = ["", ""] + [f"import {m}  # noqa: E402" for m in imports]
+    out += ["OWNER = {  # the optimizer that owns each parameter (its LR rule follows that optimizer)"]
+    out += [f"    {n!r}: {labels[s.key]!r}," for n, s in owners.items()]
+    out += ["}", "OPTIMIZERS = {  # label -> (class, keyword arguments)"]
+    for label, spec in specs.items():
+        kw = ", ".join(f"{k!r}: {v!r}" for k, v in spec.kwargs.items())
+        src = _class_source(spec)[0]
+        comment = ""
+        if "#" in src:
+            src, comment = src.split("#", 1)
+            comment = "  #" + comment
+        out.append(f"    {label!r}: ({src.strip()}, {{{kw}}}),{comment}")
+    out += ["}", "", "",
+            "def mup_optimizers(model, lr, width, base_width=BASE_WIDTH, weight_decay=0.0):",
+            '    """One optimizer per owner in OPTIMIZERS, each over the muP param groups of the',
+            '    parameters it owns. lr and weight_decay: one number, or a dict label -> number',
+            '    (Muon and AdamW usually want different base learning rates)."""',
+            "    pick = lambda v, k: v[k] if isinstance(v, dict) else v  # noqa: E731",
+            "    out = []",
+            "    for label, (cls, kwargs) in OPTIMIZERS.items():",
+            "        groups = mup_param_groups(model, pick(lr, label), width, base_width,",
+            "                                  pick(weight_decay, label), owner=label)",
+            "        if groups:",
+            "            out.append(cls(groups, **kwargs))",
+            "    return out",
+            ""]
+    return out
+
+
 def to_pytorch(r) -> str:
     """Python source of ``Rules.to_pytorch``."""
     opt = r.optimizer
@@ -28,6 +88,8 @@ def to_pytorch(r) -> str:
         "    model = factory(width)",
         "    mup_init_(model, width); mup_multipliers(model, width); mup_attention(model, width)",
         f"    opt = torch.optim.{'SGD' if opt == 'sgd' else 'AdamW'}(mup_param_groups(model, lr, width))",
+        "    # or, with the optimizers the rules were derived for (OWNER; e.g. Muon + AdamW):",
+        "    opts = mup_optimizers(model, lr, width)",
         '"""',
         "import math",
         "",
@@ -104,16 +166,21 @@ def to_pytorch(r) -> str:
                    f"{o.op}; multiply them by {_f(o.factor_exp)} (scale ~ 1/d_head).")
     lrs = {name: p.lr_exp for name, p in r.params.items() if p.trainable and p.lr_exp not in (None, 0)
            and not p.problem}
-    out += ["", "", "def mup_param_groups(model, lr, width, base_width=BASE_WIDTH, weight_decay=0.0):",
+    out += ["", "", "def mup_param_groups(model, lr, width, base_width=BASE_WIDTH, weight_decay=0.0,",
+            "                     owner=None):",
             '    """Optimizer param groups: lr * m ** e per parameter; weight decay divided by the same',
-            '    factor, so lr * weight_decay stays constant in width (as the mup package does)."""',
+            '    factor, so lr * weight_decay stays constant in width (as the mup package does).',
+            '    owner: only the parameters OWNER gives to that optimizer (None: all)."""',
             "    m = width / base_width",
             "    lr_exp = {"]
-    out += [f"        {name!r}: {float(e)!r}," for name, e in lrs.items()]
+    own = r.owners or {}
+    out += [f"        {name!r}: {float(e)!r},"
+            + (f"  # {own[name].name}" if name in own and own[name].cls is not None else "")
+            for name, e in lrs.items()]
     out += ["    }",
             "    groups = {}",
             "    for name, p in model.named_parameters():",
-            "        if not p.requires_grad:",
+            "        if not p.requires_grad or owner is not None and OWNER.get(name) != owner:",
             "            continue",
             "        e = lr_exp.get(name, 0.0)",
             "        g = groups.setdefault(e, {'params': [], 'lr': lr * m ** e,",
@@ -121,4 +188,5 @@ def to_pytorch(r) -> str:
             "        g['params'].append(p)",
             "    return list(groups.values())",
             ""]
+    out += _optimizer_section(r)
     return "\n".join(out)

@@ -174,6 +174,8 @@ def apply_mup(
     weight_decay_scaling: str = "mup",
     check: bool = True,
     progress: bool = False,
+    alignment="tp",
+    eps_scaling: str = "constant",
     **optimizer_kwargs,
 ):
     """(model_factory, optimizer_factory) that build ``factory``'s model in muP.
@@ -187,11 +189,16 @@ def apply_mup(
     package's form), "table3", "table9" or "unit" (see ``tensorprog.rules``).
     check: build the model at 2 base once and run it on the example inputs, to make sure every
     hook and the attention patch fire (catches an sdpa that is not reached through
-    torch.nn.functional).
+    torch.nn.functional). alignment: as for ``rules`` ("tp", "full", "none"; Everett et al.
+    2024), which sizes the learning rates. eps_scaling: "constant" (default) keeps an
+    Adam-family eps as given; "mup" scales it per parameter like its muP gradient entries
+    (``ParamRule.eps_exp``: 1/width for hidden weights), so eps never overtakes the gradient.
     Returns ``model_factory(width) -> nn.Module`` and ``optimizer_factory(model) -> Optimizer``.
     """
     from ..theory.abc import optimizer_class
 
+    if eps_scaling not in ("mup", "constant"):
+        raise TensorprogError(f"eps_scaling must be 'mup' or 'constant', got {eps_scaling!r}.")
     if weight_decay_scaling not in ("mup", "constant"):
         raise TensorprogError(f"weight_decay_scaling must be 'mup' or 'constant', got {weight_decay_scaling!r}.")
     if not isinstance(base_width, int) or base_width <= 0:
@@ -202,9 +209,12 @@ def apply_mup(
     if isinstance(optimizer_cls, str):
         optimizer_class(optimizer_cls)  # a name: the rules follow it; the optimizer cannot be built
     r = derive_rules(factory, ws, example_inputs=example_inputs, optimizer=optimizer_cls,
-                     convention=convention, base_width=base_width, progress=progress)
+                     convention=convention, base_width=base_width, progress=progress,
+                     alignment=alignment)
     _refuse(r)
     plan = _Plan.from_rules(r)
+    if eps_scaling == "mup":
+        plan.eps = {n: _fl(p.eps_exp) for n, p in r.params.items() if p.eps_exp is not None}
 
     def model_factory(width: int) -> nn.Module:
         model = factory(width)
@@ -259,6 +269,7 @@ class _Plan:
     specs: list = field(default_factory=list)  # OptSpec per optimizer the factory builds
     owner: dict = field(default_factory=dict)  # param -> index into specs
     hybrid: bool = False  # optimizer_cls chose per parameter (a dict or a callable)
+    eps: dict = field(default_factory=dict)  # param -> eps exponent (eps_scaling="mup")
 
     @classmethod
     def from_rules(cls, r: Rules) -> "_Plan":
@@ -339,7 +350,12 @@ class _Plan:
         if wd is None:
             wd = _default(optimizer_cls, "weight_decay")
             wd = 0.0 if wd in (None, inspect.Parameter.empty) else wd
-        groups: dict[float, dict] = {}
+        eps = (kwargs.get("eps", _default(optimizer_cls, "eps"))
+               if self.eps and spec.step.geometry == "entrywise" else None)
+        scale_eps = isinstance(eps, (int, float)) and not isinstance(eps, bool)
+        if scale_eps:
+            kwargs.pop("eps", None)  # per group instead
+        groups: dict[tuple, dict] = {}
         for name, p in model.named_parameters():
             if not p.requires_grad or (only is not None and name not in only):
                 continue
@@ -347,8 +363,11 @@ class _Plan:
             if name not in self.lr and name in self.trainable:
                 e = 0.0
             f = m**e
-            g = groups.setdefault(e, {"params": [], "lr": lr * f, "lr_exp": e,
-                                      "weight_decay": wd / f if wd_scaling == "mup" else wd})
+            ee = self.eps.get(name, 0.0) if scale_eps else 0.0
+            g = groups.setdefault((e, ee), {"params": [], "lr": lr * f, "lr_exp": e,
+                                            "weight_decay": wd / f if wd_scaling == "mup" else wd})
+            if scale_eps:
+                g["eps"] = eps * m**ee
             g["params"].append(p)
         if spec.step.geometry == "orthogonalised":
             flat = [n for n, p in model.named_parameters() if p.requires_grad and p.dim() != 2

@@ -111,6 +111,15 @@ def assign(optimizer, params: dict) -> tuple[str, dict[str, OptSpec]]:
     return ("adam" if kinds.pop() else "sgd") if kinds else "adam", owners
 
 
+def assign_kind(optimizer) -> str:
+    """"sgd" when every optimizer named in ``optimizer`` (any form above but a callable) steps
+    by the gradient, else "adam" (the zoo's examples are built for one of the two)."""
+    if callable(optimizer) and not isinstance(optimizer, (type, functools.partial)):
+        return "adam"
+    forms = optimizer.values() if isinstance(optimizer, dict) else [optimizer]
+    return "sgd" if all(not spec_of(f).step.adam_like for f in forms) else "adam"
+
+
 def direction_exp(step: Step | None, init_exp, dims) -> Any:
     """Entry size (width exponent) of one step's direction, relative to Adam's Theta(1): the
     LR exponent that matches an Adam LR exponent L is L - direction_exp."""

@@ -211,6 +211,7 @@ class ParamRule:
     problem: str | None = None  # set when no muP form can be applied
     optimizer: str | None = None  # the class of the optimizer that owns it (when one was given)
     lr_adam_exp: Any = None  # the Adam-equivalent LR exponent before the optimizer's geometry
+    eps_exp: Any = None  # Adam's eps ~ n^eps_exp: the muP gradient's entry size (see _eps_rule)
 
     @property
     def init_factor_exp(self):
@@ -280,7 +281,7 @@ class Rules(JSONMixin):
                           "kind": u.kind, "multiplier": s(u.multiplier), "mult_exp": s(u.mult_exp),
                           "measured_mult_exp": s(u.measured_mult_exp),
                           "factor": s(WIDTH_MULT**u.factor_exp)} for u in p.uses],
-                "optimizer": p.optimizer, "lr_adam_exp": s(p.lr_adam_exp),
+                "optimizer": p.optimizer, "lr_adam_exp": s(p.lr_adam_exp), "eps_exp": s(p.eps_exp),
                 "notes": p.notes, "problem": p.problem} for k, p in self.params.items()},
             "hooks": [{"module": h.module, "input_factor": s(WIDTH_MULT**h.pre_exp),
                        "output_factor": s(WIDTH_MULT**h.post_exp), "params": h.params}
@@ -368,6 +369,7 @@ def rules(
     device: str = "cpu",
     label: str = "model",
     progress: bool = False,
+    alignment: Any = "tp",
 ) -> Rules:
     """The muP rules of every parameter of ``factory`` (width -> nn.Module, or a traced
     ``WidthGraph``) in ``convention`` for ``optimizer``. ``base_width`` (default: the smallest
@@ -380,7 +382,10 @@ def rules(
     ``tensorprog.transform.optspec``). Each parameter's LR follows the optimizer that owns it:
     the convention's Adam LR exponent minus the entry exponent of that optimizer's direction
     (Muon "original": constant for n x n hidden weights, the spectral condition of Yang, Simon,
-    Bernstein 2023; Adafactor: Adam's minus the parameter's RMS exponent)."""
+    Bernstein 2023; Adafactor: Adam's minus the parameter's RMS exponent).
+
+    alignment: "tp" (default; the tables' assumption), "full" / "everett" or "none" (Everett et
+    al. 2024, arXiv 2407.05872), or an ``ops.Alignment``: see ``align_learning_rates``."""
     from .optspec import assign
 
     _check_convention(convention)
@@ -392,7 +397,47 @@ def rules(
     r = derive(graph, opt, convention, base, label=label,
                steps=None if plain else {n: s.step for n, s in owners.items()})
     r.owners = owners
+    align_learning_rates(r, alignment)
     return r
+
+
+def align_learning_rates(r: Rules, alignment: Any) -> None:
+    """Re-size ``r``'s learning rates for another alignment of dW z_0 (Everett et al. 2024,
+    §3): an update contracted over a fan-in n^f gains n^{alpha f} instead of TP's n^f, so the
+    largest stable (maximal) update is n^{(1 - alpha) f} larger and so is each LR of a
+    parameter that contracts over the width (hidden, output-like). Adam-like optimizers only:
+    their layers decouple (``theory.max_stable_lr_exponent``); under SGD the readout's LR sizes
+    every layer's gradient. The init rules stay: they are stable under every alignment in
+    [1/2, 1]. ``r`` is changed in place."""
+    from ..ops import alignment as resolve
+
+    try:
+        al = resolve(alignment)
+    except ValueError as err:
+        raise TensorprogError(str(err)) from None
+    extra = 1 - sp.nsimplify(al.dw_z0)
+    if extra == 0:
+        return
+    if r.optimizer == "sgd":
+        raise TensorprogError(
+            f"alignment {al.name!r} in rules is for Adam-like optimizers: under SGD the readout's "
+            "learning rate sizes every layer's gradient, so the layers' rules do not shift one by "
+            "one. Use tensorprog.theory.max_stable_lr_exponent(a, b, 'sgd', per_layer=True, "
+            f"alignment={al.name!r}) for the MLP.")
+    for rule in r.params.values():
+        f = rule.fan_in_exp
+        if rule.lr_exp is None or not f or f <= 0:
+            continue
+        shift = sp.nsimplify(extra * f)
+        rule.lr_exp = sp.nsimplify(rule.lr_exp + shift)
+        if rule.lr_adam_exp is not None:
+            rule.lr_adam_exp = sp.nsimplify(rule.lr_adam_exp + shift)
+        rule.lr = sp.simplify(rule.lr * _pretty(shift, f, rule.fan_out_exp))
+        rule.notes.append(f"alignment {al.name}: dW z_0 sums its fan-in with exponent "
+                          f"{al.dw_z0}, so the LR is n^{shift} larger than the table's "
+                          "(Everett et al. 2024).")
+    r.notes.append(f"learning rates for alignment {al.name!r} (Everett et al. 2024, arXiv "
+                   "2407.05872), not the tables' TP alignment.")
 
 
 def derive(graph: WidthGraph, optimizer: str, convention: str, base_width: int, *,
@@ -505,8 +550,15 @@ def _param_rule(graph, p, optimizer, convention, fixed, step=None) -> ParamRule:
     rule.lr = sp.simplify(lr / t**k) if p.trainable else None
     rule.lr_exp = lr_target if p.trainable else None
     rule.fan_in_exp, rule.fan_out_exp = a.fan_in_exp, a.fan_out_exp
-    # vector- / scalar-like parameters may start smaller than Theta(1): keep a smaller init
-    if (all(u.role in ("vector", "scalar") for u in p.uses) and p.init_exp not in (None, "zero")):
+    # vector- / scalar-like parameters may start smaller than Theta(1): keep a smaller init --
+    # not under Adafactor, whose step is lr * RMS(W): a muP update outgrows a smaller init, and
+    # the next step, sized by the grown RMS, is larger by the same factor (it blows up)
+    scaled = step is not None and step.geometry == "parameter-scaled"
+    if scaled and all(u.role in ("vector", "scalar") for u in p.uses) and p.trainable:
+        rule.notes.append(f"{step.optimizer} sizes its step by RMS(W), so the rule's init is "
+                          "applied even where the init is smaller (a smaller one would be outgrown "
+                          "by the first update and the steps after it would grow with the width).")
+    elif (all(u.role in ("vector", "scalar") for u in p.uses) and p.init_exp not in (None, "zero")):
         now = sp.nsimplify(p.init_exp) + a.measured_mult_exp
         target = s + a.mult_exp
         if now < target:
@@ -516,6 +568,7 @@ def _param_rule(graph, p, optimizer, convention, fixed, step=None) -> ParamRule:
     if step is not None:
         rule.optimizer = step.optimizer
         _geometry_lr(rule, p, step)
+    _eps_rule(rule)
     if p.init_exp is None:
         rule.notes.append("its init scale follows no power law of the width: left as it is.")
     if not p.trainable:
@@ -525,6 +578,18 @@ def _param_rule(graph, p, optimizer, convention, fixed, step=None) -> ParamRule:
                           + ", ".join(f"{u.module or '<top>'}: width_mult^{u.shift}" for u in uses if u.shift != 0)
                           + ") to keep one init and one learning rate for the tensor.")
     return rule
+
+
+def _eps_rule(rule: ParamRule) -> None:
+    """Adam's eps scaled like the parameter's gradient entries in muP, so that eps stays as far
+    below them at every width (TP5 App. B / Everett et al. 2024 §4): the gradient of w is
+    n^{mult} x (backprop vector) x (input), whose entries are Theta(1) for a finite fan-out
+    (the loss's own gradient) and Theta(1/n) for a width-sized one (in muP every backprop
+    vector inside the network is as large as the readout's entries, 1/n)."""
+    if not rule.trainable or rule.mult_exp is None or rule.shift != 0 or rule.problem:
+        return
+    wide_out = rule.fan_out_exp is None or rule.fan_out_exp > 0
+    rule.eps_exp = sp.nsimplify(rule.mult_exp - (1 if wide_out else 0))
 
 
 def _where(u: UseRule) -> str:
