@@ -1,6 +1,6 @@
 """Tests for tensorprog.check: training at growing widths against the engine's exponents.
 
-Expectations come from the theory (facts sheet §1-3; TP4 Thm 3.3-3.8, TP4b, TP5 Table 3), not
+Expectations come from the theory (TP4 Thm 3.3-3.8, TP4b, TP5 Table 3), not
 from the code under test: muP changes every feature by Theta(1) (slope ~0); NTK + SGD moves
 hidden features by n^-1/2 (kernel regime); SP with a width-independent learning rate makes the
 output change grow with width; NaN is a blow-up, not a crash. Widths are small (CPU), one

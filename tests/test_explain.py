@@ -45,7 +45,7 @@ def _one_torch_thread():
 # --------------------------------------------------------------------------- theory
 
 
-# (preset, L, optimizer, c, r, regime): the facts sheet's table (§1) and TP4b Def 2.5.1 (§2).
+# (preset, L, optimizer, c, r, regime): TP4's named parametrizations (§3) and TP4b Def 2.5.1.
 SHEET = [
     ("SP", 2, "sgd", 0, "-1", "unstable"),
     ("SP", 3, "sgd", 0, "-1", "unstable"),

@@ -173,7 +173,7 @@ def _yes(x) -> str:
 
 @generator("presets")
 def gen_presets(ns, optimizer: str = "sgd") -> str:
-    """The named parametrizations of the sheet's table, computed by theory.preset + ABC."""
+    """The named parametrizations of TP4 §3 (and TP4b Def 2.5.1 for Adam), computed by theory.preset + ABC."""
     from tensorprog.theory.abc import preset
 
     rows = []
@@ -410,7 +410,7 @@ def shrink(png: Path, limit: int = FIGURE_LIMIT_BYTES) -> None:
 
 
 def notes() -> list[Path]:
-    """The numbered notes, then the README tutorial draft (built the same way)."""
+    """The numbered notes, then the repository's README.md (built the same way)."""
     extra = [(NOTES_DIR / name).resolve() for name in EXTRA_NOTES if (NOTES_DIR / name).exists()]
     return sorted(NOTES_DIR.glob(NOTE_GLOB)) + extra
 

@@ -17,6 +17,7 @@ def _group_key(r: Record) -> str:
 
 def plot_check(rep, path: str, max_groups: int = 16) -> str:
     """Write the figure of a CheckReport to ``path`` (PNG); returns the path."""
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullLocator
@@ -30,7 +31,12 @@ def plot_check(rep, path: str, max_groups: int = 16) -> str:
     fig = Figure(figsize=(4 * (T + 1), 7.5))
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, T + 1, squeeze=False)
-    cmap = [f"C{i % 10}" for i in range(len(keys))]
+    # one colour per group: tab10 up to 10 groups, then tab20 (dark shades first); the marker
+    # changes too, so no two groups look alike even where two shades are close
+    palette = ([f"C{i}" for i in range(10)] if len(keys) <= 10 else
+               [matplotlib.colormaps["tab20"](i) for i in list(range(0, 20, 2)) + list(range(1, 20, 2))])
+    cmap = [palette[i % len(palette)] for i in range(len(keys))]
+    markers = ["o", "s", "^", "v", "D"]
     ws = np.asarray(rep.widths, dtype=float)
     for row, kind in enumerate(("size", "change")):
         for t in range(T + 1):
@@ -38,7 +44,7 @@ def plot_check(rep, path: str, max_groups: int = 16) -> str:
             if kind == "change" and t == 0:
                 ax.axis("off")
                 continue
-            for color, key in zip(cmap, keys):
+            for k, (color, key) in enumerate(zip(cmap, keys)):
                 members = [r for r in groups[key] if r.kind == kind and r.step == t]
                 if not members:
                     continue
@@ -49,7 +55,8 @@ def plot_check(rep, path: str, max_groups: int = 16) -> str:
                 if ok.sum() == 0:
                     continue
                 blown = any(r.blowup for r in members)
-                ax.plot(ws[ok], y[ok], "o-", color=color, ms=3, lw=1.2,
+                ax.plot(ws[ok], y[ok], "-", marker=markers[k // 10 % len(markers)], color=color,
+                        ms=3, lw=1.2,
                         label=key + (" (blow-up)" if blown else ""))
                 i0 = int(np.argmax(ok))
                 for pred in dict.fromkeys(r.predicted for r in members):  # one per distinct exponent
