@@ -433,3 +433,15 @@ def test_hf_gpt2_predictions_hold_including_saturating_ops():
     assert not rep.refuted(), [(r.node, r.kind, r.step, r.slope, r.predicted) for r in rep.refuted()]
     tanh = rep.get("tanh", "size", 0)
     assert tanh.status == "confirmed" and tanh.slope > 0.3 and "saturating" in tanh.note
+
+
+def test_plot_series_styles_are_all_different():
+    """Every series of the coordinate-check figure gets its own (colour, marker): the README's
+    figure has 11 groups, and tab10 alone would repeat its first colour."""
+    from tensorprog.measure.plots import series_styles
+
+    for count in (3, 10, 11, 16, 20):
+        styles = series_styles(count)
+        assert len(styles) == count
+        keys = [(str(c), m) for c, m in styles]
+        assert len(set(keys)) == count, (count, keys)
