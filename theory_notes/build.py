@@ -247,6 +247,7 @@ def gen_rules(ns) -> str:
     """analyze.expected for every role, class and optimizer class, at the usual fan exponents."""
     import sympy as sp
 
+    from tensorprog.exponents import fmt
     from tensorprog.predict.classes import expected
     from tensorprog.text.explain import rule_text, update_text
 
@@ -256,7 +257,7 @@ def gen_rules(ns) -> str:
     rows = []
     for role, (ai, ao) in fans.items():
         for opt in ("sgd", "adam"):
-            row = [role, f"n^{ai}, n^{ao}", opt]
+            row = [role, f"{fmt(ai)}, {fmt(ao)}", opt]
             for cls in ("muP", "SP", "NTK"):
                 rule, off = expected(cls, role, ai, ao, opt)
                 row += [rule_text(rule), "U = " + update_text(off, cls != "muP")]
