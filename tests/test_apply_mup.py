@@ -3,7 +3,7 @@
 Expected values come from the papers and the models' documented inits, not from the code:
 
 * at the base width every factor is 1, so the forward pass is the original's bit for bit;
-* TP5 Table 3 / 8 (facts sheet §3): hidden Adam LR 1/fan_in -> lr / 4 at 4 x base; Table 8's
+* TP5 Table 3 / 8 (arXiv 2203.03466): hidden Adam LR 1/fan_in -> lr / 4 at 4 x base; Table 8's
   readout multiplier 1/fan_in -> 1/4 at 4 x base; HF GPT-2's hidden init is N(0, 0.02) at every
   width, muP's is fan_in^{-1/2} relative to the base width -> std 0.02 / 2 at 4 x base;
 * attention logits scale 1/d_head (TP5 Def 4.1): the analysed attention kind is "1/d";

@@ -1,6 +1,6 @@
 """Tests for tensorprog.check: training at growing widths against the engine's exponents.
 
-Expectations come from the theory (facts sheet §1-3; TP4 Thm 3.3-3.8, TP4b, TP5 Table 3), not
+Expectations come from the theory (TP4 Thm 3.3-3.8, TP4b, TP5 Table 3), not
 from the code under test: muP changes every feature by Theta(1) (slope ~0); NTK + SGD moves
 hidden features by n^-1/2 (kernel regime); SP with a width-independent learning rate makes the
 output change grow with width; NaN is a blow-up, not a crash. Widths are small (CPU), one
@@ -433,3 +433,15 @@ def test_hf_gpt2_predictions_hold_including_saturating_ops():
     assert not rep.refuted(), [(r.node, r.kind, r.step, r.slope, r.predicted) for r in rep.refuted()]
     tanh = rep.get("tanh", "size", 0)
     assert tanh.status == "confirmed" and tanh.slope > 0.3 and "saturating" in tanh.note
+
+
+def test_plot_series_styles_are_all_different():
+    """Every series of the coordinate-check figure gets its own (colour, marker): the README's
+    figure has 11 groups, and tab10 alone would repeat its first colour."""
+    from tensorprog.measure.plots import series_styles
+
+    for count in (3, 10, 11, 16, 20):
+        styles = series_styles(count)
+        assert len(styles) == count
+        keys = [(str(c), m) for c, m in styles]
+        assert len(set(keys)) == count, (count, keys)

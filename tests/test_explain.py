@@ -45,7 +45,7 @@ def _one_torch_thread():
 # --------------------------------------------------------------------------- theory
 
 
-# (preset, L, optimizer, c, r, regime): the facts sheet's table (§1) and TP4b Def 2.5.1 (§2).
+# (preset, L, optimizer, c, r, regime): TP4's named parametrizations (§3) and TP4b Def 2.5.1.
 SHEET = [
     ("SP", 2, "sgd", 0, "-1", "unstable"),
     ("SP", 3, "sgd", 0, "-1", "unstable"),
@@ -238,3 +238,36 @@ def test_cli_parameter_of_the_zoo_gpt_markdown(capsys):
     assert out.startswith("## Parameter blocks.0.attn.query.weight of gpt-sp")
     assert "### Step 2. How the graph uses it, and its role" in out
     assert "Role hidden" in flat(out) and "| class | init rule |" in out
+
+
+# --------------------------------------------------------------------------- exact zero, one way
+
+FORBIDDEN_ZERO = ("Theta(n^{0})", "n^-oo", "-inf", "Theta(0", "n^zero")
+
+
+def test_zero_readout_init_is_printed_as_exactly_zero():
+    """b_{L+1} = oo (TP5 App D.2's zero readout): the output at init is exactly 0, said once, in
+    the printer's words, never as an exponent of n."""
+    text = explain_preset(a=["-1/2", "0", "1/2"], b=["1/2", "1/2", sp.oo], c=0)
+    assert "At init the output is exactly 0 (zero readout init)" in flat(text)
+    for bad in FORBIDDEN_ZERO:
+        assert bad not in text, bad
+
+
+def test_zero_init_parameter_explanation_uses_the_exact_zero_printer():
+    ex = example("mlp", param="mup", optimizer="adam", readout_zero_init=True)
+    rep = analyze(ex.factory, ex.widths, example_inputs=ex.example_inputs,
+                  make_optimizer=ex.make_optimizer)
+    text = explain_parameter(rep, "readout.weight")
+    assert "0 (exact)" in text and "b = inf (zero init)" in text
+    for bad in FORBIDDEN_ZERO + ("~ zero", " zero ("):
+        assert bad not in text, bad
+
+
+def test_sp_and_ntk_global_lr_exponents_are_not_called_shared(mlp_sp_report):
+    """SP's c0 and NTK's c0 are fitted separately (here 0 and -1/2 for an SP model): the text
+    must not say that the two classes share one."""
+    text = flat(explain_parameter(mlp_sp_report, "readout.weight"))
+    assert "share one" not in text
+    assert "not the same for SP as for NTK" in text
+    assert "(c0 = 0)" in text and "(c0 = -1/2)" in text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -41,8 +42,76 @@ def _one_torch_thread():
 
 def test_there_are_notes():
     names = [p.name for p in NOTES]
-    assert len([n for n in names if n[:2].isdigit()]) == 9, names
+    assert len([n for n in names if n[:2].isdigit()]) == 12, names
     assert "README.md" in names
+
+
+# --------------------------------------------------------------------------- references
+
+REFERENCES = NOTES_DIR / "references.md"
+ARXIV_ID = re.compile(r"(?<![\d.])(\d{4}\.\d{4,5})(?![\d.])")
+# the papers the issue asks the bibliography to hold, by arXiv id (TP1-TP6, TP4b, Everett et al.,
+# the spectral condition, u-muP, CompleteP), written out here from the papers' arXiv pages
+REQUIRED_PAPERS = {"TP1": "1910.12478", "TP2": "2006.14548", "TP3": "2009.10685",
+                   "TP4": "2011.14522", "TP4b": "2308.01814", "TP5": "2203.03466",
+                   "TP6": "2310.02244", "Everett et al. 2024": "2407.05872",
+                   "spectral condition": "2310.17813", "u-muP": "2407.17465",
+                   "CompleteP": "2505.01618"}
+
+
+def _reference_rows():
+    """{short name: arXiv id} from the table of references.md."""
+    rows = {}
+    for line in REFERENCES.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] not in ("short name", "---"):
+            found = ARXIV_ID.findall(cells[2])
+            rows[cells[0]] = found[0] if found else None
+    return rows
+
+
+def test_references_hold_every_required_paper_with_its_arxiv_id():
+    rows = _reference_rows()
+    for name, arxiv in REQUIRED_PAPERS.items():
+        assert rows.get(name) == arxiv, f"references.md: {name} should be arXiv {arxiv}, got {rows.get(name)}"
+
+
+@pytest.mark.parametrize("note", [p for p in NOTES if p.name[:2].isdigit()], ids=lambda p: p.name)
+def test_every_note_cites_the_references(note):
+    assert "](references.md)" in note.read_text(), f"{note.name} does not link references.md"
+
+
+def _project_texts():
+    files = NOTES + [NOTES_DIR / "README.md"] + sorted((ROOT / "tensorprog").rglob("*.py"))
+    return [(f, f.read_text()) for f in files]
+
+
+def test_every_arxiv_id_cited_is_in_the_references():
+    known = set(_reference_rows().values())
+    for path, text in _project_texts():
+        for arxiv in ARXIV_ID.findall(text):
+            if "arxiv" in text.lower():
+                assert arxiv in known, f"{path.relative_to(ROOT)} cites arXiv {arxiv}, not in references.md"
+
+
+@pytest.mark.parametrize("phrase", ["facts sheet", "tutorial draft", "shared/reference", "../shared",
+                                    "/work/"])
+def test_no_reference_points_outside_the_repository(phrase):
+    for path, text in _project_texts():
+        assert phrase not in text.lower(), f"{path.relative_to(ROOT)} mentions {phrase!r}"
+
+
+MD_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+@pytest.mark.parametrize("note", NOTES + [NOTES_DIR / "README.md", REFERENCES], ids=lambda p: p.name)
+def test_relative_links_resolve_inside_the_repository(note):
+    for target in MD_LINK.findall(note.read_text()):
+        if "://" in target:
+            continue
+        resolved = (note.parent / target).resolve()
+        assert resolved.exists(), f"{note.name} links {target}, which does not exist"
+        assert ROOT in resolved.parents, f"{note.name} links {target}, outside the repository"
 
 
 @pytest.mark.parametrize("note", NOTES, ids=lambda p: p.name)
@@ -169,3 +238,45 @@ def test_check_mode_reports_a_stale_note(tmp_path, capsys):
     assert "2" in path.read_text()  # --check writes nothing
     assert build.main([str(path), "--no-figures"]) == 0
     assert build.main([str(path), "--check"]) == 0
+
+
+# --------------------------------------------------------------------------- README's first screen
+
+README = ROOT / "README.md"
+
+
+def _first_screen():
+    """(first bash block, the region right after it) of README.md, both before the first '## '."""
+    segments = build.parse(README.read_text(), "README.md")
+    first_heading = next(s.line for s in segments if s.kind == "text" and "\n## " in s.raw)
+    code = next(s for s in segments if s.kind == "code" and s.lang == "bash")
+    after = segments[segments.index(code) + 1:]
+    region = next(s for s in after if s.kind == "region")
+    assert region.line < first_heading, "the first command's output must be on the first screen"
+    return code, region
+
+
+def test_readme_first_command_installs_only_the_package_and_runs_tensorprog():
+    code, _ = _first_screen()
+    first = code.source.splitlines()[0]
+    parts = [p.strip() for p in first.split("&&")]
+    assert parts[-1].startswith("tensorprog "), first
+    for part in parts[:-1]:
+        assert part.startswith("pip install") and "[" not in part, (
+            f"the first command installs an optional extra: {part!r}; put extras on their own line")
+
+
+def test_readme_shows_what_the_first_command_prints():
+    """The region under the two commands is the first command's output: run the CLI (in-process,
+    the function the `tensorprog` script calls) with the command's arguments and compare."""
+    from tensorprog.cli import main
+
+    code, region = _first_screen()
+    argv = shlex.split(code.source.splitlines()[0].split("&&")[-1])[1:]
+    assert region.spec.split() == ["cli", *argv], "the region under the commands is not their output"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert main(argv) == 0
+    shown = region.body.strip().strip("`").removeprefix("text").strip().splitlines()
+    assert shown[0] == "$ tensorprog " + " ".join(argv)
+    assert shown[1:] == out.getvalue().rstrip("\n").splitlines()

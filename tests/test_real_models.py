@@ -290,7 +290,7 @@ def test_granite_at_its_defaults_has_sp_weights_and_a_constant_attention_scale()
     sqrt(d) at init. Every weight is in SP (constant-std init, no width-dependent multiplier,
     one LR); the attention alone makes the model "mixed"."""
     rep = analyze(_granite, WIDTHS, example_inputs=IDS, make_optimizer=_granite_adam(False))
-    assert [a.kind for a in rep.attention] == ["n^0"] * LAYERS, str(rep)
+    assert [a.kind for a in rep.attention] == ["1"] * LAYERS, str(rep)
     assert all("SP" in p.classes for p in rep.params.values() if p.trainable), str(rep)
     assert rep.parametrization == "mixed"
     assert not rep.constants

@@ -2,8 +2,8 @@
 
 Expected values are written from the papers, never read back from the code under test:
 
-* TP5 Table 3 (facts sheet §3): input weights and biases: init var 1/fan_in, SGD LR fan_out, Adam
-  LR 1; hidden: init var 1/fan_in, SGD LR 1 (fan_out / fan_in in general, §4), Adam LR 1/fan_in;
+* TP5 Table 3 (arXiv 2203.03466): input weights and biases: init var 1/fan_in, SGD LR fan_out, Adam
+  LR 1; hidden: init var 1/fan_in, SGD LR 1 (fan_out / fan_in in general, arXiv 2310.17813), Adam LR 1/fan_in;
   output: init var 1/fan_in^2, LR 1/fan_in (SGD and Adam). Table 8: output multiplier 1/fan_in,
   init var constant, LR fan_in (SGD) / 1 (Adam). Table 9: input multiplier sqrt(fan_out), init
   1/fan_out, Adam LR 1/sqrt(fan_out); output multiplier 1/sqrt(fan_in), Adam LR 1/sqrt(fan_in);

@@ -1,6 +1,6 @@
 """tensorprog.theory against the papers (TP4 arXiv 2011.14522, TP4b arXiv 2308.01814, TP5 arXiv 2203.03466).
 
-Expected values are the sheet's / papers' numbers, written out here by hand; the code under
+Expected values are the papers' numbers (TP4 §3, TP4b Def 2.5.1, TP5 Table 3), written out here by hand; the code under
 test only supplies the values being checked.
 """
 from fractions import Fraction

@@ -1,7 +1,7 @@
 """Tests for tensorprog.trace: dims, roles, fans, init / multiplier / LR exponents, export, errors.
 
 Every expected value is worked out by hand from the model's known init rule or from the
-definitions in the facts sheet (§3), never read back from the code under test:
+definitions of TP5 Table 3 and App B (arXiv 2203.03466), never read back from the code under test:
 
 * nn.Linear / nn.Conv2d default init: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), so
   RMS = 1/sqrt(3 fan_in): exponent -1/2 when fan_in grows with n, 0 when fan_in is finite.

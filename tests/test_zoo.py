@@ -1,6 +1,6 @@
 """Tests for tensorprog.zoo: the built-in SP / NTK / muP models.
 
-Expected values come from the init and LR formulas (facts sheet §1-3 and PyTorch's documented
+Expected values come from the init and LR formulas (TP4 §2, TP5 Tables 3 and 8, and PyTorch's documented
 defaults), written out here, never from the code under test.
 """
 import math

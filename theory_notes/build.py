@@ -173,7 +173,7 @@ def _yes(x) -> str:
 
 @generator("presets")
 def gen_presets(ns, optimizer: str = "sgd") -> str:
-    """The named parametrizations of the sheet's table, computed by theory.preset + ABC."""
+    """The named parametrizations of TP4 §3 (and TP4b Def 2.5.1 for Adam), computed by theory.preset + ABC."""
     from tensorprog.theory.abc import preset
 
     rows = []
@@ -247,6 +247,7 @@ def gen_rules(ns) -> str:
     """analyze.expected for every role, class and optimizer class, at the usual fan exponents."""
     import sympy as sp
 
+    from tensorprog.exponents import fmt
     from tensorprog.predict.classes import expected
     from tensorprog.text.explain import rule_text, update_text
 
@@ -256,7 +257,7 @@ def gen_rules(ns) -> str:
     rows = []
     for role, (ai, ao) in fans.items():
         for opt in ("sgd", "adam"):
-            row = [role, f"n^{ai}, n^{ao}", opt]
+            row = [role, f"{fmt(ai)}, {fmt(ao)}", opt]
             for cls in ("muP", "SP", "NTK"):
                 rule, off = expected(cls, role, ai, ao, opt)
                 row += [rule_text(rule), "U = " + update_text(off, cls != "muP")]
@@ -410,7 +411,7 @@ def shrink(png: Path, limit: int = FIGURE_LIMIT_BYTES) -> None:
 
 
 def notes() -> list[Path]:
-    """The numbered notes, then the README tutorial draft (built the same way)."""
+    """The numbered notes, then the repository's README.md (built the same way)."""
     extra = [(NOTES_DIR / name).resolve() for name in EXTRA_NOTES if (NOTES_DIR / name).exists()]
     return sorted(NOTES_DIR.glob(NOTE_GLOB)) + extra
 

@@ -7,12 +7,26 @@ import numpy as np
 
 from .judge import NEG, Record
 
-__all__ = ["plot_check"]
+__all__ = ["plot_check", "series_styles"]
 
 
 def _group_key(r: Record) -> str:
     mod = re.sub(r"(^|\.)\d+(?=\.|$)", r"\1*", r.module or "")
     return f"{mod or 'top'}:{r.op}"
+
+
+def series_styles(count: int) -> list[tuple]:
+    """(colour, marker) for ``count`` series, no two alike: tab10 up to 10 series, then tab20
+    (dark shades first, then light), with the marker changing every 10 series."""
+    import matplotlib
+
+    if count <= 10:
+        palette = [f"C{i}" for i in range(10)]
+    else:
+        tab20 = matplotlib.colormaps["tab20"]
+        palette = [tab20(i) for i in list(range(0, 20, 2)) + list(range(1, 20, 2))]
+    markers = ("o", "s", "^", "v", "D")
+    return [(palette[k % len(palette)], markers[k // 10 % len(markers)]) for k in range(count)]
 
 
 def plot_check(rep, path: str, max_groups: int = 16) -> str:
@@ -30,7 +44,7 @@ def plot_check(rep, path: str, max_groups: int = 16) -> str:
     fig = Figure(figsize=(4 * (T + 1), 7.5))
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, T + 1, squeeze=False)
-    cmap = [f"C{i % 10}" for i in range(len(keys))]
+    styles = series_styles(len(keys))
     ws = np.asarray(rep.widths, dtype=float)
     for row, kind in enumerate(("size", "change")):
         for t in range(T + 1):
@@ -38,7 +52,7 @@ def plot_check(rep, path: str, max_groups: int = 16) -> str:
             if kind == "change" and t == 0:
                 ax.axis("off")
                 continue
-            for color, key in zip(cmap, keys):
+            for (color, marker), key in zip(styles, keys):
                 members = [r for r in groups[key] if r.kind == kind and r.step == t]
                 if not members:
                     continue
@@ -49,7 +63,7 @@ def plot_check(rep, path: str, max_groups: int = 16) -> str:
                 if ok.sum() == 0:
                     continue
                 blown = any(r.blowup for r in members)
-                ax.plot(ws[ok], y[ok], "o-", color=color, ms=3, lw=1.2,
+                ax.plot(ws[ok], y[ok], "-", marker=marker, color=color, ms=3, lw=1.2,
                         label=key + (" (blow-up)" if blown else ""))
                 i0 = int(np.argmax(ok))
                 for pred in dict.fromkeys(r.predicted for r in members):  # one per distinct exponent

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from ..exponents import fmt
 from ..graph.uses import activation_contractions, feeds_softmax, operand_scale, output_scale, sdpa_scale
 from .engine import matrix_weight_positions
 from .records import AttentionVerdict, Problem
@@ -33,7 +34,7 @@ def attention_verdicts(graph, prop, problems):
             logits = lambda s, end=end: (s[end].x, s[end].dx)  # noqa: E731
         sc = sp.nsimplify(sc)
         kind = ("fixed d_head" if d == 0 else "1/d" if sc == -d else "1/sqrt(d)" if sc == -d / 2
-                else f"n^{sc}")
+                else fmt(sc))
         lx = logits(prop.steps[0])[0]
         grown = next(((t, max(logits(st))) for t, st in enumerate(prop.steps[1:], start=1)
                       if max(logits(st)) > 0), None)

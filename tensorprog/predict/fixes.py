@@ -115,7 +115,7 @@ def _describe(e, ai, ao):
         return "fan_out"
     if ai and e == ai:
         return "fan_in"
-    return f"n^{fmt(e)}"
+    return fmt(e)
 
 
 def _e(x) -> str:

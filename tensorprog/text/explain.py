@@ -225,8 +225,10 @@ def explain_parameter(report, name: str, *, label: str | None = None,
            + ("U = 2a + c (an SGD step moves the effective weight by n^{-U} times its gradient)."
               if sgd else "U = a + c (an Adam step moves the effective weight by n^{-U} per entry).")
            + " Each class fixes both as functions of the fan-in and fan-out exponents "
-           "(tensorprog.analyze.expected); SP and NTK share one global LR exponent c0, which "
-           "is the value most parameter entries agree with, muP fixes c0 = 0.")
+           "(tensorprog.analyze.expected). SP and NTK each leave one global learning-rate "
+           "exponent c0 free (the same for every parameter of the model, but not the same "
+           "for SP as for NTK): c0 below is, per class, the value most parameter entries "
+           "agree with; muP fixes c0 = 0.")
     c0 = _c0(report)
     mismatch = []
     for k, uv in enumerate(pv.uses, start=1):

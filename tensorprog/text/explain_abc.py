@@ -196,10 +196,12 @@ def explain_abc(p, *, label: str | None = None, markdown: bool = False) -> str:
                   " Not every layer updates maximally: the layers with r_l > 0 are frozen in "
                   "the limit."))
     if A.is_number and regime != "unstable":
-        d.para(f"At init the output is Theta({fmt(sp.Rational(1, 2) - A)}) "
+        size = ("exactly 0 (zero readout init)" if A == sp.oo else
+                f"Theta({fmt(sp.Rational(1, 2) - A)})")
+        d.para(f"At init the output is {size} "
                f"(a_{{L+1}} + b_{{L+1}} = {expr(A)})"
                + (": it vanishes in the limit, as in every feature-learning parametrization "
-                  "(TP4 Cor 3.10)." if A > sp.Rational(1, 2) else "."))
+                  "(TP4 Cor 3.10)." if sp.Rational(1, 2) < A < sp.oo else "."))
     return d.render()
 
 

@@ -407,7 +407,7 @@ def _layers(inp, hidden, out, L):
 
 
 def preset(name: str, L: int = 2, optimizer: Any = "sgd", c: Any = None) -> ABC:
-    """A named parametrization (the sheet's tables); ``c=`` overrides the learning-rate exponent.
+    """A named parametrization (TP4 §3 and App G; TP4b Def 2.5.1); ``c=`` overrides the learning-rate exponent.
 
     SGD (TP4 table): "SP" a = 0, b = (0, 1/2, ..., 1/2), c = 0 (LR Theta(1): unstable for
     L >= 2; pass c=1 for LR 1/n); "NTK" a = (0, 1/2, ..., 1/2), b = 0, c = 0; "muP"

@@ -1,6 +1,6 @@
 """Infinite-width limits of MLPs at initialisation, and the check that finite networks reach them.
 
-Network (facts sheet §6; Lee et al. 2018, arXiv 1711.00165), for inputs x in R^d and width n:
+Network (Lee et al. 2018, arXiv 1711.00165, Eq. 4-5), for inputs x in R^d and width n:
 
     h^1 = W^1 x + b^1,             Var W^1_ij = s_w^2 / d,   Var b_i = s_b^2,
     h^{l+1} = W^{l+1} phi(h^l) + b^{l+1},   Var W^{l+1}_ij = s_w^2 / n.
@@ -291,7 +291,7 @@ def nngp_kernel(
     """NNGP kernels [K^1, ..., K^depth] (plus K^{depth+1} if ``readout``), each m x m.
 
     K^1 = s_w^2 X X^T / d + s_b^2;  K^{l+1} = s_w^2 E[phi(u) phi(v)] + s_b^2 with
-    (u, v) ~ N(0, K^l on {x, x'}) (Lee et al. 2018; facts sheet §6). Closed forms for "relu"
+    (u, v) ~ N(0, K^l on {x, x'}) (Lee et al. 2018, arXiv 1711.00165). Closed forms for "relu"
     (arc-cosine, Cho & Saul 2009), "erf" (Williams 1997) and "identity"; any other name or a
     callable phi (elementwise on numpy arrays) uses a 2-D Gaussian quadrature:
     ``quadrature="polar"`` (default; kink-aware, see ``_polar_expectation``) or ``"hermite"``
@@ -322,7 +322,7 @@ def ntk_kernel(
 ) -> list[np.ndarray]:
     """Infinite-width NTKs [Theta^1, ..., Theta^depth] (plus Theta^{depth+1} if ``readout``).
 
-    Convention (NTK parametrization, Jacot et al. 2018; facts sheet §6): every parameter is a
+    Convention (NTK parametrization, Jacot et al. 2018, arXiv 1806.07572): every parameter is a
     standard normal w, used as W^l = (s_w / sqrt(fan_in)) w^l and b^l = s_b beta^l, and
     Theta^l(x, x') is the limit of sum_theta dh^l_i(x)/dtheta dh^l_i(x')/dtheta over all
     parameters of layers 1..l (the same for every coordinate i). Hence Theta^1 = K^1 and
@@ -504,7 +504,7 @@ def convergence(
     device: str | torch.device = "cpu",
 ) -> Convergence:
     """Error of ``empirical_kernel`` against ``nngp_kernel`` at each width and seed, with the
-    log-log slope (fluctuations predict -1/2; facts sheet §6). Each (seed, width) network uses
+    log-log slope (an average over n independent units fluctuates like n^{-1/2}: central limit). Each (seed, width) network uses
     its own generator seed, derived from both, so widths are statistically independent."""
     X = _check_X(X)
     depth = _check_positive_int(depth, "depth")

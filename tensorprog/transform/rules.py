@@ -65,6 +65,7 @@ from typing import Any, Callable, Sequence
 
 import sympy as sp
 
+from ..exponents import fmt
 from ..errors import TensorprogError
 from ..graph.trace import trace
 from ..graph.widthgraph import WidthGraph
@@ -563,7 +564,7 @@ def _param_rule(graph, p, optimizer, convention, fixed, step=None) -> ParamRule:
         target = s + a.mult_exp
         if now < target:
             rule.init_exp = sp.nsimplify(now - a.mult_exp)
-            rule.notes.append(f"init kept smaller than the rule (effective n^{now} < n^{target}; "
+            rule.notes.append(f"init kept smaller than the rule (effective {fmt(now)} < {fmt(target)}; "
                               "any init up to Theta(1) is muP for a vector- or scalar-like parameter).")
     if step is not None:
         rule.optimizer = step.optimizer

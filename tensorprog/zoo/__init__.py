@@ -1,7 +1,7 @@
 """Built-in model zoo: an MLP, a small CNN and a small GPT, each in SP, NTK and muP.
 
-The models are written by hand from the formulas in the facts sheet (docs: tensor-programs.md,
-sections 1-3), so they double as the reference fixtures of every other feature: a tracer or a
+The models are written by hand from the papers' formulas (TP4 §2, arXiv 2011.14522; TP4b Def 2.5.1,
+arXiv 2308.01814; TP5 Tables 3 and 8, arXiv 2203.03466), so they double as the reference fixtures of every other feature: a tracer or a
 classifier that disagrees with them is wrong, not them.
 
 Vocabulary
