@@ -1,0 +1,168 @@
+"""Depth: the zoo's residual networks named right in depth (TP6, arXiv 2310.02244; CompleteP,
+arXiv 2505.01618), their depth exponents measured at depths up to 32, and the clear errors.
+
+Expected exponents come from the papers, not from the code under test: the branch multiplier
+L^-alpha with alpha = 0 / 1/2 / 1 (standard / Depth-muP / CompleteP), the Adam learning rate
+L^{alpha - 1} (TP6: eta / sqrt(L); CompleteP Table 1: no depth factor), the SGD learning rate
+constant at alpha = 1/2 (TP6), and the closed forms at init for pre-norm branches: branch outputs
+~ L^-alpha, stream ~ L^{max(0, 1/2 - alpha)} (variance 1 + L * L^-2alpha).
+"""
+import pytest
+import sympy as sp
+import torch
+
+from tensorprog.errors import CheckError, TraceError
+from tensorprog.measure.depth import check_depth
+from tensorprog.predict.depth import analyze_depth, depth_rules
+from tensorprog.zoo import MLP, ResidualMLP, depth_example
+
+HALF = sp.Rational(1, 2)
+PAPER_ALPHA = {"standard": sp.Integer(0), "depth_mup": HALF, "completep": sp.Integer(1)}
+FAMILY = {"standard": "standard", "depth_mup": "depth_mup", "completep": "completep"}
+
+
+def _analyze(ex, depths=(2, 4), width=16):
+    return analyze_depth(ex.factory, depths, width=width, example_inputs=ex.example_inputs,
+                         make_optimizer=ex.make_optimizer)
+
+
+@pytest.mark.parametrize("name", ["resmlp", "gpt"])
+@pytest.mark.parametrize("form", ["standard", "depth_mup", "completep"])
+def test_zoo_named_right_in_depth(name, form):
+    rep = _analyze(depth_example(name, form))
+    alpha = PAPER_ALPHA[form]
+    assert rep.applies and rep.family == FAMILY[form]
+    assert rep.optimizer == "adam"
+    for v in rep.kinds.values():
+        assert v.alpha == alpha
+        # the zoo's Adam LR is L^{alpha - 1} in Depth-muP / CompleteP, constant in standard
+        assert v.gamma == (1 - alpha if form != "standard" else 0)
+    assert rep.stable_init is bool(alpha >= HALF)
+    assert rep.stable_train is (form != "standard")
+    assert rep.nontrivial is True
+    assert len(rep.kinds) == (2 if name == "gpt" else 1)  # attention and MLP branches
+    if form == "standard":
+        assert rep.fix, "a standard residual network gets a fix"
+        assert rep.stream_init_exp == HALF  # pre-norm branches: |h| ~ L^{1/2}
+    else:
+        assert not rep.fix and rep.stream_init_exp == 0
+    assert "depth" in str(rep)
+
+
+@pytest.mark.parametrize("form", ["depth_mup", "completep"])
+def test_sgd_gamma_carries_the_multiplier(form):
+    """SGD's step is the gradient, which carries the branch multiplier: gamma = alpha + c; TP6's
+    Depth-muP SGD learning rate is constant in depth."""
+    rep = _analyze(depth_example("resmlp", form, optimizer="sgd"))
+    (v,) = rep.kinds.values()
+    assert v.alpha + v.gamma == 1
+    if form == "depth_mup":
+        assert v.lr_exp == 0
+    assert v.eps_scaled is None  # no eps in SGD
+
+
+def test_standard_sgd_fix_names_the_learning_rate():
+    rep = analyze_depth(depth_example("resmlp", "standard", optimizer="sgd").factory, (2, 4),
+                        width=16, example_inputs=depth_example("resmlp").example_inputs,
+                        make_optimizer=depth_example("resmlp", optimizer="sgd").make_optimizer,
+                        family="depth_mup")
+    assert any("multiplier (L/L0)^-1/2" in f for f in rep.fix)
+    assert not any("learning rate" in f for f in rep.fix)  # Depth-muP SGD: LR constant (TP6)
+
+
+def test_depth_rules_from_the_papers():
+    tp6 = depth_rules("depth_mup", base_depth=4, optimizer="adam")
+    assert (tp6.mult_exp, tp6.lr_exp) == (-HALF, -HALF)  # 1/sqrt(L), eta/sqrt(L)
+    cp = depth_rules("completep", base_depth=4, optimizer="adam")
+    assert (cp.mult_exp, cp.lr_exp, cp.eps_exp) == (-1, 0, -1)  # CompleteP Table 1
+    assert depth_rules("depth_mup", optimizer="sgd").lr_exp == 0  # TP6: SGD LR constant
+    f = cp.at(16)
+    assert f["branch_multiplier"] == pytest.approx(0.25) and f["lr"] == 1 and f["eps"] == pytest.approx(0.25)
+    assert tp6.at(4) == {"branch_multiplier": 1.0, "lr": 1.0, "eps": 1.0}
+    with pytest.raises(TraceError, match="unknown depth family"):
+        depth_rules("sp")
+
+
+def test_standard_stream_variance_grows_linearly_in_depth():
+    """Closed form, measured directly (no tensorprog code): pre-norm branches are independent
+    of the stream and of one another at init, so E|x_L|^2 - E|x_0|^2 = L E|g|^2: linear in L;
+    with a 1/sqrt(L) multiplier it stays bounded."""
+    def increment(form, depth, seeds=6):
+        out = []
+        for s in range(seeds):
+            torch.manual_seed(s)
+            m = ResidualMLP(128, depth=depth, depth_param=form, base_depth=1)
+            x = torch.randn(64, 16, generator=torch.Generator().manual_seed(100 + s))
+            with torch.no_grad():
+                h0 = m.input(x)
+                h = h0
+                for b in m.blocks:
+                    h = h + (1 if m.branch_multiplier is None else m.branch_multiplier) * b(h)
+            out.append((h.pow(2).mean() - h0.pow(2).mean()).item())
+        return sum(out) / len(out)
+    std = {L: increment("standard", L) for L in (4, 16)}
+    assert std[16] / std[4] == pytest.approx(4, rel=0.2)
+    dmup = {L: increment("depth_mup", L) for L in (4, 16)}
+    assert dmup[16] / dmup[4] == pytest.approx(1, rel=0.2)
+
+
+@pytest.mark.parametrize("form", ["standard", "depth_mup", "completep"])
+def test_check_confirms_resmlp_depth_exponents_up_to_32(form):
+    ex = depth_example("resmlp", form)
+    c = check_depth(ex.factory, (2, 4, 8, 16, 32), width=16, example_inputs=ex.example_inputs,
+                    make_optimizer=ex.make_optimizer, loss=ex.loss, steps=1, seeds=2)
+    assert c.verdict == "confirmed", str(c)
+    alpha = float(PAPER_ALPHA[form])
+    block = c.get("blocks.*.linear", "size")
+    assert block.slope == pytest.approx(-alpha, abs=0.15)  # branch output ~ L^-alpha
+    stream = c.get("stream", "size")
+    if form == "standard":
+        assert stream.slope > 0.2  # growing towards L^{1/2}
+    else:
+        assert abs(stream.slope) < 0.15
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["standard", "depth_mup", "completep"])
+def test_check_gpt_depth_exponents_up_to_32(form):
+    """~12 s each: three exports of GPTs of up to 32 blocks (64 branches) plus two steps."""
+    ex = depth_example("gpt", form)
+    c = check_depth(ex.factory, (2, 8, 32), width=16, example_inputs=ex.example_inputs,
+                    make_optimizer=ex.make_optimizer, loss=ex.loss, steps=1, seeds=2)
+    alpha = float(PAPER_ALPHA[form])
+    for kind in ("blocks.*.attn.proj", "blocks.*.mlp.proj"):
+        r = c.get(kind, "size")
+        assert r.status == "confirmed" and r.slope == pytest.approx(-alpha, abs=0.15)
+    if form == "standard":
+        # the N(0, 1) embeddings dominate the stream up to depth 32: only its growth in
+        # training (L^{1 - alpha - gamma} = L) is testable here
+        assert c.get("stream", "change").status == "confirmed"
+        assert c.get("stream", "change").slope > 0.5
+    else:
+        assert c.verdict == "confirmed", str(c)
+
+
+def test_block_count_growing_with_width_is_a_clear_error():
+    ex = depth_example("resmlp")
+    with pytest.raises(TraceError, match="block count grows with its width"):
+        analyze_depth(lambda n, L: ResidualMLP(n, depth=L * n // 16), (2, 4), width=16,
+                      example_inputs=ex.example_inputs)
+
+
+def test_no_residual_branches_depth_does_not_apply():
+    ex = depth_example("resmlp")
+    rep = analyze_depth(lambda n, L: MLP(n, depth=L, d_in=16), (2, 4), width=16,
+                        example_inputs=ex.example_inputs)
+    assert not rep.applies and "does not apply" in str(rep)
+    with pytest.raises(CheckError, match="does not apply"):
+        check_depth(lambda n, L: MLP(n, depth=L, d_in=16), (2, 4), width=16,
+                    example_inputs=ex.example_inputs)
+
+
+def test_factory_errors_are_clear():
+    ex = depth_example("resmlp")
+    with pytest.raises(TraceError, match="does not use its depth"):
+        analyze_depth(lambda n, L: ResidualMLP(n, depth=3), (2, 4), width=16,
+                      example_inputs=ex.example_inputs)
+    with pytest.raises(TraceError, match=r"factory taking \(width, depth\)"):
+        analyze_depth(lambda n: ResidualMLP(n), (2, 4), width=16, example_inputs=ex.example_inputs)
