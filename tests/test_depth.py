@@ -166,3 +166,15 @@ def test_factory_errors_are_clear():
                       example_inputs=ex.example_inputs)
     with pytest.raises(TraceError, match=r"factory taking \(width, depth\)"):
         analyze_depth(lambda n: ResidualMLP(n), (2, 4), width=16, example_inputs=ex.example_inputs)
+
+
+def test_rules_give_the_depth_factors():
+    from tensorprog import rules
+    ex = depth_example("resmlp")
+    r = rules(lambda n: ex.factory(n, 2), (32, 64), example_inputs=ex.example_inputs,
+              base_depth=4, depth_family="depth_mup")
+    assert (r.depth.mult_exp, r.depth.lr_exp) == (-HALF, -HALF)  # TP6 with Adam
+    assert r.depth.at(16)["branch_multiplier"] == pytest.approx(0.5)
+    assert any(n.startswith("depth: Depth-muP") for n in r.notes)
+    assert rules(lambda n: ex.factory(n, 2), (32, 64), example_inputs=ex.example_inputs,
+                 optimizer="sgd", base_depth=4).depth.lr_exp == 1  # CompleteP + SGD: L^{2 alpha - 1}

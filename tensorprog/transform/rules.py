@@ -246,6 +246,7 @@ class Rules(JSONMixin):
     label: str = "model"
     graph: WidthGraph | None = field(default=None, repr=False)
     owners: dict = field(default_factory=dict, repr=False)  # param -> OptSpec (optspec.py)
+    depth: Any = None  # predict.depth.DepthRules when ``rules`` is given a base_depth
 
     @property
     def convention_name(self) -> str:
@@ -324,6 +325,8 @@ def rules(
     device: str = "cpu",
     label: str = "model",
     progress: bool = False,
+    base_depth: int | None = None,
+    depth_family: str = "completep",
 ) -> Rules:
     """The muP rules of every parameter of ``factory`` (width -> nn.Module, or a traced
     ``WidthGraph``) in ``convention`` for ``optimizer``. ``base_width`` (default: the smallest
@@ -336,7 +339,12 @@ def rules(
     ``tensorprog.transform.optspec``). Each parameter's LR follows the optimizer that owns it:
     the convention's Adam LR exponent minus the entry exponent of that optimizer's direction
     (Muon "original": constant for n x n hidden weights, the spectral condition of Yang, Simon,
-    Bernstein 2023; Adafactor: Adam's minus the parameter's RMS exponent)."""
+    Bernstein 2023; Adafactor: Adam's minus the parameter's RMS exponent).
+
+    base_depth: also give the depth factors (``Rules.depth``, a ``predict.depth.DepthRules``)
+    of ``depth_family`` ("completep", the default, or "depth_mup"): branch multiplier, block
+    learning rates and Adam eps as powers of L / base_depth (TP6, arXiv 2310.02244; CompleteP,
+    arXiv 2505.01618 Table 1)."""
     from .optspec import assign
 
     _check_convention(convention)
@@ -348,6 +356,10 @@ def rules(
     r = derive(graph, opt, convention, base, label=label,
                steps=None if plain else {n: s.step for n, s in owners.items()})
     r.owners = owners
+    if base_depth is not None:
+        from ..predict.depth import depth_rules
+        r.depth = depth_rules(depth_family, base_depth, "sgd" if opt == "sgd" else "adam")
+        r.notes.append(f"depth: {r.depth}")
     return r
 
 
