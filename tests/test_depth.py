@@ -178,3 +178,40 @@ def test_rules_give_the_depth_factors():
     assert any(n.startswith("depth: Depth-muP") for n in r.notes)
     assert rules(lambda n: ex.factory(n, 2), (32, 64), example_inputs=ex.example_inputs,
                  optimizer="sgd", base_depth=4).depth.lr_exp == 1  # CompleteP + SGD: L^{2 alpha - 1}
+
+
+class _PlainResidual(torch.nn.Module):
+    """A standard pre-LN residual MLP as people write it: SP, no branch multiplier."""
+
+    def __init__(self, width, depth):
+        super().__init__()
+        nn = torch.nn
+        self.inp = nn.Linear(16, width)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width),
+                                                  nn.ReLU(), nn.Linear(width, width))
+                                    for _ in range(depth))
+        self.out = nn.Linear(width, 4)
+
+    def forward(self, x):
+        h = self.inp(x)
+        for b in self.blocks:
+            h = h + b(h)
+        return self.out(h)
+
+
+@pytest.mark.parametrize("family", ["completep", "depth_mup"])
+def test_apply_mup_in_depth_puts_a_plain_resnet_in_the_family(family):
+    from tensorprog import analyze, apply_mup
+    x = (torch.randn(8, 16, generator=torch.Generator().manual_seed(0)),)
+    mf, of = apply_mup(_PlainResidual, 32, example_inputs=x, optimizer_cls=torch.optim.Adam,
+                       lr=1e-3, base_depth=2, depth_family=family)
+    rep = analyze_depth(mf, (2, 4, 8), width=32, example_inputs=x, make_optimizer=of)
+    (v,) = rep.kinds.values()
+    assert rep.family == family and not rep.fix, str(rep)
+    assert v.alpha == PAPER_ALPHA[family] and v.alpha + v.gamma == 1
+    assert v.eps_exp == -PAPER_ALPHA[family]  # CompleteP Table 1: eps ~ L^-alpha
+    # every depth factor is exactly 1 at the base depth
+    assert mf(32, 2).tensorprog_depth == {"depth": 2, "branch_multiplier": 1.0, "lr": 1.0, "eps": 1.0}
+    # deeper blocks take block 0's width rules: muP in width at a depth never traced
+    assert analyze(lambda n: mf(n, 8), (32, 64, 128), example_inputs=x,
+                   make_optimizer=of).parametrization == "muP"

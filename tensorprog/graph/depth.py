@@ -51,6 +51,8 @@ class Branch:
     params: tuple[str, ...]
     matrices: tuple[str, ...]  # the parameters with two or more dims (the weights)
     normalised: bool
+    module: str = ""  # module path of ``source``
+    hookable: bool = False  # ``source`` is that module's last op: its output (a hook can scale it)
 
 
 @dataclass
@@ -63,6 +65,8 @@ class BranchKind:
     mult_exp: object  # SymPy Rational, or None (no power law / varies across blocks)
     normalised: bool
     weights_per_branch: int
+    modules: dict = field(default_factory=dict)  # depth -> module paths of the branches' sources
+    hookable: bool = False
     lr: dict[int, float] = field(default_factory=dict)
     lr_exp: object = None
     eps: dict[int, float] = field(default_factory=dict)
@@ -103,9 +107,22 @@ def _module_path(node) -> str:
     return list(stack.values())[-1][0].replace("L['self'].", "").replace("L__self___", "")
 
 
+def _paths(node) -> list[str]:
+    return [v[0].replace("L['self'].", "").replace("L__self___", "")
+            for v in (node.meta.get("nn_module_stack") or {}).values()]
+
+
+def star(path: str) -> str:
+    """A module or parameter path with its block index (its first numeric part) starred:
+    blocks.3.attn -> blocks.*.attn, blocks.3.1.weight -> blocks.*.1.weight."""
+    parts = path.split(".")
+    i = next((k for k, p in enumerate(parts) if p.isdigit()), None)
+    return path if i is None else ".".join(parts[:i] + ["*"] + parts[i + 1:])
+
+
 def _kind(node) -> str:
     path = _module_path(node)
-    return ".".join("*" if p.isdigit() else p for p in path.split(".")) if path else f"<{_op(node)}>"
+    return star(path) if path else f"<{_op(node)}>"
 
 
 def _number(x) -> float | None:
@@ -155,6 +172,10 @@ def find_branches(ep) -> list[Branch]:
     nodes = list(ep.graph.nodes)
     index = {n: i for i, n in enumerate(nodes)}
     param_of = dict(ep.graph_signature.inputs_to_parameters)
+    last = {}  # module path -> index of its last op
+    for n in nodes:
+        for path in _paths(n):
+            last[path] = index[n]
     out = []
     for n in nodes:
         if n.op != "call_function" or _op(n) != "add" or len(n.args) < 2:
@@ -177,9 +198,11 @@ def find_branches(ep) -> list[Branch]:
             alpha = _number(n.kwargs.get("alpha", 1.0)) or 1.0
             source, m = _multiplier_chain(value, alpha)
             normalised = any("norm" in _op(r) for r in region if r.op == "call_function")
+            module = _module_path(source)
             out.append(Branch(add=n.name, stream=stream.name, value=value.name, source=source.name,
                               multiplier=m, kind=_kind(source), params=params, matrices=matrices,
-                              normalised=normalised))
+                              normalised=normalised, module=module,
+                              hookable=bool(module) and last.get(module) == index[source]))
             break
     return out
 
@@ -309,7 +332,9 @@ def trace_depth(factory: Callable[[int, int], nn.Module], depths: Sequence[int] 
         k = BranchKind(kind=name, counts={d: len(mine[d]) for d in depths}, multipliers=mults,
                        mult_exp=None if varies else exact_exponent(depths, list(mults.values())),
                        normalised=all(b.normalised for d in depths for b in mine[d]),
-                       weights_per_branch=len(mine[depths[0]][0].matrices), notes=notes)
+                       weights_per_branch=len(mine[depths[0]][0].matrices), notes=notes,
+                       modules={d: [b.module for b in mine[d]] for d in depths},
+                       hookable=all(b.hookable for d in depths for b in mine[d]))
         if k.mult_exp is None and not varies:
             notes.append(f"the multiplier follows no power law of the depth: {mults}")
         rms = {}
