@@ -215,3 +215,43 @@ def test_apply_mup_in_depth_puts_a_plain_resnet_in_the_family(family):
     # deeper blocks take block 0's width rules: muP in width at a depth never traced
     assert analyze(lambda n: mf(n, 8), (32, 64, 128), example_inputs=x,
                    make_optimizer=of).parametrization == "muP"
+
+
+def test_width_trace_names_a_block_count_that_grows_with_width():
+    from tensorprog import trace
+    ex = depth_example("resmlp")
+    with pytest.raises(TraceError, match="block count that grows"):
+        trace(lambda n: ResidualMLP(n, depth=n // 16), (32, 64), example_inputs=ex.example_inputs)
+
+
+class _NoNormResidual(torch.nn.Module):
+    """x + m W relu(x), He init, no normalisation: each block multiplies the stream's mean
+    square by 1 + m^2 (the branch is independent of the stream at init)."""
+
+    def __init__(self, width, depth, alpha=0.0):
+        super().__init__()
+        self.m = depth ** -alpha
+        self.blocks = torch.nn.ModuleList(torch.nn.Linear(width, width, bias=False)
+                                          for _ in range(depth))
+        for b in self.blocks:
+            torch.nn.init.normal_(b.weight, std=(2 / width) ** 0.5)
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = x + self.m * b(torch.relu(x))
+        return x
+
+
+def test_unnormalised_standard_residual_grows_exponentially():
+    def x(width):
+        return (torch.randn(16, width, generator=torch.Generator().manual_seed(0)),)
+    rep = analyze_depth(lambda n, L: _NoNormResidual(n, L), (2, 4), width=32, example_inputs=x)
+    (v,) = rep.kinds.values()
+    assert v.alpha == 0 and rep.stable_init is False
+    assert v.stream_init_exp is None  # (1 + 1)^L: no power law
+    assert any("exponentially" in n for n in rep.notes)
+    # with alpha = 1/2: (1 + 1/L)^L -> e, bounded
+    rep = analyze_depth(lambda n, L: _NoNormResidual(n, L, 0.5), (2, 4), width=32, example_inputs=x)
+    (v,) = rep.kinds.values()
+    assert v.alpha == HALF and rep.stable_init is True and v.stream_init_exp == 0
+    assert rep.stable_train is None  # no optimizer given: training undetermined
