@@ -255,3 +255,32 @@ def test_unnormalised_standard_residual_grows_exponentially():
     (v,) = rep.kinds.values()
     assert v.alpha == HALF and rep.stable_init is True and v.stream_init_exp == 0
     assert rep.stable_train is None  # no optimizer given: training undetermined
+
+
+def test_depth_report_json_round_trip():
+    import json
+    ex = depth_example("resmlp", "depth_mup")
+    rep = _analyze(ex)
+    d = json.loads(rep.to_json())
+    assert d["family"] == "depth_mup" and d["kinds"]["blocks.*.linear"]["alpha"] == "1/2"
+    assert d["depths"] == [2, 4]
+
+
+@pytest.mark.slow
+def test_hf_gpt2_depth_scaled_init_is_a_multiplier_at_init_only():
+    """GPT-2 (Radford et al. 2019) initialises the residual projections with std 0.02 /
+    sqrt(2 n_layer): L^-1/2 at init, alpha = 0 in training. ~10 s."""
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+
+    def factory(width, depth):
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_embd=width, n_layer=depth, n_head=4, vocab_size=64, n_positions=16, use_cache=False))
+    rep = analyze_depth(factory, (2, 4, 8), width=32,
+                        example_inputs=(torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0)),),
+                        make_optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=3e-4))
+    assert set(rep.kinds) == {"transformer.h.*.attn.c_proj", "transformer.h.*.mlp.c_proj"}
+    for v in rep.kinds.values():
+        assert v.init_exp == -HALF and v.alpha == 0 and v.stream_init_exp == 0
+    assert rep.stable_init is True and rep.stable_train is False and rep.family == "standard"
+    assert any("without a depth factor" in f for f in rep.fix)

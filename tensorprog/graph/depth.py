@@ -51,6 +51,7 @@ class Branch:
     params: tuple[str, ...]
     matrices: tuple[str, ...]  # the parameters with two or more dims (the weights)
     normalised: bool
+    last: tuple[str, ...] = ()  # the weight matrices ``source`` reads (the branch's last weights)
     module: str = ""  # module path of ``source``
     hookable: bool = False  # ``source`` is that module's last op: its output (a hook can scale it)
 
@@ -73,7 +74,7 @@ class BranchKind:
     eps_exp: object = None
     weight_decay: dict[int, float] = field(default_factory=dict)
     wd_exp: object = None
-    init_rms: dict[int, float] = field(default_factory=dict)
+    init_rms: dict[int, float] = field(default_factory=dict)  # of the branches' last weights
     init_exp: object = None
     init_fit: float | None = None
     geometry: str | None = None  # "gradient" | "entrywise" | ...
@@ -199,9 +200,11 @@ def find_branches(ep) -> list[Branch]:
             source, m = _multiplier_chain(value, alpha)
             normalised = any("norm" in _op(r) for r in region if r.op == "call_function")
             module = _module_path(source)
+            last_weights = tuple(param_of[i.name] for i in source.all_input_nodes
+                                 if i.name in param_of and param_of[i.name] in matrices)
             out.append(Branch(add=n.name, stream=stream.name, value=value.name, source=source.name,
                               multiplier=m, kind=_kind(source), params=params, matrices=matrices,
-                              normalised=normalised, module=module,
+                              normalised=normalised, last=last_weights, module=module,
                               hookable=bool(module) and last.get(module) == index[source]))
             break
     return out
@@ -341,7 +344,8 @@ def trace_depth(factory: Callable[[int, int], nn.Module], depths: Sequence[int] 
         for d in depths:
             groups, params = per_depth[d]
             mats = [p for b in mine[d] for p in b.matrices]
-            ws = torch.cat([params[p].detach().reshape(-1).float() for p in mats])
+            lasts = [p for b in mine[d] for p in (b.last or b.matrices)]
+            ws = torch.cat([params[p].detach().reshape(-1).float() for p in lasts])
             rms[d] = float(ws.pow(2).mean().sqrt())
             if not groups:
                 continue

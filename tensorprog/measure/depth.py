@@ -107,9 +107,14 @@ def check_depth(factory, depths=(2, 4, 8, 16), *, width: int = 32, example_input
     kinds = list(report.kinds)
     size = {"stream": [], **{k: [] for k in kinds}}
     change = {"stream": [], **{k: [] for k in kinds}}
+    traced = report.trace if report.trace is not None and report.trace.width == width else None
     for d in depths:
         try:
-            model0, ep, branches = export_at(factory, width, d, example_inputs)
+            if traced is not None and d in traced.programs:  # the analysis's export, reused
+                model0 = build(factory, width, d, seed=0)
+                ep, branches = traced.programs[d], traced.branches[d]
+            else:
+                model0, ep, branches = export_at(factory, width, d, example_inputs)
         except TraceError as e:
             raise CheckError(str(e)) from e
         if not branches:

@@ -104,6 +104,8 @@ class KindVerdict:
     family: str
     lr_exp: Any = None  # the block weights' learning rate ~ L^lr_exp ("zero": not trained)
     eps_exp: Any = None
+    init_exp: Any = None  # init RMS of the branch's last weights ~ L^init_exp
+    wd_exp: Any = None  # weight decay ~ L^wd_exp (reported; TP6 / CompleteP put no condition on it)
     notes: list[str] = field(default_factory=list)
 
 
@@ -120,10 +122,10 @@ def kind_verdict(k, notes_out=None) -> KindVerdict:
     alpha = None if k.mult_exp is None else -k.mult_exp
     alpha_init = alpha
     if alpha is not None and k.init_exp not in (None, 0):
-        notes.append(f"its weights' init RMS scales like L^{k.init_exp} (fit {k.init_fit:+.2f}): "
-                     "a depth-scaled init shrinks the branch at init only, not its updates")
-        if k.weights_per_branch == 1:
-            alpha_init = alpha - k.init_exp
+        notes.append(f"its last weights' init RMS scales like L^{k.init_exp} (fit "
+                     f"{k.init_fit:+.2f}; GPT-2 style): a multiplier at init only, so at init "
+                     f"alpha = {alpha - k.init_exp}, in training alpha = {alpha}")
+        alpha_init = alpha - k.init_exp
     gamma = None
     if alpha is not None and k.lr_exp not in (None, "zero") and k.adam_like is not None:
         c = -k.lr_exp
@@ -148,6 +150,9 @@ def kind_verdict(k, notes_out=None) -> KindVerdict:
             b_change = -alpha + sp.Max(-gamma, sp.Min(0, rel)) if k.normalised else uncapped
     elif k.lr_exp == "zero":
         notes.append("its learning rate is zero: the branch does not train")
+    if k.wd_exp not in (None, "zero", 0):
+        notes.append(f"its weight decay scales like L^{k.wd_exp}: reported only (no depth "
+                     "condition on weight decay is applied)")
     eps_scaled = None
     if k.adam_like and k.eps_exp is not None and alpha is not None:
         eps_scaled = True if k.eps_exp == "zero" else bool(k.eps_exp <= -alpha)
@@ -159,7 +164,8 @@ def kind_verdict(k, notes_out=None) -> KindVerdict:
                        stable_train=stable_train, nontrivial=nontrivial, eps_scaled=eps_scaled,
                        stream_init_exp=stream, block_init_exp=block, stream_change_exp=s_change,
                        block_change_exp=b_change, block_change_uncapped=uncapped,
-                       family=_family_of(alpha), lr_exp=k.lr_exp, eps_exp=k.eps_exp, notes=notes)
+                       family=_family_of(alpha), lr_exp=k.lr_exp, eps_exp=k.eps_exp, wd_exp=k.wd_exp, init_exp=k.init_exp,
+                       notes=notes)
 
 
 @dataclass
@@ -249,6 +255,9 @@ def _fix(kinds, opt, family, base_depth, eps_matters) -> tuple[list[str], DepthR
         if lr != rules.lr_exp:
             out.append(f"`{v.kind}`: learning rates inside the blocks x (L/L0)^{rules.lr_exp} "
                        f"(now {_lexp(lr) if lr != 'zero' else 'zero'})")
+        if v.init_exp not in (None, 0):
+            out.append(f"`{v.kind}`: initialise its last weights without a depth factor (now "
+                       f"{_lexp(v.init_exp)}): the branch multiplier does the depth scaling")
         eps = 0 if v.eps_exp in (None, "zero") else v.eps_exp
         if eps_matters and rules.eps_exp is not None and eps != rules.eps_exp:
             out.append(f"`{v.kind}`: Adam eps inside the blocks x (L/L0)^{rules.eps_exp} "
@@ -299,9 +308,10 @@ def analyze_depth(factory, depths=(2, 4, 8), *, width: int = 64, widths=None, ex
     fix, rules = _fix(kinds, opt if opt in ("adam", "sgd") else None, target,
                       base_depth or d0, opt == "adam")
     notes = list(trace.warnings)
+    stable = _all(v.stable_init for v in kinds.values())
     for v in kinds.values():
         notes.extend(f"`{v.kind}`: {n}" for n in v.notes)
-    if fam == "standard":
+    if fam == "standard" and not stable:
         normalised = all(k.normalised for k in trace.kinds.values())
         notes.append("standard residual: the stream grows like L^{1/2} at init with pre-norm "
                      "branches" if normalised else "standard residual without normalisation in "
@@ -309,7 +319,6 @@ def analyze_depth(factory, depths=(2, 4, 8), *, width: int = 64, widths=None, ex
     if opt == "mixed":
         notes.append("some branches step by their gradient (SGD), others scale-invariantly: "
                      "no single fix is given")
-    stable = _all(v.stable_init for v in kinds.values())
     statement = (f"{len(trace.kinds)} kind(s) of residual branch, {sum(k.counts[d0] for k in trace.kinds.values())} "
                  f"branches at depth {d0}; family: {name}")
     return DepthReport(applies=True, statement=statement, family=fam, stable_init=stable,
