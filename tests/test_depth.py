@@ -284,3 +284,60 @@ def test_hf_gpt2_depth_scaled_init_is_a_multiplier_at_init_only():
         assert v.init_exp == -HALF and v.alpha == 0 and v.stream_init_exp == 0
     assert rep.stable_init is True and rep.stable_train is False and rep.family == "standard"
     assert any("without a depth factor" in f for f in rep.fix)
+
+
+class _GatedResidual(torch.nn.Module):
+    """ReZero-style: x + g * W x with a learnable scalar gate g (a tensor, not a float)."""
+
+    def __init__(self, width, depth):
+        super().__init__()
+        self.inp = torch.nn.Linear(16, width)
+        self.blocks = torch.nn.ModuleList(torch.nn.Linear(width, width) for _ in range(depth))
+        self.gates = torch.nn.Parameter(torch.full((depth,), 0.1))
+
+    def forward(self, x):
+        h = self.inp(x)
+        for i, b in enumerate(self.blocks):
+            h = h + self.gates[i] * b(h)
+        return h
+
+
+def test_tensor_multiplier_is_undetermined_not_guessed():
+    ex = depth_example("resmlp")
+    rep = analyze_depth(_GatedResidual, (2, 4), width=16, example_inputs=ex.example_inputs,
+                        make_optimizer=lambda m: torch.optim.Adam(m.parameters()))
+    (v,) = rep.kinds.values()
+    assert v.alpha is None and rep.family == "undetermined" and rep.stable_init is None
+    assert any("one-element tensor" in n for n in rep.notes)
+
+
+class _InlineBranch(torch.nn.Module):
+    """The branch's weight is applied functionally inside the block's own forward."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(width, width) / width ** 0.5)
+
+    def forward(self, x):
+        return x + torch.nn.functional.linear(torch.relu(x), self.w)
+
+
+def test_apply_mup_in_depth_refuses_a_branch_it_cannot_hook():
+    from tensorprog import apply_mup
+    from tensorprog.errors import TensorprogError
+
+    class Net(torch.nn.Module):
+        def __init__(self, width, depth):
+            super().__init__()
+            self.inp = torch.nn.Linear(16, width)
+            self.blocks = torch.nn.ModuleList(_InlineBranch(width) for _ in range(depth))
+            self.out = torch.nn.Linear(width, 4)
+
+        def forward(self, x):
+            h = self.inp(x)
+            for b in self.blocks:
+                h = b(h)
+            return self.out(h)
+    x = (torch.randn(8, 16),)
+    with pytest.raises(TensorprogError, match="cannot hook"):
+        apply_mup(Net, 32, example_inputs=x, optimizer_cls=torch.optim.Adam, base_depth=2)

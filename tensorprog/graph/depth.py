@@ -46,7 +46,7 @@ class Branch:
     stream: str
     value: str  # the add's branch input (after the multiplier)
     source: str  # the op the multiplier chain starts from
-    multiplier: float
+    multiplier: float | None  # None: a one-element tensor on the chain (value not in the graph)
     kind: str
     params: tuple[str, ...]
     matrices: tuple[str, ...]  # the parameters with two or more dims (the weights)
@@ -130,20 +130,31 @@ def _number(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
+def _numel(node) -> int | None:
+    v = node.meta.get("val")
+    return v.numel() if isinstance(v, torch.Tensor) else None
+
+
 def _multiplier_chain(node, factor=1.0):
-    """(first node that is not a scalar multiplication or a view, product of the factors)."""
+    """(first node that is not a scalar multiplication or a view, product of the factors, name
+    of a one-element tensor factor on the chain or None). A tensor factor (a buffer, a learnable
+    gate such as ReZero's) has no value in the graph: the multiplier is then unknown."""
     while node.op == "call_function":
         op = _op(node)
         tensors = [a for a in node.args if isinstance(a, torch.fx.Node)]
         nums = [_number(a) for a in node.args if _number(a) is not None]
         if op in ("mul", "div") and len(tensors) == 1 and len(nums) == 1:
             factor *= nums[0] if op == "mul" else 1.0 / nums[0]
+        elif op in ("mul", "div") and len(tensors) == 2 and _numel(tensors[-1]) == 1:
+            return node, factor, tensors[-1].name
+        elif op == "mul" and len(tensors) == 2 and _numel(tensors[0]) == 1:
+            return node, factor, tensors[0].name
         elif op in _VIEWS and tensors:
             pass
         else:
             break
         node = tensors[0]
-    return node, factor
+    return node, factor, None
 
 
 def _between(stream, value, index) -> set:
@@ -197,13 +208,18 @@ def find_branches(ep) -> list[Branch]:
             if not matrices:
                 continue
             alpha = _number(n.kwargs.get("alpha", 1.0)) or 1.0
-            source, m = _multiplier_chain(value, alpha)
+            source, m, tensor_factor = _multiplier_chain(value, alpha)
             normalised = any("norm" in _op(r) for r in region if r.op == "call_function")
             module = _module_path(source)
             last_weights = tuple(param_of[i.name] for i in source.all_input_nodes
                                  if i.name in param_of and param_of[i.name] in matrices)
+            if tensor_factor is not None:
+                source = value  # the branch's own ops, for its kind
+                while source.op == "call_function" and _op(source) in _VIEWS | {"mul", "div"}:
+                    ins = [a for a in source.args if isinstance(a, torch.fx.Node)]
+                    source = max(ins, key=lambda a: _numel(a) or 0)
             out.append(Branch(add=n.name, stream=stream.name, value=value.name, source=source.name,
-                              multiplier=m, kind=_kind(source), params=params, matrices=matrices,
+                              multiplier=None if tensor_factor else m, kind=_kind(source), params=params, matrices=matrices,
                               normalised=normalised, last=last_weights, module=module,
                               hookable=bool(module) and last.get(module) == index[source]))
             break
@@ -325,13 +341,18 @@ def trace_depth(factory: Callable[[int, int], nn.Module], depths: Sequence[int] 
                                   f"({ {d: len(mine[d]) for d in depths} }); not fitted")
             continue
         mults = {}
-        for d in depths:
+        tensor = any(b.multiplier is None for d in depths for b in mine[d])
+        if tensor:
+            notes.append("its multiplier is a one-element tensor (a buffer or a learnable gate): "
+                         "its value is not in the graph, so its depth exponent is undetermined; "
+                         "make it a Python float to have it read")
+        for d in ([] if tensor else depths):
             ms = [b.multiplier for b in mine[d]]
             if max(ms) - min(ms) > 1e-6 * max(abs(x) for x in ms):
                 notes.append(f"the multiplier varies across the blocks at depth {d} "
                              f"({ms[:4]}...): a per-layer schedule, not one L^-alpha")
             mults[d] = ms[0]
-        varies = any("varies" in s for s in notes)
+        varies = tensor or any("varies" in s for s in notes)
         k = BranchKind(kind=name, counts={d: len(mine[d]) for d in depths}, multipliers=mults,
                        mult_exp=None if varies else exact_exponent(depths, list(mults.values())),
                        normalised=all(b.normalised for d in depths for b in mine[d]),

@@ -116,7 +116,7 @@ def _family_of(alpha) -> str:
         sp.nsimplify(alpha), f"alpha = {alpha}")
 
 
-def kind_verdict(k, notes_out=None) -> KindVerdict:
+def kind_verdict(k) -> KindVerdict:
     """TP6's conditions for one ``graph.depth.BranchKind`` (module docstring)."""
     notes = list(k.notes)
     alpha = None if k.mult_exp is None else -k.mult_exp
@@ -316,6 +316,9 @@ def analyze_depth(factory, depths=(2, 4, 8), *, width: int = 64, widths=None, ex
         notes.append("standard residual: the stream grows like L^{1/2} at init with pre-norm "
                      "branches" if normalised else "standard residual without normalisation in "
                      "its branches: the stream grows exponentially in depth at init")
+    if opt is None:
+        notes.append("no optimizer read (pass make_optimizer): the training conditions and the "
+                     "fix are undetermined")
     if opt == "mixed":
         notes.append("some branches step by their gradient (SGD), others scale-invariantly: "
                      "no single fix is given")
