@@ -341,3 +341,23 @@ def test_apply_mup_in_depth_refuses_a_branch_it_cannot_hook():
     x = (torch.randn(8, 16),)
     with pytest.raises(TensorprogError, match="cannot hook"):
         apply_mup(Net, 32, example_inputs=x, optimizer_cls=torch.optim.Adam, base_depth=2)
+
+
+def test_depth_mup_multiplier_without_its_learning_rate_grows_in_training():
+    """1/sqrt(L) branches with a depth-constant Adam LR: alpha + gamma = 1/2 < 1, so the
+    blocks' correlated updates add up to L^{1 - alpha - gamma} = L^{1/2} (TP6's training
+    condition), measured; at init the stream stays Theta(1)."""
+    from tensorprog.zoo import make_optimizer
+    ex = depth_example("resmlp", "depth_mup")
+
+    def mk(m):
+        return make_optimizer(m, "adam")
+    rep = analyze_depth(ex.factory, (2, 4), width=16, example_inputs=ex.example_inputs,
+                        make_optimizer=mk)
+    assert rep.stable_init is True and rep.stable_train is False
+    assert any("x (L/L0)^-1/2" in f for f in rep.fix)  # the fix: TP6's eta / sqrt(L)
+    c = check_depth(ex.factory, (2, 4, 8, 16, 32), width=16, example_inputs=ex.example_inputs,
+                    make_optimizer=mk, loss=ex.loss, steps=1, seeds=2, report=rep)
+    change = c.get("stream", "change")
+    assert change.status == "confirmed" and change.slope == pytest.approx(0.5, abs=0.2)
+    assert abs(c.get("stream", "size").slope) < 0.15
