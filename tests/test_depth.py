@@ -77,7 +77,8 @@ def test_depth_rules_from_the_papers():
     assert (cp.mult_exp, cp.lr_exp, cp.eps_exp) == (-1, 0, -1)  # CompleteP Table 1
     assert depth_rules("depth_mup", optimizer="sgd").lr_exp == 0  # TP6: SGD LR constant
     f = cp.at(16)
-    assert f["branch_multiplier"] == pytest.approx(0.25) and f["lr"] == 1 and f["eps"] == pytest.approx(0.25)
+    assert f["branch_multiplier"] == pytest.approx(0.25) and f["lr"] == 1
+    assert f["eps"] == pytest.approx(0.25)
     assert tp6.at(4) == {"branch_multiplier": 1.0, "lr": 1.0, "eps": 1.0}
     with pytest.raises(TraceError, match="unknown depth family"):
         depth_rules("sp")
@@ -177,7 +178,7 @@ def test_rules_give_the_depth_factors():
     assert r.depth.at(16)["branch_multiplier"] == pytest.approx(0.5)
     assert any(n.startswith("depth: Depth-muP") for n in r.notes)
     assert rules(lambda n: ex.factory(n, 2), (32, 64), example_inputs=ex.example_inputs,
-                 optimizer="sgd", base_depth=4).depth.lr_exp == 1  # CompleteP + SGD: L^{2 alpha - 1}
+                 optimizer="sgd", base_depth=4).depth.lr_exp == 1  # CompleteP, SGD: L^{2a - 1}
 
 
 class _PlainResidual(torch.nn.Module):
@@ -211,7 +212,8 @@ def test_apply_mup_in_depth_puts_a_plain_resnet_in_the_family(family):
     assert v.alpha == PAPER_ALPHA[family] and v.alpha + v.gamma == 1
     assert v.eps_exp == -PAPER_ALPHA[family]  # CompleteP Table 1: eps ~ L^-alpha
     # every depth factor is exactly 1 at the base depth
-    assert mf(32, 2).tensorprog_depth == {"depth": 2, "branch_multiplier": 1.0, "lr": 1.0, "eps": 1.0}
+    assert mf(32, 2).tensorprog_depth == {"depth": 2, "branch_multiplier": 1.0, "lr": 1.0,
+                                          "eps": 1.0}
     # deeper blocks take block 0's width rules: muP in width at a depth never traced
     assert analyze(lambda n: mf(n, 8), (32, 64, 128), example_inputs=x,
                    make_optimizer=of).parametrization == "muP"
@@ -249,7 +251,7 @@ def test_unnormalised_standard_residual_grows_exponentially():
     (v,) = rep.kinds.values()
     assert v.alpha == 0 and rep.stable_init is False
     assert v.stream_init_exp is None  # (1 + 1)^L: no power law
-    assert any("exponentially" in n for n in rep.notes)
+    assert any("exponential growth" in n for n in rep.notes)
     # with alpha = 1/2: (1 + 1/L)^L -> e, bounded
     rep = analyze_depth(lambda n, L: _NoNormResidual(n, L, 0.5), (2, 4), width=32, example_inputs=x)
     (v,) = rep.kinds.values()
@@ -276,8 +278,9 @@ def test_hf_gpt2_depth_scaled_init_is_a_multiplier_at_init_only():
     def factory(width, depth):
         return transformers.GPT2LMHeadModel(transformers.GPT2Config(
             n_embd=width, n_layer=depth, n_head=4, vocab_size=64, n_positions=16, use_cache=False))
+    gen = torch.Generator().manual_seed(0)
     rep = analyze_depth(factory, (2, 4, 8), width=32,
-                        example_inputs=(torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0)),),
+                        example_inputs=(torch.randint(0, 64, (2, 8), generator=gen),),
                         make_optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=3e-4))
     assert set(rep.kinds) == {"transformer.h.*.attn.c_proj", "transformer.h.*.mlp.c_proj"}
     for v in rep.kinds.values():

@@ -219,7 +219,8 @@ def find_branches(ep) -> list[Branch]:
                     ins = [a for a in source.args if isinstance(a, torch.fx.Node)]
                     source = max(ins, key=lambda a: _numel(a) or 0)
             out.append(Branch(add=n.name, stream=stream.name, value=value.name, source=source.name,
-                              multiplier=None if tensor_factor else m, kind=_kind(source), params=params, matrices=matrices,
+                              multiplier=None if tensor_factor else m, kind=_kind(source),
+                              params=params, matrices=matrices,
                               normalised=normalised, last=last_weights, module=module,
                               hookable=bool(module) and last.get(module) == index[source]))
             break
@@ -230,7 +231,8 @@ def check_depths(depths) -> list[int]:
     try:
         ds = sorted({int(d) for d in depths})
     except (TypeError, ValueError):
-        raise TraceError(f"depths must be a sequence of positive integers, got {depths!r}.") from None
+        raise TraceError(
+            f"depths must be a sequence of positive integers, got {depths!r}.") from None
     if len(ds) < 2 or ds[0] <= 0:
         raise TraceError(
             f"need at least two distinct positive depths to fit depth exponents, got {depths!r}. "
@@ -280,7 +282,8 @@ def _groups_by_param(model, make_optimizer, depth):
     try:
         made = make_optimizer(model)
     except Exception as e:
-        raise TraceError(f"make_optimizer(model) raised {type(e).__name__}: {e} (depth {depth}).") from e
+        raise TraceError(
+            f"make_optimizer(model) raised {type(e).__name__}: {e} (depth {depth}).") from e
     found = {}
     for opt in optimizers_of(made):
         geometry = geometry_of(opt)
@@ -374,8 +377,10 @@ def trace_depth(factory: Callable[[int, int], nn.Module], depths: Sequence[int] 
             if any(f is None for f in found):
                 continue
             opt, _, geometry = found[0]
-            k.geometry, k.adam_like, k.optimizer = geometry.name, geometry.adam_like, type(opt).__name__
-            k.lr[d] = _one_value([float(f[1]["lr"]) for f in found], "learning rate", name, d, notes)
+            k.geometry, k.adam_like = geometry.name, geometry.adam_like
+            k.optimizer = type(opt).__name__
+            k.lr[d] = _one_value([float(f[1]["lr"]) for f in found], "learning rate", name, d,
+                                 notes)
             eps = [f[1].get("eps") for f in found]
             if all(_number(e) is not None for e in eps):
                 k.eps[d] = _one_value([float(e) for e in eps], "eps", name, d, notes)

@@ -69,7 +69,8 @@ class DepthRules:
                 f"(L/L0)^{self.mult_exp}, block learning rates x (L/L0)^{self.lr_exp}{eps}")
 
 
-def depth_rules(family: str = DEFAULT_FAMILY, base_depth: int = 2, optimizer: str = "adam") -> DepthRules:
+def depth_rules(family: str = DEFAULT_FAMILY, base_depth: int = 2,
+                optimizer: str = "adam") -> DepthRules:
     """The depth rules of ``family`` ("depth_mup" or "completep") for an Adam-like ("adam") or
     gradient ("sgd") step: multiplier L^-alpha; LR L^{alpha - 1} (Adam) or L^{2 alpha - 1} (SGD),
     so that alpha + gamma = 1; Adam eps L^-alpha (module docstring)."""
@@ -77,12 +78,14 @@ def depth_rules(family: str = DEFAULT_FAMILY, base_depth: int = 2, optimizer: st
         raise TraceError(f"unknown depth family {family!r}; choose one of {sorted(FAMILIES)} "
                          f"(default {DEFAULT_FAMILY!r}).")
     if optimizer not in ("adam", "sgd"):
-        raise TraceError(f"optimizer must be 'adam' (any scale-invariant step) or 'sgd', got {optimizer!r}.")
+        raise TraceError("optimizer must be 'adam' (any scale-invariant step) or 'sgd', got "
+                         f"{optimizer!r}.")
     if int(base_depth) < 1:
         raise TraceError(f"base_depth must be a positive integer, got {base_depth!r}.")
     a = FAMILIES[family]
     lr = a - 1 if optimizer == "adam" else 2 * a - 1
-    return DepthRules(family, int(base_depth), optimizer, a, -a, lr, -a if optimizer == "adam" else None)
+    eps = -a if optimizer == "adam" else None
+    return DepthRules(family, int(base_depth), optimizer, a, -a, lr, eps)
 
 
 @dataclass
@@ -139,6 +142,10 @@ def kind_verdict(k) -> KindVerdict:
             stream = sp.Max(0, HALF - alpha_init)
         elif alpha_init >= HALF:
             stream = sp.Integer(0)
+        else:
+            notes.append(f"no normalisation in the branch and alpha = {alpha_init} < 1/2 at init: "
+                         "each block multiplies the stream's mean square by 1 + Theta(L^-2alpha), "
+                         "an exponential growth in depth (no power law)")
         block = None if stream is None else (-alpha_init if k.normalised else -alpha_init + stream)
     stable_train = nontrivial = None
     if gamma is not None:
@@ -164,8 +171,8 @@ def kind_verdict(k) -> KindVerdict:
                        stable_train=stable_train, nontrivial=nontrivial, eps_scaled=eps_scaled,
                        stream_init_exp=stream, block_init_exp=block, stream_change_exp=s_change,
                        block_change_exp=b_change, block_change_uncapped=uncapped,
-                       family=_family_of(alpha), lr_exp=k.lr_exp, eps_exp=k.eps_exp, wd_exp=k.wd_exp, init_exp=k.init_exp,
-                       notes=notes)
+                       family=_family_of(alpha), lr_exp=k.lr_exp, eps_exp=k.eps_exp,
+                       wd_exp=k.wd_exp, init_exp=k.init_exp, notes=notes)
 
 
 @dataclass
@@ -311,19 +318,18 @@ def analyze_depth(factory, depths=(2, 4, 8), *, width: int = 64, widths=None, ex
     stable = _all(v.stable_init for v in kinds.values())
     for v in kinds.values():
         notes.extend(f"`{v.kind}`: {n}" for n in v.notes)
-    if fam == "standard" and not stable:
-        normalised = all(k.normalised for k in trace.kinds.values())
+    if fam == "standard" and not stable and all(k.normalised for k in trace.kinds.values()):
         notes.append("standard residual: the stream grows like L^{1/2} at init with pre-norm "
-                     "branches" if normalised else "standard residual without normalisation in "
-                     "its branches: the stream grows exponentially in depth at init")
+                     "branches")
     if opt is None:
         notes.append("no optimizer read (pass make_optimizer): the training conditions and the "
                      "fix are undetermined")
     if opt == "mixed":
         notes.append("some branches step by their gradient (SGD), others scale-invariantly: "
                      "no single fix is given")
-    statement = (f"{len(trace.kinds)} kind(s) of residual branch, {sum(k.counts[d0] for k in trace.kinds.values())} "
-                 f"branches at depth {d0}; family: {name}")
+    count = sum(k.counts[d0] for k in trace.kinds.values())
+    statement = (f"{len(trace.kinds)} kind(s) of residual branch, {count} branches at depth "
+                 f"{d0}; family: {name}")
     return DepthReport(applies=True, statement=statement, family=fam, stable_init=stable,
                        stable_train=_all(v.stable_train for v in kinds.values()),
                        nontrivial=_all(v.nontrivial for v in kinds.values()), optimizer=opt,

@@ -105,8 +105,8 @@ def depth_plan(factory, base_width: int, base_depth: int, family: str, example_i
     hooks, params = {}, set()
     for k in trace.kinds.values():
         if k.mult_exp is None:
-            raise TensorprogError(f"the multiplier of branch `{k.kind}` follows no power law of the "
-                                  f"depth ({k.multipliers}); set it by hand.")
+            raise TensorprogError(f"the multiplier of branch `{k.kind}` is not a power law of the "
+                                  f"depth ({k.multipliers}, or a tensor); set it by hand.")
         if not k.hookable:
             raise TensorprogError(
                 f"branch `{k.kind}` ends inside its module, with other ops after it: apply_mup "
