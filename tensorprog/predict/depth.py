@@ -220,11 +220,12 @@ class DepthReport(JSONMixin):
         lines.append(f"  stable at init (alpha >= 1/2): {yn[self.stable_init]}; stable in training "
                      f"(alpha + gamma >= 1): {yn[self.stable_train]}; nontrivial (alpha + gamma "
                      f"<= 1): {yn[self.nontrivial]}")
-        lines.append(f"  {'branch':24s} {'alpha':>6s} {'gamma':>6s} {'stream':>9s} {'block':>9s} "
+        w = max([24] + [len(k) for k in self.kinds])
+        lines.append(f"  {'branch':{w}s} {'alpha':>6s} {'gamma':>6s} {'stream':>9s} {'block':>9s} "
                      f"{'d stream':>9s}  eps")
         for v in self.kinds.values():
             e = {True: "scaled", False: "NOT scaled", None: "-"}[v.eps_scaled]
-            lines.append(f"  {v.kind:24s} {_num(v.alpha):>6s} {_num(v.gamma):>6s} "
+            lines.append(f"  {v.kind:{w}s} {_num(v.alpha):>6s} {_num(v.gamma):>6s} "
                          f"{_lexp(v.stream_init_exp):>9s} {_lexp(v.block_init_exp):>9s} "
                          f"{_lexp(v.stream_change_exp):>9s}  {e}")
         for f in self.fix:
