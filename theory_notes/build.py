@@ -229,6 +229,28 @@ def gen_max_lr(ns, L: str = "2") -> str:
                       "smallest stable c_l per layer"], rows)
 
 
+@generator("depth-growth")
+def gen_depth_growth(ns, width: str = "32") -> str:
+    """Stream and block sizes at init against depth, measured by ``check_depth`` on the zoo's
+    residual MLP in its three depth forms (TP6 / CompleteP), with the predicted exponents."""
+    from tensorprog.measure.depth import check_depth
+    from tensorprog.zoo import depth_example
+
+    depths = (2, 4, 8, 16, 32)
+    rows = []
+    for form in ("standard", "depth_mup", "completep"):
+        ex = depth_example("resmlp", form)
+        c = check_depth(ex.factory, depths, width=int(width), example_inputs=ex.example_inputs,
+                        make_optimizer=ex.make_optimizer, loss=ex.loss, steps=1, seeds=2)
+        for node, label in (("stream", "stream x_L"), ("blocks.*.linear", "block m g(x)")):
+            r = c.get(node, "size")
+            means = r.mean_values
+            rows.append([form, label] + [f"{means[d]:.3g}" for d in depths]
+                        + [f"L^{r.predicted}", f"{r.slope:+.2f}", r.status])
+    return _md_table(["form", "mean abs at init"] + [f"L={d}" for d in depths]
+                     + ["predicted", "slope", "check"], rows)
+
+
 @generator("optimizer-classes")
 def gen_optimizer_classes(ns) -> str:
     from tensorprog.theory.abc import OPTIMIZER_CLASSES

@@ -245,9 +245,10 @@ def _align(programs, widths):
                 raise TraceError(
                     f"the traced graph differs between width {w0} and width {w} at node {i}: "
                     f"{_describe(x)} vs {_describe(y)}. The model's structure must not depend on "
-                    "the width (e.g. a Python loop over heads whose count grows with width); "
-                    "write it with tensor ops over a head dimension, or keep the looped count "
-                    "fixed.")
+                    "the width (e.g. a Python loop over heads whose count grows with width, or a "
+                    "block count that grows with it); write it with tensor ops over a head "
+                    "dimension, or keep the looped count fixed (scale depth on its own: a factory "
+                    "(width, depth) and tensorprog.analyze_depth).")
     return [tuple(lists[w][i] for w in widths) for i in range(len(lists[w0]))]
 
 

@@ -176,6 +176,8 @@ def apply_mup(
     progress: bool = False,
     alignment="tp",
     eps_scaling: str = "constant",
+    base_depth: int | None = None,
+    depth_family: str = "completep",
     **optimizer_kwargs,
 ):
     """(model_factory, optimizer_factory) that build ``factory``'s model in muP.
@@ -194,6 +196,8 @@ def apply_mup(
     Adam-family eps as given; "mup" scales it per parameter like its muP gradient entries
     (``ParamRule.eps_exp``: 1/width for hidden weights), so eps never overtakes the gradient.
     Returns ``model_factory(width) -> nn.Module`` and ``optimizer_factory(model) -> Optimizer``.
+    base_depth: ``factory`` takes (width, depth) and ``model_factory(width, depth)`` adds the
+    depth factors of ``depth_family`` ("completep" or "depth_mup"; ``transform/depth.py``).
     """
     from ..theory.abc import optimizer_class
 
@@ -208,7 +212,21 @@ def apply_mup(
         optimizer_cls = functools.partial(optimizer_cls, adjust_lr_fn=optimizer_kwargs.pop("adjust_lr_fn"))
     if isinstance(optimizer_cls, str):
         optimizer_class(optimizer_cls)  # a name: the rules follow it; the optimizer cannot be built
-    r = derive_rules(factory, ws, example_inputs=example_inputs, optimizer=optimizer_cls,
+    dplan = None
+    if base_depth is None:
+        width_factory = factory
+    else:
+        from .depth import depth_plan
+        try:
+            kind = optimizer_class(getattr(optimizer_cls, "func", optimizer_cls))
+        except Exception:  # noqa: BLE001 - a dict or callable choosing per parameter
+            raise TensorprogError("base_depth needs one optimizer class (SGD-like or Adam-like), "
+                                  f"got {optimizer_cls!r}.") from None
+        dplan = depth_plan(factory, base_width, base_depth, depth_family, example_inputs, kind)
+
+        def width_factory(n):
+            return factory(n, base_depth)
+    r = derive_rules(width_factory, ws, example_inputs=example_inputs, optimizer=optimizer_cls,
                      convention=convention, base_width=base_width, progress=progress,
                      alignment=alignment)
     _refuse(r)
@@ -216,12 +234,27 @@ def apply_mup(
     if eps_scaling == "mup":
         plan.eps = {n: _fl(p.eps_exp) for n, p in r.params.items() if p.eps_exp is not None}
 
-    def model_factory(width: int) -> nn.Module:
-        model = factory(width)
-        plan.apply(model, width)
+    def model_factory(width: int, depth: int | None = None) -> nn.Module:
+        if dplan is None:
+            model = factory(width)
+            plan.apply(model, width)
+            return model
+        from .depth import extend_rules
+        depth = base_depth if depth is None else depth
+        model = factory(width, depth)
+        model_plan = _Plan.from_rules(extend_rules(r, model))
+        model_plan.apply(model, width)
+        model.tensorprog_width_plan = model_plan
+        dplan.apply(model, depth)
         return model
 
     def optimizer_factory(model: nn.Module, **overrides) -> torch.optim.Optimizer:
+        if dplan is not None:
+            return dplan.scale_optimizer(width_optimizer(model, **overrides), model)
+        return width_optimizer(model, **overrides)
+
+    def width_optimizer(model: nn.Module, **overrides) -> torch.optim.Optimizer:
+        plan = getattr(model, "tensorprog_width_plan", None) or plan_at_base
         kwargs = {**optimizer_kwargs, **overrides}
         if len(plan.specs) == 1 and not plan.hybrid:
             spec = plan.specs[0]
@@ -239,7 +272,9 @@ def apply_mup(
                                   "with functools.partial(cls, ...).")
         return opts
 
+    plan_at_base = plan
     model_factory.rules = optimizer_factory.rules = r  # for inspection
+    model_factory.depth_rules = None if dplan is None else dplan.rules
     model_factory.base_width = base_width
     if check:
         plan.check(model_factory, example_inputs, 2 * base_width)

@@ -249,6 +249,7 @@ class Rules(JSONMixin):
     label: str = "model"
     graph: WidthGraph | None = field(default=None, repr=False)
     owners: dict = field(default_factory=dict, repr=False)  # param -> OptSpec (optspec.py)
+    depth: Any = None  # predict.depth.DepthRules when ``rules`` is given a base_depth
 
     @property
     def convention_name(self) -> str:
@@ -371,6 +372,8 @@ def rules(
     label: str = "model",
     progress: bool = False,
     alignment: Any = "tp",
+    base_depth: int | None = None,
+    depth_family: str = "completep",
 ) -> Rules:
     """The muP rules of every parameter of ``factory`` (width -> nn.Module, or a traced
     ``WidthGraph``) in ``convention`` for ``optimizer``. ``base_width`` (default: the smallest
@@ -386,7 +389,12 @@ def rules(
     Bernstein 2023; Adafactor: Adam's minus the parameter's RMS exponent).
 
     alignment: "tp" (default; the tables' assumption), "full" / "everett" or "none" (Everett et
-    al. 2024, arXiv 2407.05872), or an ``ops.Alignment``: see ``align_learning_rates``."""
+    al. 2024, arXiv 2407.05872), or an ``ops.Alignment``: see ``align_learning_rates``.
+
+    base_depth: also give the depth factors (``Rules.depth``, a ``predict.depth.DepthRules``)
+    of ``depth_family`` ("completep", the default, or "depth_mup"): branch multiplier, block
+    learning rates and Adam eps as powers of L / base_depth (TP6, arXiv 2310.02244; CompleteP,
+    arXiv 2505.01618 Table 1)."""
     from .optspec import assign
 
     _check_convention(convention)
@@ -399,6 +407,10 @@ def rules(
                steps=None if plain else {n: s.step for n, s in owners.items()})
     r.owners = owners
     align_learning_rates(r, alignment)
+    if base_depth is not None:
+        from ..predict.depth import depth_rules
+        r.depth = depth_rules(depth_family, base_depth, "sgd" if opt == "sgd" else "adam")
+        r.notes.append(f"depth: {r.depth}")
     return r
 
 

@@ -55,6 +55,8 @@ from .base import (DEFAULT_LR, DEFAULT_WEIGHT_DECAY, EXAMPLES, NTK, OPTIMIZERS, 
                    Conv2d, Linear, MuP, MuPTable8, Parametrization, ZooModel, make_optimizer,
                    parametrization)
 from .cnn import CNN
+from .depth import DEPTH_PARAMS, ResidualMLP, make_depth_optimizer
+from .depth_examples import DepthExample, depth_example
 from .examples import Example, example
 from .gpt import GPT, Block, CausalSelfAttention, FeedForward
 from .mlp import MLP
@@ -64,4 +66,5 @@ __all__ = [
     "Parametrization", "SP", "NTK", "MuP", "MuPTable8", "parametrization",
     "Linear", "Conv2d", "ZooModel", "MLP", "CNN", "GPT", "CausalSelfAttention", "Block",
     "make_optimizer", "Example", "example", "FeedForward", "DEFAULT_WEIGHT_DECAY", "ABCMLP", "abc_optimizer",
+    "DEPTH_PARAMS", "ResidualMLP", "make_depth_optimizer", "DepthExample", "depth_example",
 ]

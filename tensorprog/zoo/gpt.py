@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import Linear, ZooModel, check_choice
+from .depth import branch_multiplier
 
 
 class CausalSelfAttention(nn.Module):
@@ -52,18 +53,27 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln1 x), then x + mlp(ln2 x)."""
+    """Pre-LayerNorm transformer block: x + attn(ln1 x), then x + mlp(ln2 x).
 
-    def __init__(self, width: int, n_head: int, attn_scale: float | None):
+    ``branch_multiplier`` (None: no multiplication in the graph) scales both branches:
+    x + m attn(ln1 x), then x + m mlp(ln2 x) (the depth multiplier L^-alpha of TP6 / CompleteP)."""
+
+    def __init__(self, width: int, n_head: int, attn_scale: float | None,
+                 branch_multiplier: float | None = None):
         super().__init__()
+        self.branch_multiplier = branch_multiplier
         self.ln1 = nn.LayerNorm(width)
         self.attn = CausalSelfAttention(width, n_head, attn_scale)
         self.ln2 = nn.LayerNorm(width)
         self.mlp = FeedForward(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
+        m = self.branch_multiplier
+        if m is None:
+            x = x + self.attn(self.ln1(x))
+            return x + self.mlp(self.ln2(x))
+        x = x + m * self.attn(self.ln1(x))
+        return x + m * self.mlp(self.ln2(x))
 
 
 class GPT(ZooModel):
@@ -80,12 +90,16 @@ class GPT(ZooModel):
     1/width_mult (Adam LR 1, SGD LR width_mult = the embedding's) in both "mup" and "mup_table8",
     since Table 3's shrunk readout init cannot be applied to a weight shared with the embedding.
     ``query_zero_init`` (muP only): query weight and bias start at zero (TP5 App D.2).
+    ``depth_param`` ("standard", "depth_mup", "completep") with ``base_depth``: the branch
+    multiplier (n_layer / base_depth)^-alpha of ``zoo.depth`` (standard: none); the depth factors
+    of the learning rates and eps are ``zoo.depth.make_depth_optimizer``'s.
     """
 
     def __init__(self, width: int, *, param: str = "sp", base_width: int = 64,
                  vocab_size: int = 64, block_size: int = 16, n_layer: int = 2, n_head: int = 4,
                  grow: str = "width", d_head: int = 16, tie: bool = False,
-                 readout_zero_init: bool = False, query_zero_init: bool = False):
+                 readout_zero_init: bool = False, query_zero_init: bool = False,
+                 depth_param: str = "standard", base_depth: int = 2):
         super().__init__(width, param=param, base_width=base_width,
                          readout_zero_init=readout_zero_init)
         check_choice("grow", grow, ("width", "heads"))
@@ -111,7 +125,9 @@ class GPT(ZooModel):
 
         self.tok_emb = nn.Embedding(vocab_size, width)
         self.pos_emb = nn.Embedding(block_size, width)
-        self.blocks = nn.ModuleList(Block(width, n_head, attn_scale) for _ in range(n_layer))
+        self.depth, self.depth_param, self.base_depth = n_layer, depth_param, base_depth
+        mult = branch_multiplier(depth_param, n_layer, base_depth)
+        self.blocks = nn.ModuleList(Block(width, n_head, attn_scale, mult) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(width)
         self.readout = Linear(width, vocab_size, role="readout", bias=False)
 
