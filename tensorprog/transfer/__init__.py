@@ -103,17 +103,22 @@ from __future__ import annotations
 
 from ..errors import TransferError
 from .backends import BACKENDS
-from .plots import plot_sweeps
+from .plots import plot_hp_panels, plot_sweeps, plot_tune
 from .hparams import (BUILTIN_HPARAMS, NOT_WIDTH_TRANSFERABLE, SCHEDULES, WIDTH_TRANSFERABLE,
                       schedule_factor)
 from .result import HPSweeps, Sweep, drift_of
+from .space import Choice, IntUniform, LogUniform, Uniform
 from .sweep import sweep
+from .tune import read_store, transferability, tune
+from .tune_result import TuneResult
 from .tasks import (DEFAULT_CHARSET, STDLIB_FILES, StdlibText, TeacherStudent, default_forward,
                     default_optimizer, mse_loss, next_token_loss, stdlib_text_data,
                     teacher_student_data, zoo_optimizer)
 
 __all__ = [
-    "TransferError", "Sweep", "HPSweeps", "sweep", "plot_sweeps", "drift_of", "schedule_factor",
+    "TransferError", "Sweep", "HPSweeps", "sweep", "plot_sweeps", "plot_hp_panels", "plot_tune",
+    "tune", "TuneResult", "read_store", "transferability", "LogUniform", "Uniform", "IntUniform",
+    "Choice", "drift_of", "schedule_factor",
     "BUILTIN_HPARAMS", "SCHEDULES", "WIDTH_TRANSFERABLE", "NOT_WIDTH_TRANSFERABLE",
     "StdlibText", "stdlib_text_data", "TeacherStudent", "teacher_student_data",
     "next_token_loss", "mse_loss", "default_forward", "default_optimizer", "zoo_optimizer",
