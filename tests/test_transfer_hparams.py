@@ -216,3 +216,26 @@ def test_categorical_verdict_and_json_round_trip():
     assert back.best_value == moved.best_value and back.scale == "categorical"
     with pytest.raises(TransferError, match="scale='log' needs positive"):
         Sweep(widths=(16, 32), lrs=(0.0, 1.0), losses=np.ones((2, 2)), hp="weight_decay")
+
+
+# ------------------------------------------------------------------- other scale dimensions
+
+def test_sweep_along_depth_steps_and_batch_size_equals_independent_runs():
+    lrs = (1e-2, 3e-2)
+    kw = dict(FAST, make_optimizer=zoo_optimizer("adam"))
+    by_width = sweep(MLP, (16, 32), lrs, **kw)                       # depth 2, 10 steps, batch 16
+    short = sweep(MLP, (16, 32), lrs, **{**kw, "steps": 5})
+    depth = sweep(MLP, (1, 2), hparams={"lr": lrs}, along="depth", width=16, **kw)["lr"]
+    np.testing.assert_array_equal(depth.losses[1], by_width.losses[0])
+    assert not np.array_equal(depth.losses[0], by_width.losses[0])
+    assert depth.along == "depth" and "per depth doubling" in depth.summary()
+    steps = sweep(MLP, (5, 10), hparams={"lr": lrs}, along="steps", width=16, **kw)["lr"]
+    np.testing.assert_array_equal(steps.losses[0], short.losses[0])
+    np.testing.assert_array_equal(steps.losses[1], by_width.losses[0])
+    batch = sweep(MLP, (8, 16), hparams={"lr": lrs}, along="batch_size", width=16, **kw)["lr"]
+    np.testing.assert_array_equal(batch.losses[1], by_width.losses[0])
+    assert not np.array_equal(batch.losses[0], by_width.losses[0])
+    with pytest.raises(TransferError, match="pass width="):
+        sweep(MLP, (1, 2), hparams={"lr": lrs}, along="depth", **kw)
+    with pytest.raises(TransferError, match="'seq_len' has nowhere to go"):
+        sweep(MLP, (4, 8), hparams={"lr": lrs}, along="seq_len", width=16, **FAST)

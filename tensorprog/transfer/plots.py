@@ -51,10 +51,10 @@ def plot_one(s, ax, title: str | None, ylim: tuple[float, float] | None = None) 
         ax.set_xticklabels([str(v) for v in s.values], rotation=20, fontsize=8)
     drift = s.drift
     unit = "log2 units" if s.scale == "log" else s.hp
-    sub = (f"drift {drift:+.2f} ± {s.drift_err:.2f} {unit} / width doubling"
+    sub = (f"drift {drift:+.2f} ± {s.drift_err:.2f} {unit} / {s.along} doubling"
            if math.isfinite(drift) else f"best: {s.verdict}")
     ax.set_title(f"{title or s.name or 'sweep'}\n{sub}", fontsize=10)
-    ax.legend(title="width", fontsize=8, title_fontsize=8)
+    ax.legend(title=s.along, fontsize=8, title_fontsize=8)
     ax.grid(alpha=0.3)
 
 

@@ -114,6 +114,7 @@ class Sweep:
     meta: dict = field(default_factory=dict)
     hp: str = "lr"
     scale: str = "log"
+    along: str = "width"
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
@@ -267,6 +268,7 @@ class Sweep:
             "name": self.name,
             "hp": self.hp,
             "scale": self.scale,
+            "along": self.along,
             "widths": list(self.widths),
             "lrs": list(self.lrs),
             "seeds": list(self.seeds),
@@ -317,7 +319,7 @@ class Sweep:
     def from_dict(cls, d: dict) -> "Sweep":
         """Inverse of ``to_dict`` (``None`` losses read back as ``inf``)."""
         return cls(widths=d["widths"], lrs=d["lrs"], seeds=d.get("seeds", (0,)),
-                   hp=d.get("hp", "lr"), scale=d.get("scale", "log"),
+                   hp=d.get("hp", "lr"), scale=d.get("scale", "log"), along=d.get("along", "width"),
                    losses=from_nested(d["losses"]),
                    histories=(None if d.get("histories") is None
                               else from_nested(d["histories"], math.nan)),
@@ -336,9 +338,9 @@ class Sweep:
         """One line: the drift with its uncertainties."""
         if self.scale == "categorical":
             best = ", ".join(str(b) for b in self.best_lr)
-            return f"best {self.hp} per width: {best} ({self.verdict})"
+            return f"best {self.hp} per {self.along}: {best} ({self.verdict})"
         what = f"log2(best {self.hp})" if self.scale == "log" else f"best {self.hp}"
-        return (f"drift of {what} per width doubling: {self.drift:+.2f} +- {self.drift_err:.2f} "
+        return (f"drift of {what} per {self.along} doubling: {self.drift:+.2f} +- {self.drift_err:.2f} "
                 f"(grid argmin, +- half a grid step); {self.drift_refined:+.2f} +- "
                 f"{self.drift_refined_err:.2f} (parabola-refined, least-squares stderr)")
 
@@ -364,7 +366,7 @@ class Sweep:
             if j >= 0:
                 row[j] = row[j][:-1] + "*"
             lines.append(f"{w:9d} |" + "".join(row))
-        lines.append(f"best {self.hp} per width (* above; inf = diverged):")
+        lines.append(f"best {self.hp} per {self.along} (* above; inf = diverged):")
         for w, j, lr, rl, edge in zip(self.widths, self.best_index, self.best_lr,
                                       self.refined_best_lr, self.at_edge):
             if j < 0:

@@ -177,7 +177,8 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
           workers: int | None = None, progress: bool = True,
           forward: Callable[[nn.Module, Any], Any] | None = None, average_last: int | None = None,
           warmup: int = 0, device: str = "cpu", threads: int = 1,
-          ray_options: dict | None = None, name: str = ""):
+          ray_options: dict | None = None, name: str = "", along: str = "width",
+          width: int | None = None):
     """Train ``factory(width)`` for ``steps`` steps at every width x value x seed; see the module docs.
 
     Either ``lrs`` (the learning-rate sweep; returns a ``Sweep``) or ``hparams`` = {name: values}
@@ -192,6 +193,10 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
     ``threads``: torch threads per trial. ``workers``: processes (``local``) or CPUs of a fresh
     local Ray instance (``ray``); default ``os.cpu_count()``. ``name`` labels printouts and plots.
     ``widths`` and numeric values are sorted (the grid's rows and columns follow the sorted order).
+    ``along``: the scale dimension the optimum is followed along (TP5 Figure 4): "width"
+    (default), or the name of a factory / data parameter (``depth``, ``n_layer``, ``batch_size``,
+    ``seq_len``...) or "steps"; then ``widths`` holds that dimension's sizes, every trial is
+    built at ``width``, and the drift is per doubling of that dimension.
     Raises ``TransferError`` on bad arguments or when a trial raises (divergence is not an error).
     """
     if (lrs is None) == (hparams is None):
@@ -206,9 +211,14 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
         if not isinstance(hparams, dict) or not hparams:
             raise TransferError(f"hparams must be a non-empty dict name -> values; got {hparams!r}")
         grid = {k: check_values(k, v) for k, v in hparams.items()}
-    widths = _check_sizes(widths, "widths", int, 2, "to measure how the best value moves")
+    what = "widths" if along == "width" else f"sizes along {along}"
+    widths = _check_sizes(widths, what, int, 2, "to measure how the best value moves")
     if any(w <= 0 for w in widths):
-        raise TransferError(f"widths must be positive; got {list(widths)}")
+        raise TransferError(f"{what} must be positive; got {list(widths)}")
+    if along != "width" and (not isinstance(width, int) or width < 1):
+        raise TransferError(f"along={along!r} sweeps {along} at one width: pass width=<int>")
+    if along != "width" and along in (hparams or {}):
+        raise TransferError(f"{along!r} is both swept as a hyperparameter and the scale dimension")
     seeds = _check_sizes(seeds, "seeds", int, 1, "to train anything")
     if warmup < 0:
         raise TransferError("warmup must be >= 0 and threads >= 1")
@@ -221,19 +231,27 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
     grid = {k: tuple(sorted(v)) if scales[k] != "categorical" else v for k, v in grid.items()}
     if backend not in BACKENDS:
         raise TransferError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    cfg, _ = make_trial_config(factory, set(grid) | set(base), steps=steps, data=data,
-                               make_optimizer=make_optimizer, loss=loss, forward=forward,
-                               average_last=average_last, device=device, threads=threads)
+    widths, names = tuple(sorted(widths)), list(grid)
+    extra = {along} if along not in ("width", "steps") else set()
+    cfgs = {}                                   # training steps -> TrialConfig
+    for n_steps in (widths if along == "steps" else (steps,)):
+        cfgs[n_steps], _ = make_trial_config(
+            factory, set(grid) | set(base) | extra, steps=n_steps, data=data,
+            make_optimizer=make_optimizer, loss=loss, forward=forward,
+            average_last=average_last, device=device, threads=threads)
+    cfg = cfgs[max(cfgs)]
     steps, average_last = cfg.steps, cfg.average_last
 
-    widths, names = tuple(sorted(widths)), list(grid)
     trials = []
     for a, hp in enumerate(names):
         for i, w in enumerate(widths):
             for j, v in enumerate(grid[hp]):
                 point = {**base, hp: v}
+                if extra:
+                    point[along] = w
                 for k, s in enumerate(seeds):
-                    trials.append(((a, i, j, k), TrialPoint(w, point), point, s))
+                    at = w if along == "width" else width
+                    trials.append(((a, i, j, k), TrialPoint(at, point), point, s))
     trials.sort(key=lambda t: -int(t[1]))      # widest first: better packing of the pool
 
     shapes = [(len(widths), len(grid[hp]), len(seeds)) for hp in names]
@@ -250,7 +268,7 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
         what = describe_point({hp: v})
         if res.error is not None:
             label = f"lr={v:g}" if hp == "lr" else f"{hp}={v!r}"
-            raise TransferError(f"trial width={widths[i]}, {label}, seed={seeds[k]} failed:\n"
+            raise TransferError(f"trial {along}={widths[i]}, {label}, seed={seeds[k]} failed:\n"
                                 f"{res.error}")
         losses[a][i, j, k] = res.final
         histories[a][i, j, k, :len(res.history)] = res.history
@@ -260,12 +278,15 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
             status = f"{res.final:.4f}" if math.isfinite(res.final) else \
                 f"diverged at step {len(res.history)}"
             print(f"[tensorprog transfer{' ' + name if name else ''}] {done}/{len(trials)} "
-                  f"width {widths[i]} {what} seed {seeds[k]}: "
+                  f"{along} {widths[i]} {what} seed {seeds[k]}: "
                   f"{status} ({res.seconds:.1f} s, {time.perf_counter() - t_start:.0f} s total)",
                   file=sys.stderr, flush=True)
 
-    n_workers = run_trials(cfg, trials, collect, backend=backend, workers=workers,
-                           ray_options=ray_options)
+    n_workers = 0
+    for n_steps, c in cfgs.items():
+        group = [t for t in trials if along != "steps" or widths[t[0][1]] == n_steps]
+        n_workers = max(n_workers, run_trials(c, group, collect, backend=backend, workers=workers,
+                                              ray_options=ray_options))
     meta = {"steps": steps, "average_last": average_last, "warmup": base.get("warmup", 0),
             "backend": backend,
             "workers": n_workers if backend == "local" else (workers if backend == "ray" else 1),
@@ -273,11 +294,13 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
             "wall_s": round(time.perf_counter() - t_start, 2), "factory": describe(factory),
             "data": repr(data) if not isinstance(data, (list, tuple)) else f"{len(data)} fixed batches",
             "make_optimizer": describe(make_optimizer or default_optimizer),
-            "torch": torch.__version__}
+            "torch": torch.__version__, "along": along}
+    if along != "width":
+        meta["width"] = width
     out = HPSweeps()
     for a, hp in enumerate(names):
         fixed = {k: v for k, v in base.items() if k != hp}
         out[hp] = Sweep(widths=widths, lrs=grid[hp], seeds=seeds, losses=losses[a],
                         histories=histories[a], times=times[a], name=name, hp=hp,
-                        scale=scales[hp], meta={**meta, "base": fixed})
+                        scale=scales[hp], meta={**meta, "base": fixed}, along=along)
     return out["lr"] if lrs is not None else out
