@@ -21,7 +21,7 @@ SP_MLP = functools.partial(zoo.MLP, param="sp", depth=2, d_in=8, d_out=3)
 DATA = teacher_student_data(d_in=8, d_out=3, batch_size=16, teacher_width=32)
 SPACE = {"lr": LogUniform(1e-3, 1e-1), "init_scale": LogUniform(0.5, 2.0)}
 KW = dict(proxy_width=16, target_width=64, budget=4, steps=8, data=DATA,
-          make_optimizer=zoo_optimizer("adam"), backend="serial", progress=False)
+          make_optimizer=zoo_optimizer("adam"), backend="serial", progress=False, check_mup="off")
 
 
 def _params(width):
@@ -29,7 +29,8 @@ def _params(width):
 
 
 def test_tune_compares_transfer_with_direct_tuning():
-    r = tune(MLP, SPACE, final_seeds=(0, 1), **KW)
+    r = tune(MLP, SPACE, final_seeds=(0, 1), **{**KW, "check_mup": "refuse"})
+    assert r.mup == "muP (tensorprog.analyze)"
     proxy = [t for t in r.trials if t["phase"] == "proxy"]
     assert len(proxy) == 4 and all(t["width"] == 16 for t in proxy)
     best = min(proxy, key=lambda t: t["loss"])
@@ -117,16 +118,16 @@ def test_tpe_without_optuna_names_the_extra_and_random_still_works(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_optuna)
     with pytest.raises(TransferError, match=r"pip install 'tensorprog\[tune\]'"):
-        tune(MLP, SPACE, sampler="tpe", check_mup="off", **KW)
-    r = tune(MLP, SPACE, sampler="random", check_mup="off", direct=False, **{**KW, "budget": 2})
+        tune(MLP, SPACE, sampler="tpe", **KW)
+    r = tune(MLP, SPACE, sampler="random", direct=False, **{**KW, "budget": 2})
     assert len([t for t in r.trials if t["phase"] == "proxy"]) == 2
 
 
 def test_sp_model_is_refused_or_warned_about():
     with pytest.raises(TransferError, match=r"SP, not muP.*check_mup='warn'"):
-        tune(SP_MLP, SPACE, **KW)
+        tune(SP_MLP, SPACE, **{**KW, "check_mup": "refuse"})
     with pytest.warns(UserWarning, match="not muP"):
-        r = tune(SP_MLP, SPACE, check_mup="warn", direct=False, **{**KW, "budget": 2})
+        r = tune(SP_MLP, SPACE, direct=False, **{**KW, "budget": 2, "check_mup": "warn"})
     assert r.mup.startswith("SP")
 
 
@@ -143,3 +144,21 @@ def test_transferability_labels_and_bad_arguments():
     with pytest.raises(TransferError, match="unknown sampler"):
         tune(MLP, SPACE, sampler="grid", **KW)
 
+
+
+def test_figures_write_pngs(tmp_path):
+    from tensorprog.transfer import HPSweeps, Sweep, plot_hp_panels
+
+    r = tune(MLP, SPACE, **{**KW, "budget": 2})
+    r.plot(str(tmp_path / "fig5.png"))
+    x = np.log2([0.25, 0.5, 1.0, 2.0])
+    rows = {label: HPSweeps({"init_scale": Sweep(widths=(16, 32), lrs=2.0 ** x, hp="init_scale",
+                                                  losses=[(x - c) ** 2, (x - c - d) ** 2]),
+                              "schedule": Sweep(widths=(16, 32), lrs=("constant", "cosine"),
+                                                hp="schedule", scale="categorical",
+                                                losses=[[1.0, 0.5], [1.0, 0.4]])})
+            for label, c, d in (("SP", -1.0, -1.0), ("muP", -1.0, 0.0))}
+    plot_hp_panels(rows, str(tmp_path / "fig3.png"))
+    for name in ("fig5.png", "fig3.png"):
+        blob = (tmp_path / name).read_bytes()
+        assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 5000
