@@ -124,8 +124,10 @@ def test_tpe_without_optuna_names_the_extra_and_random_still_works(monkeypatch):
 
 
 def test_sp_model_is_refused_or_warned_about():
+    # a fixed list of batches: analyze gets its example input from the first batch
+    fixed = [next(iter(DATA(16, 0)))]
     with pytest.raises(TransferError, match=r"SP, not muP.*check_mup='warn'"):
-        tune(SP_MLP, SPACE, **{**KW, "check_mup": "refuse"})
+        tune(SP_MLP, SPACE, **{**KW, "check_mup": "refuse", "data": fixed, "loss": DATA.loss})
     with pytest.warns(UserWarning, match="not muP"):
         r = tune(SP_MLP, SPACE, direct=False, **{**KW, "budget": 2, "check_mup": "warn"})
     assert r.mup.startswith("SP")

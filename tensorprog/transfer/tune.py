@@ -139,8 +139,8 @@ def _mup_check(factory_cfg, make_opt_cfg, point: dict, width: int, data, check_m
     verdict, why = None, ""
     try:
         example = None
-        if forward_is_default and callable(data):
-            batch = next(iter(data(width, 0)))
+        if forward_is_default:
+            batch = data[0] if isinstance(data, (list, tuple)) else next(iter(data(width, 0)))
             example = (batch[0],) if isinstance(batch, (tuple, list)) else (batch,)
         report = analyze(lambda w: factory_cfg(TrialPoint(w, point)), (width, 2 * width, 4 * width),
                          example_inputs=example, make_optimizer=lambda m: make_opt_cfg(m, point))
