@@ -34,7 +34,8 @@ Modes (``--mode``):
   on 2 cores. ``--model gpt`` runs the GPT above instead (tens of minutes on CPU).
 * ``tune``: TP5 Figure 5: ``transfer.tune`` with ``--budget`` random-search trials over lr,
   output multiplier and init scale at the proxy width (64), the best setting copied to the target
-  width (512), against the same search at the target; target losses over ``--final-seeds``
+  width (512), against the same search at the target (its own candidates: ``--direct-seed``);
+  target losses over ``--final-seeds``
   seeds and compute in parameter-steps. muP, and SP (``check_mup='warn'``) for contrast.
 
 Each mode writes ``benchmarks/out/transfer_<mode>.{png,json}`` and copies the figure to
@@ -178,7 +179,7 @@ def run_tune(args, device) -> dict:
                               final_seeds=args.final_seeds, store=store, backend=args.backend,
                               workers=args.workers, progress=not args.quiet, device=device,
                               check_mup="warn" if label == "SP" else "refuse", name=label,
-                              sampler=args.sampler)
+                              sampler=args.sampler, direct_seed=args.direct_seed)
         print(f"\n{results[label]}\n", flush=True)
     return results
 
@@ -193,6 +194,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=int, default=16, help="--mode tune: trials per search")
     ap.add_argument("--final-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--sampler", choices=("random", "tpe"), default="random")
+    ap.add_argument("--direct-seed", type=int, default=1,
+                    help="--mode tune: sampler seed of the direct search (the proxy's is 0)")
     ap.add_argument("--gpu", action="store_true", help="CUDA, widths up to 4096 (see module docs)")
     ap.add_argument("--widths", type=int, nargs="+")
     ap.add_argument("--lr-log2", type=float, nargs=2, metavar=("LO", "HI"),

@@ -164,3 +164,18 @@ def test_figures_write_pngs(tmp_path):
     for name in ("fig5.png", "fig3.png"):
         blob = (tmp_path / name).read_bytes()
         assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 5000
+
+
+def test_direct_seed_draws_independent_candidates():
+    paired = tune(MLP, SPACE, **{**KW, "budget": 2, "final_seeds": (0,)})
+    own = tune(MLP, SPACE, direct_seed=7, **{**KW, "budget": 2, "final_seeds": (0,)})
+    hps = lambda r, phase: [t["hp"] for t in sorted(r.trials, key=lambda t: t["index"])  # noqa: E731
+                            if t["phase"] == phase]
+    assert hps(paired, "direct") == hps(paired, "proxy")
+    assert hps(own, "proxy") == hps(paired, "proxy")
+    assert hps(own, "direct") == [RandomSampler(own_space(), 7).propose(n)[0] for n in range(2)]
+
+
+def own_space():
+    from tensorprog.transfer.space import check_space
+    return check_space(SPACE)

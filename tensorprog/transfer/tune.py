@@ -9,8 +9,12 @@ processes, Ray):
    trained at ``proxy_width``; the best (lowest final training loss) is the tuned setting.
 2. ``transfer``: that setting, copied unchanged, trained at ``target_width`` for every seed in
    ``final_seeds``: muTransfer's result.
-3. ``direct`` (``direct=True``): the same search, same budget, same sampler seed, at
-   ``target_width``; 4. ``direct_eval``: its best setting at the other ``final_seeds``.
+3. ``direct`` (``direct=True``): the same search, same budget, at ``target_width``; with the
+   same sampler seed by default (``direct_seed=None``: a paired comparison, random search then
+   proposes the same candidates at both widths, so the two agree exactly when the ranking of
+   the candidates survives the change of width), or its own ``direct_seed`` (independent
+   candidates, as TP5 Figure 5's separate searches); 4. ``direct_eval``: its best setting at the
+   other ``final_seeds``.
 
 Compute is counted in **parameter-steps**: trainable parameters of the trained model times
 training steps. Every trial sees batches of the same size, so training FLOPs are a fixed multiple
@@ -163,7 +167,8 @@ def _mup_check(factory_cfg, make_opt_cfg, point: dict, width: int, data, check_m
 
 def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int, budget: int,
          steps: int, data, sampler: str = "random", seed: int = 0, base: dict | None = None,
-         final_seeds: Sequence[int] = (0,), direct: bool = True, store: str | None = None,
+         final_seeds: Sequence[int] = (0,), direct: bool = True, direct_seed: int | None = None,
+         store: str | None = None,
          check_mup: str = "refuse", make_optimizer: Callable | None = None,
          loss: Callable | None = None, forward: Callable | None = None,
          average_last: int | None = None, backend: str = "local", workers: int | None = None,
@@ -176,6 +181,7 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
     data); ``base``: fixed values of the others (``lr`` must be in one of them). ``budget``: trials
     per search. ``seed``: the sampler's seed and the training seed of search trials.
     ``final_seeds``: seeds of the final target runs (two or more give the noise of the comparison).
+    ``direct_seed``: the direct search's sampler seed (default ``seed``: paired candidates).
     """
     space = check_space(space)
     base = dict(base or {})
@@ -205,7 +211,7 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
     signature = {"space": {k: repr(v) for k, v in space.items()}, "base": base,
                  "proxy_width": proxy_width, "target_width": target_width, "steps": steps,
                  "average_last": cfg.average_last, "sampler": sampler, "seed": seed,
-                 "final_seeds": list(final_seeds), "direct": direct}
+                 "final_seeds": list(final_seeds), "direct": direct, "direct_seed": direct_seed}
     notes = transferability(space)
     centre = {**base, **{k: d.centre() for k, d in space.items()}}
     mup = _mup_check(cfg.factory, cfg.make_optimizer, centre, proxy_width,
@@ -263,8 +269,8 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
         records.extend(new)
         return new
 
-    def search(phase: str, width: int) -> None:
-        smp = make_sampler(sampler, space, seed)
+    def search(phase: str, width: int, sampler_seed: int) -> None:
+        smp = make_sampler(sampler, space, sampler_seed)
         stored = {r["index"]: r for r in records if r["phase"] == phase}
         for n in sorted(stored):
             smp.replay(stored[n]["hp"], _loss(stored[n]))
@@ -286,11 +292,11 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
         have = {r["seed"] for r in records if r["phase"] == phase and r["hp"] == _jsonable(hp)}
         run(phase, [(0, target_width, hp, s) for s in final_seeds if s not in have and s not in skip])
 
-    search("proxy", proxy_width)
+    search("proxy", proxy_width, seed)
     best_proxy = _best(records, "proxy", budget)
     finals("transfer", best_proxy["hp"])
     if direct:
-        search("direct", target_width)
+        search("direct", target_width, seed if direct_seed is None else int(direct_seed))
         best_direct = _best(records, "direct", budget)
         finals("direct_eval", best_direct["hp"], skip=(seed,))
     return TuneResult.build(records, budget=budget, proxy_width=proxy_width,
