@@ -265,7 +265,7 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
         nonlocal done
         (a, i, j, k) = res.key
         hp, v = names[a], grid[names[a]][j]
-        what = describe_point({hp: v})
+        desc = describe_point({hp: v})
         if res.error is not None:
             label = f"lr={v:g}" if hp == "lr" else f"{hp}={v!r}"
             raise TransferError(f"trial {along}={widths[i]}, {label}, seed={seeds[k]} failed:\n"
@@ -278,7 +278,7 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
             status = f"{res.final:.4f}" if math.isfinite(res.final) else \
                 f"diverged at step {len(res.history)}"
             print(f"[tensorprog transfer{' ' + name if name else ''}] {done}/{len(trials)} "
-                  f"{along} {widths[i]} {what} seed {seeds[k]}: "
+                  f"{along} {widths[i]} {desc} seed {seeds[k]}: "
                   f"{status} ({res.seconds:.1f} s, {time.perf_counter() - t_start:.0f} s total)",
                   file=sys.stderr, flush=True)
 

@@ -279,14 +279,14 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
             run(phase, jobs)
             return
         batch = max(1, workers or os.cpu_count() or 1) if backend != "serial" else 1
-        n = len(stored)
-        while n < budget:
-            asked = [smp.propose(n + i) for i in range(min(batch, budget - n))]
-            done = run(phase, [(n + i, width, p, seed) for i, (p, _) in enumerate(asked)])
+        free = [n for n in range(budget) if n not in stored]   # a killed batch may leave gaps
+        while free:
+            todo, free = free[:batch], free[batch:]
+            asked = [smp.propose(n) for n in todo]
+            done = run(phase, [(n, width, p, seed) for n, (p, _) in zip(todo, asked)])
             by_index = {r["index"]: r for r in done}
-            for i, (_, handle) in enumerate(asked):
-                smp.tell(handle, _loss(by_index[n + i]))
-            n += len(asked)
+            for n, (_, handle) in zip(todo, asked):
+                smp.tell(handle, _loss(by_index[n]))
 
     def finals(phase: str, hp: dict, skip: tuple = ()) -> None:
         have = {r["seed"] for r in records if r["phase"] == phase and r["hp"] == _jsonable(hp)}
