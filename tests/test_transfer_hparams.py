@@ -122,8 +122,9 @@ def test_hyperparameter_with_nowhere_to_go_is_a_clear_error():
         sweep(MLP, (16, 32), hparams={"dropout": [0.0, 0.1]}, base={"lr": 1e-2}, **FAST)
     with pytest.raises(TransferError, match="both factory and make_optimizer"):
         route_hparams(["beta2"], lambda w, beta2=1: None, _opt_with_beta, DATA)
-    with pytest.raises(TransferError, match=r"base=\{'lr'"):
-        sweep(MLP, (16, 32), hparams={"init_scale": [0.5, 1.0]}, **FAST)
+    for grid in ({"init_scale": [0.5, 1.0]}, {"lr": [1e-3, 1e-2], "init_scale": [0.5, 1.0]}):
+        with pytest.raises(TransferError, match=r"base=\{'lr'"):
+            sweep(MLP, (16, 32), hparams=grid, **FAST)
     with pytest.raises(TransferError, match="either lrs"):
         sweep(MLP, (16, 32), (1e-3, 1e-2), hparams={"init_scale": [0.5, 1.0]}, **FAST)
     with pytest.raises(TransferError, match="init_scale values must be positive"):

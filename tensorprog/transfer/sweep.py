@@ -225,8 +225,9 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
     base = dict(base or {})
     if warmup:
         base.setdefault("warmup", int(warmup))
-    if "lr" not in grid and "lr" not in base:
-        raise TransferError("the learning rate is not swept: give its value as base={'lr': ...}")
+    if "lr" not in base and set(grid) != {"lr"}:
+        raise TransferError("every hyperparameter but the swept one stays at its base value, and "
+                            "the learning rate has none: give it as base={'lr': ...}")
     scales = {k: (scales or {}).get(k) or default_scale(k, v) for k, v in grid.items()}
     grid = {k: tuple(sorted(v)) if scales[k] != "categorical" else v for k, v in grid.items()}
     if backend not in BACKENDS:
