@@ -173,7 +173,7 @@ def run_tune(args, device) -> dict:
              "init_scale": LogUniform(2.0 ** -2, 2.0 ** 2)}
     results = {}
     for label, f, m in sides_:
-        store = os.path.join(args.out, f"transfer_tune_{label.split()[0]}.jsonl")
+        store = os.path.join(args.out, f"transfer_tune_{args.model}_{label.split()[0]}.jsonl")
         results[label] = tune(f, space, proxy_width=args.widths[0], target_width=args.widths[-1],
                               budget=args.budget, steps=args.steps, data=data, make_optimizer=m,
                               final_seeds=args.final_seeds, store=store, backend=args.backend,
