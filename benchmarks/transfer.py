@@ -36,7 +36,9 @@ Modes (``--mode``):
   output multiplier and init scale at the proxy width (64), the best setting copied to the target
   width (512), against the same search at the target (its own candidates: ``--direct-seed``);
   target losses over ``--final-seeds``
-  seeds and compute in parameter-steps. muP, and SP (``check_mup='warn'``) for contrast.
+  seeds and compute in parameter-steps. muP, and SP (``check_mup='warn'``) for contrast. Trials
+  are stored in ``benchmarks/out/transfer_tune_<model>_<side>.jsonl`` as they finish: a killed
+  run resumes where it stopped; delete them to start over (other settings are refused).
 
 Each mode writes ``benchmarks/out/transfer_<mode>.{png,json}`` and copies the figure to
 ``benchmarks/figures/`` (the ``lr`` mode keeps its old names).
