@@ -23,6 +23,26 @@ Writes ``benchmarks/out/transfer.png`` and ``transfer.json`` (both sweeps, ``Swe
 reads them back) and copies the figure to ``benchmarks/figures/transfer.png`` (``--gpu``:
 ``transfer_gpu.*``).
 
+Modes (``--mode``):
+
+* ``lr`` (default): the above.
+* ``hparams``: TP5 Figure 3, SP against muP: the learning rate, the output multiplier and the
+  init scale (``--hps``) each swept across widths with the others at their base values; the
+  base learning rate is the best one of the smallest width, measured first in the same run (at
+  the base width SP and muP are the same model). Default model ``--model mlp``: the zoo's 3-layer
+  tanh MLP on ``teacher_student_data`` (batch 64), widths 64..512, 150 steps, Adam; a few minutes
+  on 2 cores. ``--model gpt`` runs the GPT above instead (tens of minutes on CPU).
+* ``tune``: TP5 Figure 5: ``transfer.tune`` with ``--budget`` random-search trials over lr,
+  output multiplier and init scale at the proxy width (64), the best setting copied to the target
+  width (512), against the same search at the target (its own candidates: ``--direct-seed``);
+  target losses over ``--final-seeds``
+  seeds and compute in parameter-steps. muP, and SP (``check_mup='warn'``) for contrast. Trials
+  are stored in ``benchmarks/out/transfer_tune_<model>_<side>.jsonl`` as they finish: a killed
+  run resumes where it stopped; delete them to start over (other settings are refused).
+
+Each mode writes ``benchmarks/out/transfer_<mode>.{png,json}`` and copies the figure to
+``benchmarks/figures/`` (the ``lr`` mode keeps its old names).
+
 Run: ``python benchmarks/transfer.py`` (``--help`` for options).
 """
 from __future__ import annotations
@@ -39,7 +59,8 @@ import time
 import torch
 
 from tensorprog import zoo
-from tensorprog.transfer import Sweep, plot_sweeps, stdlib_text_data, sweep, zoo_optimizer
+from tensorprog.transfer import (LogUniform, Sweep, plot_hp_panels, plot_sweeps, stdlib_text_data,
+                                 sweep, teacher_student_data, tune, zoo_optimizer)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -110,8 +131,73 @@ def sides(args):
     return [sp, mup]
 
 
+HP_GRIDS = {  # values around 1 for the multipliers (powers of 2), the lr grid from the options
+    "output_mult": [2.0 ** k for k in range(-4, 4)],
+    "init_scale": [2.0 ** (k / 2) for k in range(-4, 5)],
+    "schedule": ["constant", "linear", "cosine", "inverse_sqrt", "step"],
+}
+
+
+def model_sides(args):
+    """[(label, factory, make_optimizer)] for SP and muP, and the data."""
+    if args.model == "gpt":
+        return sides(args), stdlib_text_data(block_size=args.block, batch_size=args.batch, vocab=64)
+    out = []
+    for label, param in (("SP", "sp"), ("muP (zoo MLP)", "mup")):
+        out.append((label, functools.partial(zoo.MLP, param=param, depth=3,
+                                             base_width=args.base_width), zoo_optimizer("adam")))
+    return out, teacher_student_data(batch_size=args.batch)
+
+
+def run_hparams(args, lrs, device) -> dict:
+    sides_, data = model_sides(args)
+    common = dict(steps=args.steps, data=data, seeds=args.seeds, backend=args.backend,
+                  workers=args.workers, progress=not args.quiet, device=device)
+    # stage 1: the learning rate, both sides; base lr = best lr at the smallest width
+    lr_sweeps = {label: sweep(f, args.widths, lrs, make_optimizer=m, name=label, **common)
+                 for label, f, m in sides_}
+    mup_lr = lr_sweeps[sides_[1][0]]
+    base_lr = mup_lr.refined_best_lr[0]
+    print(f"base lr (muP, width {args.widths[0]}, parabola-refined): {base_lr:.3g}", flush=True)
+    rows = {}
+    for label, f, m in sides_:
+        others = {hp: HP_GRIDS[hp] for hp in args.hps if hp != "lr"}
+        res = sweep(f, args.widths, hparams=others, base={"lr": base_lr}, make_optimizer=m,
+                    name=label, **common) if others else {}
+        rows[label] = {"lr": lr_sweeps[label], **res} if "lr" in args.hps else dict(res)
+    return {"rows": rows, "base_lr": base_lr}
+
+
+def run_tune(args, device) -> dict:
+    sides_, data = model_sides(args)
+    space = {"lr": LogUniform(2.0 ** args.lr_log2[0], 2.0 ** args.lr_log2[1]),
+             "output_mult": LogUniform(2.0 ** -4, 2.0 ** 3),
+             "init_scale": LogUniform(2.0 ** -2, 2.0 ** 2)}
+    results = {}
+    for label, f, m in sides_:
+        store = os.path.join(args.out, f"transfer_tune_{args.model}_{label.split()[0]}.jsonl")
+        results[label] = tune(f, space, proxy_width=args.widths[0], target_width=args.widths[-1],
+                              budget=args.budget, steps=args.steps, data=data, make_optimizer=m,
+                              final_seeds=args.final_seeds, store=store, backend=args.backend,
+                              workers=args.workers, progress=not args.quiet, device=device,
+                              check_mup="warn" if label == "SP" else "refuse", name=label,
+                              sampler=args.sampler, direct_seed=args.direct_seed)
+        print(f"\n{results[label]}\n", flush=True)
+    return results
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mode", choices=("lr", "hparams", "tune"), default="lr")
+    ap.add_argument("--model", choices=("gpt", "mlp"),
+                    help="default: gpt for --mode lr, mlp for hparams and tune")
+    ap.add_argument("--hps", nargs="+", default=["lr", "output_mult", "init_scale"],
+                    choices=["lr", *HP_GRIDS], help="--mode hparams: what to sweep")
+    ap.add_argument("--budget", type=int, default=16, help="--mode tune: trials per search")
+    ap.add_argument("--final-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--sampler", choices=("random", "tpe"), default="random")
+    ap.add_argument("--direct-seed", type=int, default=1,
+                    help="--mode tune: sampler seed of the direct search (the proxy's is 0)")
     ap.add_argument("--gpu", action="store_true", help="CUDA, widths up to 4096 (see module docs)")
     ap.add_argument("--widths", type=int, nargs="+")
     ap.add_argument("--lr-log2", type=float, nargs=2, metavar=("LO", "HI"),
@@ -142,9 +228,14 @@ def main(argv=None) -> int:
     else:
         defaults = dict(widths=[64, 128, 256, 512], lr_log2=(-12, -5), steps=100, batch=16, block=32,
                         backend="local", device="cpu", tag="transfer")
+    args.model = args.model or ("gpt" if args.mode == "lr" else "mlp")
+    if args.model == "mlp" and not args.gpu:
+        defaults.update(widths=[64, 128, 256, 512], lr_log2=(-14, -4), steps=150, batch=64)
     for key in ("widths", "lr_log2", "steps", "batch", "block", "backend"):
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
+    if args.mode != "lr":
+        return main_workflow(args, defaults)
     lo, hi = args.lr_log2
     lrs = [2.0 ** k for k in range(int(lo), int(hi) + 1)]
     data = stdlib_text_data(block_size=args.block, batch_size=args.batch, vocab=64)
@@ -182,6 +273,48 @@ def main(argv=None) -> int:
         print(f"  {s.name:28s} drift {s.drift:+.2f} +- {s.drift_err:.2f} (grid), "
               f"{s.drift_refined:+.2f} +- {s.drift_refined_err:.2f} (refined); best lr {best}")
     print(f"  wall time {wall:.0f} s; figure {png}")
+    return 0
+
+
+def main_workflow(args, defaults) -> int:
+    """--mode hparams / tune: run, write JSON and the figure, print the summary."""
+    lo, hi = args.lr_log2
+    lrs = [2.0 ** k for k in range(int(lo), int(hi) + 1)]
+    tag = f"{defaults['tag']}_{args.mode}" + ("" if args.model == "mlp" else f"_{args.model}")
+    os.makedirs(args.out, exist_ok=True)
+    png = os.path.join(args.out, tag + ".png")
+    print(f"muTransfer benchmark ({args.mode}): {args.model}, widths {args.widths}, {args.steps} "
+          f"steps, batch {args.batch}, seeds {args.seeds}, {args.backend} on {defaults['device']} "
+          f"({os.cpu_count()} CPUs, torch {torch.__version__})", flush=True)
+    t0 = time.perf_counter()
+    if args.mode == "hparams":
+        out = run_hparams(args, lrs, defaults["device"])
+        plot_hp_panels(out["rows"], png)
+        payload = {"base_lr": out["base_lr"],
+                   "rows": {label: {hp: s.to_dict() for hp, s in row.items()}
+                            for label, row in out["rows"].items()}}
+        summary = [f"  {label:16s} {hp:12s} [{s.verdict}] {s.summary()}"
+                   for label, row in out["rows"].items() for hp, s in row.items()]
+    else:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        results = run_tune(args, defaults["device"])
+        fig = Figure(figsize=(5.6 * len(results), 4.4))
+        FigureCanvasAgg(fig)
+        for ax, r in zip(fig.subplots(1, len(results), squeeze=False)[0], results.values()):
+            r.plot(ax=ax)
+        fig.savefig(png, dpi=110)
+        payload = {label: r.to_dict() for label, r in results.items()}
+        summary = [f"{label}:\n{r.summary()}" for label, r in results.items()]
+    wall = time.perf_counter() - t0
+    with open(os.path.join(args.out, tag + ".json"), "w") as fh:
+        json.dump({"config": vars(args), "wall_s": round(wall, 1), **payload}, fh, indent=1,
+                  default=str)
+    if args.figures:
+        os.makedirs(args.figures, exist_ok=True)
+        shutil.copyfile(png, os.path.join(args.figures, tag + ".png"))
+    print("summary\n" + "\n".join(summary) + f"\n  wall time {wall:.0f} s; figure {png}")
     return 0
 
 

@@ -13,8 +13,8 @@ import torch
 
 from tensorprog import TensorprogError, zoo
 from tensorprog.transfer import (
-    DEFAULT_CHARSET, Sweep, TransferError, drift_of, plot_sweeps, stdlib_text_data, sweep,
-    teacher_student_data, zoo_optimizer,
+    DEFAULT_CHARSET, LogUniform, Sweep, TransferError, drift_of, plot_sweeps, stdlib_text_data,
+    sweep, teacher_student_data, tune, zoo_optimizer,
 )
 
 MLP = functools.partial(zoo.MLP, param="mup", depth=2, d_in=8, d_out=3)
@@ -206,12 +206,21 @@ def test_ray_backend_matches_serial():
     ray = pytest.importorskip("ray")
     kw = dict(widths=(16, 32), lrs=(1e-3, 3e-2))
     serial = tiny_sweep(**kw)
+    # tune's trials go through the same backend: one Ray start for both (it dominates the time)
+    tkw = dict(proxy_width=16, target_width=32, budget=2, steps=6, data=DATA, direct=False,
+               check_mup="off", progress=False, make_optimizer=zoo_optimizer("adam"))
+    space = {"lr": LogUniform(1e-3, 1e-1), "init_scale": LogUniform(0.5, 2.0)}
+    serial_tune = tune(MLP, space, backend="serial", **tkw)
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         remote = tiny_sweep(backend="ray", **kw)
+        remote_tune = tune(MLP, space, backend="ray", workers=2, **tkw)
     finally:
         ray.shutdown()
     np.testing.assert_array_equal(remote.losses, serial.losses)
+    key = lambda t: (t["phase"], t["index"], t["seed"])  # noqa: E731
+    assert [t["loss"] for t in sorted(remote_tune.trials, key=key)] == \
+        [t["loss"] for t in sorted(serial_tune.trials, key=key)]
 
 
 def test_ray_missing_is_a_clear_error(monkeypatch):

@@ -1,4 +1,5 @@
-"""muTransfer, measured: sweep the learning rate at several widths and see whether the best one moves.
+"""muTransfer, measured: sweep the learning rate (or any hyperparameter) at several widths and see
+whether the best one moves; tune a small proxy and transfer (``tune``).
 
 ``sweep(factory, widths, lrs, steps=..., data=...)`` trains every (width, learning rate, seed)
 triple from scratch, records the final training loss of each, and returns a ``Sweep``: the loss
@@ -7,6 +8,27 @@ That is Figure 1 of Tensor Programs V (TP5, arXiv 2203.03466) as a number: in SP
 moves with width (with Adam, hidden updates grow like lr * n, so the best lr falls roughly like
 1/n: drift towards -1); in muP it stays put (drift ~ 0), which is what makes zero-shot transfer of
 a small model's tuned learning rate possible.
+
+Beyond the learning rate (TP5 Figures 3-5)
+-----------------------------------------
+* ``sweep(factory, widths, hparams={"output_mult": [...], "init_scale": [...]}, base={"lr": 3e-3},
+  ...)`` sweeps each named hyperparameter across widths with the others at their ``base`` values
+  and returns ``HPSweeps`` ({name: Sweep}). Built in: ``lr``, ``init_scale`` (global multiplier on
+  the init std of every matrix), ``output_mult`` (multiplier on the model's output), ``schedule``
+  (``SCHEDULES``: constant, linear, cosine, inverse_sqrt, step; ``schedule_factor`` has the
+  formulas), ``warmup`` (steps), ``weight_decay``. Any other name goes, by keyword, to whichever of
+  ``factory(width, ...)``, ``make_optimizer(model, lr, ...)``, ``data(width, seed, ...)`` names it
+  (``hparams.route_hparams``). The drift of each optimum is in log2 units per width doubling for
+  scale-like hyperparameters, in its own units for ``warmup`` and values <= 0, and a
+  same-choice-or-not verdict for the schedule (``result`` module docs).
+* ``sweep(..., along="depth" | "batch_size" | "seq_len" | "steps", width=128)`` follows the
+  optimum along another scale dimension (TP5 Figure 4; empirical, not a muP prediction).
+* ``tune(factory, space, proxy_width=64, target_width=512, budget=16, ...)`` searches ``space``
+  (``LogUniform``, ``Uniform``, ``IntUniform``, ``Choice``) on the proxy by random search or
+  Optuna's TPE (``pip install 'tensorprog[tune]'``), trains the target with the best setting and
+  compares with the same search on the target: loss against compute in parameter-steps
+  (``TuneResult``; ``plot_tune`` draws TP5 Figure 5). Resumable through ``store=path.jsonl``; it
+  refuses a model that ``tensorprog.analyze`` does not call muP (``check_mup="warn"`` overrides).
 
 Quick start::
 
@@ -103,15 +125,23 @@ from __future__ import annotations
 
 from ..errors import TransferError
 from .backends import BACKENDS
-from .plots import plot_sweeps
-from .result import Sweep, drift_of
+from .plots import plot_hp_panels, plot_sweeps, plot_tune
+from .hparams import (BUILTIN_HPARAMS, NOT_WIDTH_TRANSFERABLE, SCHEDULES, WIDTH_TRANSFERABLE,
+                      schedule_factor)
+from .result import HPSweeps, Sweep, drift_of
+from .space import Choice, IntUniform, LogUniform, Uniform
 from .sweep import sweep
+from .tune import read_store, transferability, tune
+from .tune_result import TuneResult
 from .tasks import (DEFAULT_CHARSET, STDLIB_FILES, StdlibText, TeacherStudent, default_forward,
                     default_optimizer, mse_loss, next_token_loss, stdlib_text_data,
                     teacher_student_data, zoo_optimizer)
 
 __all__ = [
-    "TransferError", "Sweep", "sweep", "plot_sweeps", "drift_of",
+    "TransferError", "Sweep", "HPSweeps", "sweep", "plot_sweeps", "plot_hp_panels", "plot_tune",
+    "tune", "TuneResult", "read_store", "transferability", "LogUniform", "Uniform", "IntUniform",
+    "Choice", "drift_of", "schedule_factor",
+    "BUILTIN_HPARAMS", "SCHEDULES", "WIDTH_TRANSFERABLE", "NOT_WIDTH_TRANSFERABLE",
     "StdlibText", "stdlib_text_data", "TeacherStudent", "teacher_student_data",
     "next_token_loss", "mse_loss", "default_forward", "default_optimizer", "zoo_optimizer",
     "BACKENDS", "DEFAULT_CHARSET", "STDLIB_FILES",

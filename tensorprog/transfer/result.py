@@ -1,4 +1,12 @@
-"""The result of a sweep: ``Sweep`` (loss grid, best learning rate per width, drift) and ``drift_of``.
+"""The result of a sweep: ``Sweep`` (loss grid, best value of one hyperparameter per width, drift),
+``HPSweeps`` (one ``Sweep`` per hyperparameter) and ``drift_of``.
+
+Units of the drift (x = log2 width, so "per width doubling"): for ``scale="log"`` (the learning
+rate, init scale, output multiplier, weight decay: multiplicative quantities, TP5 arXiv 2203.03466
+Figures 1 and 3 plot them on log axes) the optimum is measured in log2 units, so a drift of -1 means
+the best value halves per doubling; for ``scale="linear"`` (warmup steps, any value <= 0, where a
+logarithm makes no sense) in the hyperparameter's own units; for ``scale="categorical"`` (the
+schedule) there is no slope: the sweep reports the best choice per width and whether it changes.
 """
 from __future__ import annotations
 
@@ -11,12 +19,15 @@ import numpy as np
 from ..errors import TransferError
 from ..jsonio import JSONMixin, dumps, from_jsonable, jsonable, read_json
 
-__all__ = ["Sweep", "drift_of"]
+__all__ = ["Sweep", "HPSweeps", "drift_of", "SCALES"]
+
+SCALES = ("log", "linear", "categorical")
 
 
 def drift_of(widths: Sequence[float], best_lrs: Sequence[float],
-             half_steps: Sequence[float] | None = None) -> tuple[float, float]:
-    """(slope, uncertainty) of log2(best_lrs) against log2(widths), ignoring ``nan`` entries.
+             half_steps: Sequence[float] | None = None, scale: str = "log") -> tuple[float, float]:
+    """(slope, uncertainty) of log2(best_lrs) against log2(widths), ignoring ``nan`` entries
+    (``scale="linear"``: of best_lrs itself against log2(widths)).
 
     ``half_steps`` given: the uncertainty is the worst-case slope change when each log2(best lr)
     moves by up to ``half_steps[i]`` (grid resolution). Otherwise: the least-squares standard
@@ -24,7 +35,8 @@ def drift_of(widths: Sequence[float], best_lrs: Sequence[float],
     with fewer than two usable points.
     """
     x = np.log2(np.asarray(widths, dtype=float))
-    y = np.log2(np.asarray(best_lrs, dtype=float))
+    y = np.asarray(best_lrs, dtype=float)
+    y = np.log2(y) if scale == "log" else y
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     if len(x) < 2 or np.ptp(x) == 0:
@@ -66,8 +78,11 @@ def from_nested(v, fill=math.inf) -> np.ndarray:
 
 @dataclass(eq=False)
 class Sweep(JSONMixin):
-    """Result of ``sweep``: final training losses on a (width, lr, seed) grid and what follows.
+    """Result of ``sweep``: final training losses on a (width, value, seed) grid and what follows.
 
+    ``hp`` names the swept hyperparameter (default "lr"); its values are ``lrs`` (the field keeps
+    the name of the original learning-rate sweep; ``values`` is the same tuple) and ``scale`` says
+    how its optimum is measured ("log", "linear", "categorical": module docs).
     ``losses[i, j, k]``: final training loss at ``widths[i]``, ``lrs[j]``, ``seeds[k]`` (``inf`` =
     diverged). Build one by hand from a known (W, L) or (W, L, S) grid to analyse external runs:
     ``Sweep(widths=(64, 128), lrs=(1e-3, 2e-3), losses=[[1.0, 2.0], [2.0, 1.0]])``.
@@ -86,10 +101,21 @@ class Sweep(JSONMixin):
     name: str = ""
     meta: dict = field(default_factory=dict)
     pending: Any = None
+    hp: str = "lr"
+    scale: str = "log"
+    along: str = "width"
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
-        self.lrs = tuple(float(lr) for lr in self.lrs)
+        if self.scale not in SCALES:
+            raise TransferError(f"scale must be one of {SCALES}; got {self.scale!r}")
+        if self.scale == "categorical":
+            self.lrs = tuple(self.lrs)
+        else:
+            self.lrs = tuple(float(lr) for lr in self.lrs)
+            if self.scale == "log" and any(not v > 0 for v in self.lrs):
+                raise TransferError(f"scale='log' needs positive values of {self.hp}; got "
+                                    f"{list(self.lrs)} (use scale='linear')")
         self.seeds = tuple(int(s) for s in self.seeds)
         losses = np.asarray(self.losses, dtype=float)
         if losses.ndim == 2:
@@ -124,8 +150,27 @@ class Sweep(JSONMixin):
         return self.pending is not None
 
     @property
+    def values(self) -> tuple:
+        """The swept values of ``hp`` (= ``lrs``)."""
+        return self.lrs
+
+    @property
+    def coords(self) -> np.ndarray:
+        """Where the values sit on the axis the optimum is measured on: log2(value) ("log"), the
+        value ("linear"), its index ("categorical")."""
+        if self.scale == "categorical":
+            return np.arange(len(self.lrs), dtype=float)
+        v = np.asarray(self.lrs, dtype=float)
+        return np.log2(v) if self.scale == "log" else v
+
+    @property
+    def axis_label(self) -> str:
+        name = "learning rate" if self.hp == "lr" else self.hp
+        return f"log2 {name}" if self.scale == "log" else name
+
+    @property
     def log2_lrs(self) -> np.ndarray:
-        return np.log2(np.asarray(self.lrs))
+        return np.log2(np.asarray(self.lrs, dtype=float))
 
     @property
     def best_index(self) -> np.ndarray:
@@ -135,9 +180,14 @@ class Sweep(JSONMixin):
         return np.where(np.isfinite(g).any(axis=1), idx, -1)
 
     @property
-    def best_lr(self) -> tuple[float, ...]:
-        """Best grid learning rate per width (``nan`` where every lr diverged)."""
+    def best_lr(self) -> tuple:
+        """Best grid value per width (``nan`` where every value diverged)."""
         return tuple(self.lrs[i] if i >= 0 else math.nan for i in self.best_index)
+
+    @property
+    def best_value(self) -> tuple:
+        """Best grid value of ``hp`` per width (= ``best_lr``)."""
+        return self.best_lr
 
     @property
     def best_loss(self) -> tuple[float, ...]:
@@ -152,7 +202,7 @@ class Sweep(JSONMixin):
 
     @property
     def _half_steps(self) -> np.ndarray:
-        x = self.log2_lrs
+        x = self.coords
         out = []
         for i in self.best_index:
             if i < 0:
@@ -164,33 +214,49 @@ class Sweep(JSONMixin):
         return np.asarray(out)
 
     @property
-    def refined_best_lr(self) -> tuple[float, ...]:
-        """Best lr per width refined by a parabola in (log2 lr, loss) through the grid minimum and its
-        neighbours (the grid value where a neighbour is missing or diverged)."""
-        x, g = self.log2_lrs, self.grid
-        return tuple(2.0 ** _refine(x, g[w], i) if i >= 0 else math.nan
+    def refined_best_lr(self) -> tuple:
+        """Best value per width refined by a parabola in (coordinate, loss) through the grid minimum
+        and its neighbours (the grid value where a neighbour is missing or diverged, and always for
+        a categorical hyperparameter)."""
+        if self.scale == "categorical":
+            return self.best_lr
+        x, g = self.coords, self.grid
+        back = (lambda c: 2.0 ** c) if self.scale == "log" else (lambda c: c)
+        return tuple(back(_refine(x, g[w], i)) if i >= 0 else math.nan
                      for w, i in enumerate(self.best_index))
 
+    @property
+    def refined_best_value(self) -> tuple:
+        return self.refined_best_lr
+
     # ---- drift
+    def _drift(self, refined: bool) -> tuple[float, float]:
+        if self.scale == "categorical":
+            return math.nan, math.nan
+        if refined:
+            return drift_of(self.widths, self.refined_best_lr, scale=self.scale)
+        return drift_of(self.widths, self.best_lr, self._half_steps, scale=self.scale)
+
     @property
     def drift(self) -> float:
-        """Least-squares slope of log2(best lr) vs log2(width): change per doubling of width."""
-        return drift_of(self.widths, self.best_lr, self._half_steps)[0]
+        """Least-squares slope of the best value's coordinate (log2 for scale "log") vs
+        log2(width): change per doubling of width (``nan`` for a categorical hyperparameter)."""
+        return self._drift(False)[0]
 
     @property
     def drift_err(self) -> float:
         """Worst-case change of ``drift`` from the grid resolution (+- half a grid step per width)."""
-        return drift_of(self.widths, self.best_lr, self._half_steps)[1]
+        return self._drift(False)[1]
 
     @property
     def drift_refined(self) -> float:
         """``drift`` of the parabola-refined minima."""
-        return drift_of(self.widths, self.refined_best_lr)[0]
+        return self._drift(True)[0]
 
     @property
     def drift_refined_err(self) -> float:
         """Least-squares standard error of ``drift_refined`` (``nan`` for two widths)."""
-        return drift_of(self.widths, self.refined_best_lr)[1]
+        return self._drift(True)[1]
 
     # ---- output
     def to_dict(self, histories: bool = True) -> dict:
@@ -199,6 +265,9 @@ class Sweep(JSONMixin):
         ``tensorprog.jsonio``: ``{"nonfinite": "inf"}`` / ``{"nonfinite": "nan"}``."""
         d = {
             "name": self.name,
+            "hp": self.hp,
+            "scale": self.scale,
+            "along": self.along,
             "widths": list(self.widths),
             "lrs": list(self.lrs),
             "seeds": list(self.seeds),
@@ -228,13 +297,23 @@ class Sweep(JSONMixin):
 
     @property
     def verdict(self) -> str:
-        """The short answer: "transfers" (|drift| <= 0.25: the best learning rate stays put across
-        widths), "drifts" (it moves), or "inconclusive" (a best lr at the edge of the grid, a partial
-        sweep, or no drift to measure)."""
+        """The short answer: "transfers" (the best value stays put across widths), "drifts" (it
+        moves), or "inconclusive" (a best value at the edge of the grid, a partial sweep, or no drift to measure).
+        Stays put: |drift| <= 0.25 log2 units per doubling (scale "log"); |drift| within its
+        grid-resolution uncertainty (scale "linear"); the same choice at every width
+        ("categorical", where the edge of a list of choices means nothing)."""
+        if self.partial:
+            return "inconclusive"
+        if self.scale == "categorical":
+            best = [b for b in self.best_lr if not (isinstance(b, float) and math.isnan(b))]
+            if len(best) < 2:
+                return "inconclusive"
+            return "transfers" if len(set(best)) == 1 else "drifts"
         d = self.drift_refined if math.isfinite(self.drift_refined) else self.drift
         if not math.isfinite(d) or any(self.at_edge) or self.partial:
             return "inconclusive"
-        return "transfers" if abs(d) <= 0.25 else "drifts"
+        bound = 0.25 if self.scale == "log" else self.drift_err
+        return "transfers" if abs(d) <= bound else "drifts"
 
     def to_json(self, path: str | None = None, histories: bool = True) -> str:
         """JSON text (written to ``path`` when given); ``from_json`` reads it back into an equal
@@ -251,6 +330,7 @@ class Sweep(JSONMixin):
         before the ``{"nonfinite": ...}`` encoding have them, read back as ``inf``)."""
         d = from_jsonable(d)
         return cls(widths=d["widths"], lrs=d["lrs"], seeds=d.get("seeds", (0,)),
+                   hp=d.get("hp", "lr"), scale=d.get("scale", "log"), along=d.get("along", "width"),
                    losses=from_nested(d["losses"]),
                    histories=(None if d.get("histories") is None
                               else from_nested(d["histories"], math.nan)),
@@ -264,13 +344,17 @@ class Sweep(JSONMixin):
 
     def summary(self) -> str:
         """One line: the drift with its uncertainties."""
-        return (f"drift of log2(best lr) per width doubling: {self.drift:+.2f} +- {self.drift_err:.2f} "
+        if self.scale == "categorical":
+            best = ", ".join(str(b) for b in self.best_lr)
+            return f"best {self.hp} per {self.along}: {best} ({self.verdict})"
+        what = f"log2(best {self.hp})" if self.scale == "log" else f"best {self.hp}"
+        return (f"drift of {what} per {self.along} doubling: {self.drift:+.2f} +- {self.drift_err:.2f} "
                 f"(grid argmin, +- half a grid step); {self.drift_refined:+.2f} +- "
                 f"{self.drift_refined_err:.2f} (parabola-refined, least-squares stderr)")
 
     def __str__(self) -> str:
         g = self.grid
-        head = f"muTransfer sweep{': ' + self.name if self.name else ''}"
+        head = f"muTransfer sweep of {self.hp}{': ' + self.name if self.name else ''}"
         info = []
         if "steps" in self.meta:
             info.append(f"{self.meta['steps']} steps, final loss = mean of the last "
@@ -283,21 +367,29 @@ class Sweep(JSONMixin):
             lines.append(f"PARTIAL: {self.meta.get('partial', 'stopped early')}; - = not run")
         cells = [f"{v:8.3f}" if math.isfinite(v) else "     inf" if math.isinf(v) else "       -"
                  for v in g.ravel()]
-        lines.append("  log2 lr |" + "".join(f"{x:8.2f}" for x in self.log2_lrs))
+        label = {"log": f"log2 {self.hp}", "linear": self.hp, "categorical": self.hp}[self.scale]
+        heads = [f"{x:8.2f}" for x in self.coords] if self.scale != "categorical" else \
+            [f"{str(v)[:7]:>8s}" for v in self.lrs]
+        lines.append(f"{label[-9:]:>9s} |" + "".join(heads))
         for i, w in enumerate(self.widths):
             row = cells[i * len(self.lrs):(i + 1) * len(self.lrs)]
             j = self.best_index[i]
             if j >= 0:
                 row[j] = row[j][:-1] + "*"
             lines.append(f"{w:9d} |" + "".join(row))
-        lines.append("best lr per width (* above; inf = diverged):")
-        for w, lr, rl, edge in zip(self.widths, self.best_lr, self.refined_best_lr, self.at_edge):
-            if not math.isfinite(lr):
-                lines.append(f"  {w:6d}: every learning rate diverged")
+        lines.append(f"best {self.hp} per {self.along} (* above; inf = diverged):")
+        for w, j, lr, rl, edge in zip(self.widths, self.best_index, self.best_lr,
+                                      self.refined_best_lr, self.at_edge):
+            if j < 0:
+                lines.append(f"  {w:6d}: every {'learning rate' if self.hp == 'lr' else 'value'} "
+                             "diverged")
                 continue
-            lines.append(f"  {w:6d}: {lr:.3g} (2^{math.log2(lr):.2f}); "
-                         f"refined {rl:.3g} (2^{math.log2(rl):.2f})"
-                         + ("  [edge of the lr grid: widen lrs]" if edge else ""))
+            if self.scale == "categorical":
+                lines.append(f"  {w:6d}: {lr}")
+                continue
+            pow2 = (lambda v: f" (2^{math.log2(v):.2f})") if self.scale == "log" else (lambda v: "")
+            lines.append(f"  {w:6d}: {lr:.3g}{pow2(lr)}; refined {rl:.3g}{pow2(rl)}"
+                         + (f"  [edge of the {self.hp} grid: widen it]" if edge else ""))
         lines.append(self.summary())
         return "\n".join(lines)
 
@@ -313,3 +405,35 @@ class Sweep(JSONMixin):
         from .plots import plot_sweeps
 
         return plot_sweeps([self], path, titles=[title] if title else None)
+
+
+class HPSweeps(dict):
+    """{hyperparameter name: ``Sweep``}, the result of ``sweep(..., hparams={...})``: each
+    hyperparameter swept with the others at their base values (TP5 Figure 3)."""
+
+    def summary(self) -> str:
+        """One line per hyperparameter: verdict and drift with its uncertainty."""
+        return "\n".join(f"  {name:14s} [{s.verdict}] {s.summary()}" for name, s in self.items())
+
+    def __str__(self) -> str:
+        return "\n\n".join(str(s) for s in self.values()) + "\nsummary\n" + self.summary()
+
+    def to_dict(self, histories: bool = False) -> dict:
+        return {name: s.to_dict(histories=histories) for name, s in self.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HPSweeps":
+        return cls({name: Sweep.from_dict(v) for name, v in d.items()})
+
+    def to_json(self, path: str | None = None, histories: bool = True) -> str:
+        """JSON text (written to ``path`` when given), encoded as ``Sweep.to_json``."""
+        text = dumps(self.to_dict(histories=histories))
+        if path is not None:
+            with open(path, "w") as fh:
+                fh.write(text)
+        return text
+
+    @classmethod
+    def from_json(cls, source: str) -> "HPSweeps":
+        """What ``to_json`` wrote: a file path or the JSON text."""
+        return cls.from_dict(read_json(source))

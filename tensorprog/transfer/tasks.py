@@ -156,13 +156,21 @@ class StdlibText:
     def files_read(self) -> tuple[str, ...]:
         return _stdlib_corpus(tuple(self.files), self.vocab)[1]
 
-    def __call__(self, width: int, seed: int) -> Iterator[tuple[torch.Tensor]]:
+    def __call__(self, width: int, seed: int, batch_size: int | None = None,
+                 seq_len: int | None = None) -> Iterator[tuple[torch.Tensor]]:
+        """Batches; ``batch_size`` and ``seq_len`` (<= ``block_size``) override the object's, so a
+        sweep can follow the optimum along them (``sweep(..., along="seq_len")``)."""
+        batch = self.batch_size if batch_size is None else int(batch_size)
+        length = self.block_size if seq_len is None else int(seq_len)
+        if not (2 <= length <= self.block_size and batch >= 1):
+            raise TransferError(f"seq_len must be in 2..block_size={self.block_size} and batch_size "
+                                f">= 1; got seq_len={length}, batch_size={batch}")
         tokens = self.tokens()
         gen = torch.Generator().manual_seed(1_000_003 * int(seed) + 17)
-        span = tokens.numel() - self.block_size
-        offsets = torch.arange(self.block_size)
+        span = tokens.numel() - length
+        offsets = torch.arange(length)
         while True:
-            starts = torch.randint(span, (self.batch_size,), generator=gen)
+            starts = torch.randint(span, (batch,), generator=gen)
             yield (tokens[starts[:, None] + offsets],)
 
 
@@ -229,10 +237,13 @@ class TeacherStudent:
         return _teacher_scale(self.d_in, self.d_out, self.teacher_width, self.teacher_depth,
                               self.teacher_seed)
 
-    def __call__(self, width: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __call__(self, width: int, seed: int,
+                 batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches; ``batch_size`` overrides the object's (``sweep(..., along="batch_size")``)."""
+        batch = self.batch_size if batch_size is None else int(batch_size)
         gen = torch.Generator().manual_seed(1_000_003 * int(seed) + 29)
         while True:
-            x = torch.randn(self.batch_size, self.d_in, generator=gen)
+            x = torch.randn(batch, self.d_in, generator=gen)
             y = self.teacher(x)
             if self.noise:
                 y = y + self.noise * torch.randn(y.shape, generator=gen)
