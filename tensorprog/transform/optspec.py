@@ -128,3 +128,43 @@ def direction_exp(step: Step | None, init_exp, dims) -> Any:
     ds = [d if d is not None else ZERO for d in dims] + [ZERO, ZERO]
     size = ZERO if init_exp in (None, "zero") else init_exp
     return sp.nsimplify(step.direction(ZERO, size, ds[0], ds[1]))
+
+
+def spec_to_dict(spec: OptSpec) -> dict:
+    """JSON-ready record of an ``OptSpec``: the class by name ("module:qualname"), its keyword
+    arguments, and its ``Step``."""
+    cls = spec.cls
+    step = spec.step
+    return {"class": None if cls is None else f"{cls.__module__}:{cls.__qualname__}",
+            "kwargs": {k: v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
+                       for k, v in spec.kwargs.items()},
+            "step": None if step is None else {"geometry": step.geometry, "optimizer": step.optimizer,
+                                               "hyper": dict(step.hyper), "decoupled": step.decoupled}}
+
+
+def specs_from_dicts(records: dict) -> dict[str, OptSpec]:
+    """Inverse of ``spec_to_dict`` over {param: record}. Classes from ``torch.optim`` are looked
+    up there; any other class is named only (a stand-in type with its module and qualname: a
+    JSON file is never allowed to import code), which is all the generated code needs."""
+    import torch
+
+    classes: dict = {}
+
+    def cls_of(text):
+        if text is None:
+            return None
+        if text not in classes:
+            module, qualname = text.split(":", 1)
+            found = getattr(torch.optim, qualname, None) if module.startswith("torch.optim") else None
+            classes[text] = found if isinstance(found, type) else type(
+                qualname.rsplit(".", 1)[-1], (), {"__module__": module, "__qualname__": qualname})
+        return classes[text]
+
+    out = {}
+    for name, d in records.items():
+        s = d.get("step")
+        out[name] = OptSpec(cls_of(d.get("class")), dict(d.get("kwargs") or {}),
+                            None if s is None else Step(s["geometry"], s["optimizer"],
+                                                        dict(s.get("hyper") or {}),
+                                                        bool(s.get("decoupled", False))))
+    return out

@@ -71,6 +71,7 @@ from ..graph.trace import trace
 from ..graph.widthgraph import WidthGraph
 from ..jsonio import JSONMixin
 from .hooks import HookRule, OpRule, derive_hooks, derive_ops, explicit_problem
+from .optspec import spec_to_dict
 
 __all__ = ["rules", "Rules", "ParamRule", "UseRule", "HookRule", "OpRule", "CONVENTIONS", "KINDS",
            "FAN_IN", "FAN_OUT", "WIDTH_MULT", "convention_table", "CONVENTION_NAMES"]
@@ -236,7 +237,7 @@ class Rules(JSONMixin):
     """What ``rules`` found: per-parameter rules, the hooks that carry multipliers, and the
     contractions that need a 1/d scale. ``str()`` a table, ``to_dict()`` / ``to_json()``,
     ``to_pytorch()`` code to paste. ``from_json`` / ``from_dict`` read it back into equal rules
-    (without ``graph`` and the optimizer ``owners``, which JSON does not carry)."""
+    (without ``graph``, which JSON does not carry; the optimizer ``owners`` by class name)."""
 
     convention: str
     optimizer: str
@@ -293,6 +294,10 @@ class Rules(JSONMixin):
                      "needed_exp": s(o.needed_exp), "factor": s(WIDTH_MULT**o.factor_exp),
                      "fixable": o.fixable, "ok": o.ok} for o in self.ops],
             "notes": self.notes, "problems": self.problems, "label": self.label,
+            "owners": {n: spec_to_dict(s) for n, s in (self.owners or {}).items()},
+            "depth": None if self.depth is None else {
+                "family": self.depth.family, "base_depth": self.depth.base_depth,
+                "optimizer": self.depth.optimizer},
         }
 
     @classmethod
@@ -301,6 +306,8 @@ class Rules(JSONMixin):
         expressions in fan_in / fan_out / width_mult are read with ``jsonio.parse_exponent`` and
         ``jsonio.parse_expression`` (arithmetic only, nothing evaluated)."""
         from ..jsonio import from_jsonable, parse_exponent as e, parse_expression
+        from ..predict.depth import depth_rules
+        from .optspec import specs_from_dicts
 
         d = from_jsonable(d)  # plain json.loads output too
 
@@ -326,7 +333,8 @@ class Rules(JSONMixin):
             mult_exp=e(p["mult_exp"]), lr_exp=e(p["lr_exp"]),
             measured_init_exp=e(p["measured_init_exp"]), measured_lr_exp=e(p["measured_lr_exp"]),
             uses=[use(u) for u in p["uses"]], notes=list(p["notes"]), problem=p["problem"],
-            optimizer=p["optimizer"], lr_adam_exp=e(p["lr_adam_exp"]))
+            optimizer=p["optimizer"], lr_adam_exp=e(p["lr_adam_exp"]),
+            eps_exp=None if p.get("eps_exp") is None else e(p["eps_exp"]))
             for k, p in d["params"].items()}
         hooks = [HookRule(module=h["module"], pre_exp=power(h["input_factor"]),
                           post_exp=power(h["output_factor"]), params=list(h["params"]))
@@ -336,7 +344,9 @@ class Rules(JSONMixin):
                       needed_exp=e(o["needed_exp"]), fixable=o["fixable"]) for o in d["ops"]]
         return cls(convention=d["convention"], optimizer=d["optimizer"],
                    base_width=d["base_width"], widths=tuple(d["widths"]), params=params,
-                   hooks=hooks, ops=ops, notes=list(d["notes"]), label=d.get("label", "model"))
+                   hooks=hooks, ops=ops, notes=list(d["notes"]), label=d.get("label", "model"),
+                   depth=None if d.get("depth") is None else depth_rules(**d["depth"]),
+                   owners=specs_from_dicts(d.get("owners") or {}))
 
     @property
     def verdict(self) -> str:
