@@ -32,6 +32,8 @@ import torch.nn as nn
 
 from ..errors import TraceError
 from ..exponents import exact_exponent
+from ..validate import check_widths as validate_widths
+from ..rng import preserves_rng
 from ..ops import lookup
 from .hop import expand as expand_hops, hop_name, is_hop
 from .export import export_program  # noqa: F401 - re-exported (measure/runner.py)
@@ -44,6 +46,7 @@ from .widthgraph import ParamInfo, WidthGraph, short_op
 
 
 
+@preserves_rng
 def trace(
     factory: Callable[[int], nn.Module],
     widths: Sequence[int] = (64, 128, 256),
@@ -116,7 +119,7 @@ def trace(
                    math.ceil(INIT_VALUES[1] / min(vectors)) if vectors else 1)
         init_seeds = max(1, min(16, need, int(5e6 // max(sum(sizes), 1))))
     if device == "meta":
-        iw = check_widths(init_widths) if init_widths else _small_widths(widths)
+        iw = check_widths(init_widths, "init_widths") if init_widths is not None else _small_widths(widths)
         init_models = {w: [_build(factory, w, "cpu", seed + s, check_finite=s == 0)
                            for s in range(init_seeds)] for w in iw}
     else:
@@ -149,16 +152,9 @@ def progress_printer(enabled):
     return say
 
 
-def check_widths(widths) -> list[int]:
-    try:
-        ws = sorted({int(w) for w in widths})
-    except (TypeError, ValueError):
-        raise TraceError(f"widths must be a sequence of positive integers, got {widths!r}.") from None
-    if len(ws) < 2 or ws[0] <= 0:
-        raise TraceError(
-            f"need at least two distinct positive widths to fit exponents, got {widths!r}. "
-            "Pass e.g. widths=(64, 128, 256); three or more make the fit checkable.")
-    return ws
+def check_widths(widths, what: str = "widths") -> list[int]:
+    """``validate.check_widths`` reported as a TraceError."""
+    return validate_widths(widths, error=TraceError, what=what)
 
 
 def _small_widths(widths):

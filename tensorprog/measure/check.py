@@ -119,6 +119,8 @@ import torch.nn as nn
 
 from ..errors import CheckError
 from ..jsonio import JSONMixin
+from ..validate import check_steps
+from ..rng import preserves_rng
 from .judge import (NEG, Blowup, Record, Tolerance, assumption_step, compose, first_blowup,
                     first_order_notes, judge, loss_grad_fits, outside_assumptions)
 from .data import batches_for, data_source, first_batch
@@ -213,6 +215,7 @@ class CheckReport(JSONMixin):
         return plot_check(self, path, max_groups)
 
 
+@preserves_rng
 def check(
     factory: Callable[[int], nn.Module],
     widths: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
@@ -254,10 +257,8 @@ def check(
 
     t_start = time.perf_counter()
     widths = check_widths(widths)
-    if not isinstance(steps, int) or steps < 1:
-        raise CheckError(f"steps must be a positive integer (training steps to measure), got {steps!r}.")
-    if not isinstance(seeds, int) or seeds < 1:
-        raise CheckError(f"seeds must be a positive integer, got {seeds!r}.")
+    steps = check_steps(steps, CheckError)
+    seeds = check_steps(seeds, CheckError, "seeds")
     if not callable(factory) or isinstance(factory, nn.Module):
         raise CheckError("factory must be a callable width -> nn.Module (e.g. `lambda n: "
                          "MyModel(hidden=n)`), not a model instance.")
@@ -279,7 +280,7 @@ def check(
     # --- predictions
     t0 = time.perf_counter()
     if graph is None:
-        tw = sorted(set(int(w) for w in trace_widths)) if trace_widths else widths[:3]
+        tw = check_widths(trace_widths, "trace_widths") if trace_widths is not None else widths[:3]
         say(f"tracing at widths {tw} for the predictions")
         from ..errors import TraceError
         try:

@@ -15,8 +15,9 @@ import torch.nn as nn
 import torch.utils._pytree as pytree
 
 from .data import batches_for, cast, split
-from ..errors import CheckError, TensorprogError, TraceError
+from ..errors import CheckError, TensorprogError
 from .judge import NEG, Tolerance
+from ..validate import check_widths as validate_widths
 
 __all__ = ["Runner", "DEFAULT_LR", "default_loss", "check_widths", "resolve_device",
            "progress_printer", "default_optimizer", "batches_for",
@@ -49,14 +50,9 @@ def default_loss(output, inputs) -> torch.Tensor:
     return 0.5 * ((y - target) ** 2).mean()
 
 
-def check_widths(widths) -> list[int]:
-    """trace's width validation, reported as a CheckError."""
-    from ..graph.trace import check_widths as check_trace_widths
-
-    try:
-        return check_trace_widths(widths)
-    except TraceError as e:
-        raise CheckError(str(e)) from None
+def check_widths(widths, what: str = "widths") -> list[int]:
+    """The package's width validation (``validate.check_widths``), reported as a CheckError."""
+    return validate_widths(widths, error=CheckError, what=what)
 
 
 def resolve_device(device) -> torch.device:

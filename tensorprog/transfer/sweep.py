@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import TransferError
+from ..validate import check_widths
 from .backends import (BACKENDS, TrialConfig, TrialResult, mp_context, run_ray, run_trial,
                        worker_init, worker_trial)
 from .result import Sweep
@@ -109,9 +110,8 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
     ``widths`` and ``lrs`` are sorted (the grid's rows and columns follow the sorted order).
     Raises ``TransferError`` on bad arguments or when a trial raises (divergence is not an error).
     """
-    widths = _check_sizes(widths, "widths", int, 2, "to measure how the best learning rate moves")
-    if any(w <= 0 for w in widths):
-        raise TransferError(f"widths must be positive; got {list(widths)}")
+    widths = tuple(check_widths(widths, error=TransferError,
+                                why="to measure how the best learning rate moves"))
     lrs = _check_sizes(lrs, "lrs", float, 2, "to pick a best one")
     if any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
         raise TransferError(f"learning rates must be positive and finite; got {list(lrs)}")

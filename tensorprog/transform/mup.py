@@ -65,6 +65,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import TensorprogError
+from ..validate import check_base_width, check_widths
+from ..rng import preserves_rng
 from ..transform.rules import Rules, rules as derive_rules
 
 __all__ = ["apply_mup", "MupState"]
@@ -163,6 +165,7 @@ class _AttentionScale:
 # ----------------------------------------------------------------------------- apply
 
 
+@preserves_rng
 def apply_mup(
     factory: Callable[[int], nn.Module],
     base_width: int,
@@ -194,9 +197,8 @@ def apply_mup(
 
     if weight_decay_scaling not in ("mup", "constant"):
         raise TensorprogError(f"weight_decay_scaling must be 'mup' or 'constant', got {weight_decay_scaling!r}.")
-    if not isinstance(base_width, int) or base_width <= 0:
-        raise TensorprogError(f"base_width must be a positive int, got {base_width!r}.")
-    ws = tuple(widths) if widths is not None else (base_width, 2 * base_width, 4 * base_width)
+    base_width = check_base_width(base_width)
+    ws = tuple(check_widths(widths)) if widths is not None else (base_width, 2 * base_width, 4 * base_width)
     if isinstance(optimizer_cls, type) and optimizer_kwargs.get("adjust_lr_fn") is not None:
         optimizer_cls = functools.partial(optimizer_cls, adjust_lr_fn=optimizer_kwargs.pop("adjust_lr_fn"))
     if isinstance(optimizer_cls, str):

@@ -69,6 +69,8 @@ from ..errors import TensorprogError
 from ..graph.trace import trace
 from ..graph.widthgraph import WidthGraph
 from ..jsonio import JSONMixin
+from ..validate import check_base_width, check_widths
+from ..rng import preserves_rng
 from .hooks import HookRule, OpRule, derive_hooks, derive_ops, explicit_problem
 
 __all__ = ["rules", "Rules", "ParamRule", "UseRule", "HookRule", "OpRule", "CONVENTIONS", "KINDS",
@@ -313,6 +315,7 @@ class Rules(JSONMixin):
 # ----------------------------------------------------------------------------- derivation
 
 
+@preserves_rng
 def rules(
     factory: Callable | WidthGraph,
     widths: Sequence[int] = (64, 128, 256),
@@ -340,10 +343,13 @@ def rules(
     from .optspec import assign
 
     _check_convention(convention)
+    base = check_base_width(base_width) if base_width is not None else None
+    if not isinstance(factory, WidthGraph):
+        check_widths(widths)  # before the (slow) trace
     graph = factory if isinstance(factory, WidthGraph) else trace(
         factory, widths, example_inputs=example_inputs, device=device, progress=progress)
     opt, owners = assign(optimizer, graph.params)
-    base = int(base_width if base_width is not None else min(graph.widths))
+    base = base if base is not None else min(graph.widths)
     plain = isinstance(optimizer, str)  # "adam" / "sgd": no optimizer object, Adam's own LR
     r = derive(graph, opt, convention, base, label=label,
                steps=None if plain else {n: s.step for n, s in owners.items()})
