@@ -29,8 +29,8 @@ def as_int(value: Any, what: str, error=TensorprogError) -> int:
     if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
         return int(value)
     if isinstance(value, numbers.Real):
-        raise error(f"{what} must be an integer, got {value!r} (not a whole number; widths are "
-                    "not rounded).")
+        raise error(f"{what} must be an integer, got {value!r}: widths, steps and seeds must be "
+                    "whole numbers (they are never rounded).")
     raise error(f"{what} must be an integer, got {type(value).__name__} {value!r}.")
 
 
@@ -49,7 +49,7 @@ def check_widths(widths: Any, *, error=TensorprogError, what: str = "widths", mi
         dup = sorted({w for w in ws if ws.count(w) > 1})
         raise error(f"{what} has repeated values {dup} in {list(widths)!r}: give each width once.")
     if len(ws) < minimum:
-        raise error(f"need at least {minimum} distinct positive {what} {why}, got {list(widths)!r}. "
+        raise error(f"{what} needs at least {minimum} distinct positive values {why}, got {list(widths)!r}. "
                     f"Pass {example}; three or more make the fit checkable.")
     return sorted(ws)
 

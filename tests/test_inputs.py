@@ -31,7 +31,7 @@ BAD_WIDTHS = [
     ("128", "sequence of positive integers"),
     (b"128", "sequence of positive integers"),
     (128, "sequence of positive integers"),
-    ((64, 128.5), "not a whole number"),
+    ((64, 128.5), "whole numbers"),
     ((True, 64), "bool"),
     ((64, 64, 128), "repeated"),
     ((64,), "at least 2"),
@@ -83,7 +83,7 @@ def test_integral_floats_and_numpy_ints_are_widths():
 
 
 @pytest.mark.parametrize("base_width, message", [(0, "positive"), (-8, "positive"),
-                                                 (8.5, "whole number"), (True, "bool"),
+                                                 (8.5, "whole numbers"), (True, "bool"),
                                                  ("8", "must be an integer")])
 def test_bad_base_width(base_width, message):
     with pytest.raises(TensorprogError, match=message):
