@@ -49,7 +49,9 @@ def check_widths(widths: Any, *, error=TensorprogError, what: str = "widths", mi
         dup = sorted({w for w in ws if ws.count(w) > 1})
         raise error(f"{what} has repeated values {dup} in {list(widths)!r}: give each width once.")
     if len(ws) < minimum:
-        raise error(f"{what} needs at least {minimum} distinct positive values {why}, got {list(widths)!r}. "
+        word = {1: "one", 2: "two", 3: "three"}.get(minimum, str(minimum))
+        raise error(f"{what} needs at least {minimum} values (at least {word} distinct positive "
+                    f"widths {why}), got {list(widths)!r}. "
                     f"Pass {example}; three or more make the fit checkable.")
     return sorted(ws)
 

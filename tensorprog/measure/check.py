@@ -65,8 +65,15 @@ Status rules (``Tolerance``; defaults in brackets)
   into a visible move. Such records are re-measured once in float64 (smallest width, seed 0):
   if the value shrinks below ``roundoff`` [1e-3] of its float32 value, it was roundoff and the
   zero is confirmed (with a note); a real change does not depend on the precision.
-* a non-finite value (NaN / inf) at some width: a measured **blow-up**; confirmed if the engine
-  predicted growth (exponent > 0), refuted if it predicted Theta(1) or less.
+* a non-finite value (NaN / inf) at some width: a **blow-up**, never a confirmation (a
+  non-finite value measures no size). Refuted when it reads as growth with width that the
+  prediction rules out (finite at the smallest widths, non-finite from some width on, Theta(1)
+  or less predicted); otherwise undetermined (status "inconclusive", the reason in the note):
+  non-finite at every width is a numerical fault (float16 with Adam's eps = 1e-8, which is 0 in
+  float16; a NaN in the model), and a blow-up where growth is predicted agrees with it but does
+  not measure it. A non-finite loss gradient that the (sampled) measurements missed marks every
+  later step of that run non-finite. Each such record's note and the report's ``blowups`` say
+  where it first went non-finite (width, seed, step, node).
 * predicted growth (exponent > 0, an unstable node): confirmed by significant growth,
   slope >= ``growth_min`` [0.25] and slope >= 3 stderr; refuted when clearly not growing,
   slope + 3 stderr < ``growth_min`` / 2; else inconclusive. The slope is reported but not
@@ -122,10 +129,10 @@ from ..jsonio import JSONMixin
 from ..validate import check_steps
 from ..rng import preserves_rng
 from .judge import (NEG, Blowup, Record, Tolerance, assumption_step, compose, first_blowup,
-                    first_order_notes, judge, loss_grad_fits, outside_assumptions)
+                    first_order_notes, judge, loss_grad_fits, non_finite_notes, outside_assumptions)
 from .data import batches_for, data_source, first_batch
 from .runner import (EXPORT_MODES, Runner, build_model, check_widths, default_loss,
-                     default_optimizer, free_memory, make_opt, measured_nodes, program_for,
+                     default_optimizer, eps_underflow_notes, free_memory, make_opt, measured_nodes, program_for,
                      progress_printer, reference_nodes, resolve_device, roundoff_recheck)
 
 __all__ = ["check", "CheckReport", "Record", "Tolerance", "Blowup", "default_loss"]
@@ -332,16 +339,26 @@ def check(
             model0 = None
             batches = batches_for(data_fn, example_inputs, model, w, dev, dtype, T + 1)
             opt = make_opt(make_optimizer, model, w)
+            if wi == 0 and s == 0:
+                notes.extend(eps_underflow_notes(opt, dtype))
             sz, ch, r0, lg = runner.train(model, opt, batches, loss_fn, T)
             size[wi, s], change[wi, s], ref[wi, s], lgrad[wi, s] = sz, ch, r0, lg
             blow = first_blowup(sz, ch)
             if blow is not None:
                 t, j = blow
                 blowups.append(Blowup(w, s, t, nodes[j], graph.node(nodes[j])["module"]))
+            elif not np.isfinite(lg).all():
+                # a non-finite loss gradient the sampled measurements missed: every step after
+                # that update measures a corrupted model, so none of it may confirm anything
+                t = int(np.flatnonzero(~np.isfinite(lg))[0])
+                size[wi, s, t + 1:], change[wi, s, t + 1:] = np.nan, np.nan
+                blow = (t + 1, None)
+                blowups.append(Blowup(w, s, t + 1, "d loss / d output", ""))
             t_train += time.perf_counter() - t2
             say(f"width {w} ({wi + 1}/{len(widths)}) seed {s + 1}/{S}: {T} steps in "
                 f"{time.perf_counter() - t2:.2f}s"
-                + (f"; non-finite from step {blow[0]} at node {nodes[blow[1]]}" if blow else ""))
+                + (f"; non-finite from step {blow[0]} at "
+                   f"{nodes[blow[1]] if blow[1] is not None else 'the loss gradient'}" if blow else ""))
             del model, opt, batches
         del runner, ep
         free_memory(dev)
@@ -372,6 +389,7 @@ def check(
                      f"({why}); disagreements there are reported as inconclusive.")
     compose(records, prop, tolerance)
     first_order_notes(records, prop)
+    non_finite_notes(records, blowups)
     for b in blowups[:5]:
         notes.append(f"non-finite values at width {b.width}, seed {b.seed}, step {b.step}, "
                      f"first at node {b.node} ({b.module or 'top'})")

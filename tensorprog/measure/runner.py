@@ -21,7 +21,7 @@ from ..validate import check_widths as validate_widths
 
 __all__ = ["Runner", "DEFAULT_LR", "default_loss", "check_widths", "resolve_device",
            "progress_printer", "default_optimizer", "batches_for",
-           "build_model", "make_opt", "free_memory", "program_for", "EXPORT_MODES",
+           "build_model", "make_opt", "eps_underflow_notes", "free_memory", "program_for", "EXPORT_MODES",
            "measured_nodes", "roundoff_recheck", "reference_nodes"]
 
 #: Ops whose outputs are features (the focus list), as in the engine's matrix rules.
@@ -128,6 +128,24 @@ def make_opt(make_optimizer, model, w):
         raise CheckError("make_optimizer must return a torch.optim.Optimizer or a list of them, got "
                          f"{bad[0] if bad else 'an empty list'}.")
     return opts[0] if len(opts) == 1 else Optimizers(opts)
+
+
+def eps_underflow_notes(opt, dtype) -> list[str]:
+    """Notes for optimizer eps values that are exactly zero in ``dtype`` (Adam's default 1e-8 is
+    below float16's smallest subnormal, 6e-8): a zero second moment then makes the step 0 / 0
+    (NaN) or m / 0 (inf), a numerical fault, not a width effect."""
+    out = []
+    for o in getattr(opt, "opts", [opt]):
+        for g in o.param_groups:
+            eps = g.get("eps")
+            eps = eps[0] if isinstance(eps, (tuple, list)) else eps
+            if isinstance(eps, (int, float)) and eps > 0 and \
+                    float(torch.tensor(eps, dtype=dtype)) == 0.0:
+                out.append(f"{type(o).__name__}'s eps = {eps:g} is 0 in {str(dtype).replace('torch.', '')}: "
+                           "an entry with a zero second moment steps by 0/0 (NaN) or m/0 (inf). Train "
+                           "in float32 (or pass an eps representable in that dtype).")
+                return out
+    return out
 
 
 def free_memory(dev):
