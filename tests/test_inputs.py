@@ -138,3 +138,39 @@ def test_random_state_restored_on_error():
     with pytest.raises(TensorprogError):
         analyze(Broken, (8, 16), example_inputs=EX)
     assert torch.equal(torch.rand(3), expected)
+
+
+# ----------------------------------------------------------------------------- eager forward
+
+
+class TokensIntoLinear(nn.Module):
+    """Integer token ids fed to a Linear: torch.export traces it, PyTorch cannot run it."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, n), nn.Linear(n, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+TOKENS = (torch.randint(0, 10, (4, 16), generator=torch.Generator().manual_seed(0)),)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_model_that_cannot_run_gets_the_eager_error_not_a_verdict(device):
+    with pytest.raises(RuntimeError, match="same dtype"):  # the premise: eager PyTorch refuses
+        TokensIntoLinear(8)(*TOKENS)
+    with pytest.raises(TraceError, match="does not run on the example inputs.*same dtype"):
+        analyze(TokensIntoLinear, (8, 16), example_inputs=TOKENS, device=device)
+    with pytest.raises(CheckError, match="does not run on the example inputs"):
+        check(TokensIntoLinear, (8, 16), example_inputs=TOKENS, steps=1, seeds=1, progress=False)
+
+
+def test_eager_forward_leaves_buffers_as_built():
+    from tensorprog.graph.export import eager_forward
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+    before = {k: b.clone() for k, b in model.named_buffers()}
+    eager_forward(model, (torch.randn(5, 4),), {}, 8)
+    assert all(torch.equal(b, before[k]) for k, b in model.named_buffers())

@@ -36,7 +36,7 @@ from ..validate import check_widths as validate_widths
 from ..rng import preserves_rng
 from ..ops import lookup
 from .hop import expand as expand_hops, hop_name, is_hop
-from .export import export_program  # noqa: F401 - re-exported (measure/runner.py)
+from .export import eager_forward, export_program  # noqa: F401 - re-exported (measure/runner.py)
 from .params import INIT_VALUES, finite, get_param, measure_init, read_optimizer
 from .uses import attach_uses
 from .widthgraph import ParamInfo, WidthGraph, short_op
@@ -84,6 +84,8 @@ def trace(
         say(f"building and exporting width {w}")
         model = _build(factory, w, device, seed)
         args, kwargs = example_args(example_inputs, model, w, device)
+        if w == widths[0] and device != "meta":
+            eager_forward(model, args, kwargs, w)
         models[w] = model
         programs[w], strict = export_program(model, args, kwargs, w, modes)
         modes = (strict,)  # the mode that worked at the first width serves the others
@@ -122,6 +124,8 @@ def trace(
         iw = check_widths(init_widths, "init_widths") if init_widths is not None else _small_widths(widths)
         init_models = {w: [_build(factory, w, "cpu", seed + s, check_finite=s == 0)
                            for s in range(init_seeds)] for w in iw}
+        m0 = init_models[iw[0]][0]
+        eager_forward(m0, *example_args(example_inputs, m0, iw[0], "cpu"), iw[0])
     else:
         iw = widths
         init_models = {w: [models[w]] + [_build(factory, w, "cpu", seed + s, check_finite=False)
