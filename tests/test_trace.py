@@ -387,7 +387,8 @@ def test_gpt2_tied_embedding(gpt2):
     assert wte.role == "input+output"
     assert wte.dims == (0, 1)
     emb, lin = use_of(wte, "embedding"), use_of(wte, "linear")
-    assert (emb.role, emb.fan_in, emb.fan_out) == ("input", (0,), (1,))
+    # a lookup sums over nothing: fan-in 1 (the one-hot id), the vocabulary is no fan-in (TP5 App B)
+    assert (emb.role, emb.fan_in, emb.fan_out) == ("input", (), (1,))
     assert (lin.role, lin.fan_in, lin.fan_out) == ("output", (1,), (0,))
     assert wte.init_exp == 0
     assert wte.init_rms[64] == pytest.approx(0.02, rel=0.05)
