@@ -31,11 +31,9 @@ def _gpt():
     return ex, mf
 
 
-def _stack_depth() -> int:
-    return torch._C._len_torch_function_stack()
-
-
-def test_plain_model_in_another_thread_is_bit_identical():
+def _pair():
+    """A plain zoo GPT and its apply_mup twin at 2 x base (same seed), the inputs, and each
+    model's output in a single-threaded run."""
     ex, mf = _gpt()
     w = 2 * BASE
     torch.manual_seed(0)
@@ -44,7 +42,15 @@ def test_plain_model_in_another_thread_is_bit_identical():
     mup = mf(w).eval()
     x = ex.example_inputs(w)
     with torch.no_grad():
-        ref_plain, ref_mup = plain(*x), mup(*x)
+        return plain, mup, x, plain(*x), mup(*x)
+
+
+def _stack_depth() -> int:
+    return torch._C._len_torch_function_stack()
+
+
+def test_plain_model_in_another_thread_is_bit_identical():
+    plain, mup, x, ref_plain, ref_mup = _pair()
     # the muP scale makes a difference at this width, so a leak would show
     same_weights = copy.deepcopy(mup)
     for m in same_weights.modules():
@@ -84,15 +90,7 @@ def test_plain_model_in_another_thread_is_bit_identical():
 
 
 def test_exception_inside_attention_leaves_nothing_behind():
-    ex, mf = _gpt()
-    w = 2 * BASE
-    torch.manual_seed(0)
-    plain = ex.factory(w).eval()
-    torch.manual_seed(0)
-    mup = mf(w).eval()
-    x = ex.example_inputs(w)
-    with torch.no_grad():
-        ref_plain, ref_mup = plain(*x), mup(*x)
+    plain, mup, x, ref_plain, ref_mup = _pair()
     attn = next(m for m in mup.modules() if any(
         isinstance(getattr(h, "__self__", None), AttentionScale) for h in m._forward_pre_hooks.values()))
 

@@ -85,3 +85,26 @@ def test_blowup_at_the_widest_widths_refutes_theta_one():
 def test_non_finite_not_growing_with_width_is_undetermined(vals):
     r = _judge(sp.Integer(0), vals)
     assert r.status == "inconclusive" and r.note.startswith("undetermined")
+
+
+class SkipNonFinite(torch.optim.SGD):
+    """SGD that skips a step whose gradients are not finite (as a loss scaler does)."""
+
+    def step(self, closure=None):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if all(torch.isfinite(x).all() for x in grads):
+            super().step(closure)
+
+
+def test_non_finite_loss_gradient_taints_the_rest_of_the_run():
+    """The loss gradient is NaN at every update while every measured value stays finite (the
+    optimizer skips such steps): the steps after it measure no training, so they are reported
+    non-finite at the loss gradient, not judged as a model that did not move."""
+    rep = check(MLP, WIDTHS, example_inputs=EX, steps=2, seeds=1, progress=False,
+                make_optimizer=lambda m: SkipNonFinite(m.parameters(), lr=0.1),
+                loss=lambda out, inputs: (out * float("nan")).sum())
+    assert [(b.width, b.step, b.node) for b in rep.blowups] == [(w, 1, "d loss / d output")
+                                                                for w in WIDTHS]
+    later = [r for r in rep.records if r.step >= 1]
+    assert later and all(r.blowup and r.status != "confirmed" for r in later)
+    assert all(not r.blowup for r in rep.records if r.step == 0)

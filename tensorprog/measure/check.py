@@ -347,10 +347,11 @@ def check(
             if blow is not None:
                 t, j = blow
                 blowups.append(Blowup(w, s, t, nodes[j], graph.node(nodes[j])["module"]))
-            elif not np.isfinite(lg).all():
+            elif any(m and not np.isfinite(v) for m, v in zip(runner.lgrad_measured, lg)):
                 # a non-finite loss gradient the sampled measurements missed: every step after
                 # that update measures a corrupted model, so none of it may confirm anything
-                t = int(np.flatnonzero(~np.isfinite(lg))[0])
+                t = next(k for k, (m, v) in enumerate(zip(runner.lgrad_measured, lg))
+                         if m and not np.isfinite(v))
                 size[wi, s, t + 1:], change[wi, s, t + 1:] = np.nan, np.nan
                 blow = (t + 1, None)
                 blowups.append(Blowup(w, s, t + 1, "d loss / d output", ""))

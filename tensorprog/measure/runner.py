@@ -459,6 +459,7 @@ class Runner:
             opt.step()
             del out, value
         self._buf = None
+        self.lgrad_measured = [v is not None for v in lgrad]  # NaN below: not measured, or NaN
         return _to_array(sizes, self.n), _to_array(changes, self.n), \
             _to_array([ref], self.n)[0], _to_array([lgrad], T)[0]
 
