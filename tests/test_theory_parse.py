@@ -108,3 +108,18 @@ def test_theory_reads_strings_as_exponents():
     assert p.equivalent(preset("muP", 2))
     assert ABC([0, 0], ["0", "oo"], 0).b[1] == sp.oo  # a zero-initialised readout
     assert uniform("1/4").r == sp.Rational(1, 4)
+
+
+def test_report_printers_do_not_evaluate_text(tmp_path):
+    """The exponent printers read strings too (exponents stored as text, e.g. read back from a
+    JSON report): they parse, never evaluate."""
+    from tensorprog.exponents import expr_text, fmt
+
+    marker = tmp_path / "pwned"
+    for s in _payloads(marker):
+        with pytest.raises(TensorprogError):
+            fmt(s)
+        with pytest.raises(TensorprogError):
+            expr_text(s)
+    assert not marker.exists()
+    assert fmt("-1/2") == "n^-1/2" and expr_text("1/fan_in") == "1/fan_in"
