@@ -8,6 +8,15 @@ the muP scale written into the modules' ``scale`` attribute instead (identical o
 and prints the time ratios.
 
 Run: python benchmarks/attention_scale.py [--widths 64 256 1024] [--repeats 30]
+
+Measured (2 shared CPU cores, one torch thread, best of 15; zoo GPT, 2 layers):
+
+ width   fwd mode  fwd plain  ratio   f+b mode  f+b plain  ratio
+    64     0.65ms     0.55ms   1.18     1.95ms     1.81ms   1.08
+   256     3.32ms     3.34ms   0.99    10.83ms    11.31ms   0.96
+   512    12.12ms    11.83ms   1.02    36.46ms    38.06ms   0.96
+
+so the mode costs ~0.1 ms per forward: visible on a tiny model, within noise from width 256.
 """
 from __future__ import annotations
 
