@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 import sympy as sp
 
+from .theory.parse import parse_exponent
+
 #: Largest denominator an exact exponent may have (n^{1/8} and finer are not parametrizations).
 MAX_DENOMINATOR = 8
 
@@ -73,7 +75,7 @@ def fmt(e) -> str:
             return EXACT_ZERO
         if e in ("inf", "oo"):
             return "inf"
-        e = sp.sympify(e)
+        e = parse_exponent(e)  # never sympify text: it evaluates it as Python
     e = sp.nsimplify(e)
     if e == -sp.oo:
         return EXACT_ZERO
@@ -90,6 +92,6 @@ def expr_text(expr) -> str:
     """A rule (an expression in fan_in, fan_out, width_mult) as text: '1/fan_in'."""
     if expr is None:
         return "-"
-    num, den = sp.fraction(sp.sympify(expr))
+    num, den = sp.fraction(parse_exponent(expr, "rule") if isinstance(expr, str) else sp.sympify(expr))
     text = str(num) if den == 1 else (f"{num}/{den}" if den.is_Atom or den.is_Pow else f"{num}/({den})")
     return text.replace("**", "^")

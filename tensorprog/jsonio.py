@@ -3,7 +3,7 @@ record, and ``JSONMixin``: ``to_json`` / ``from_json`` / equality by content.
 
 The encoding, the same in every file tensorprog writes:
 
-* exponents (SymPy values) are text: "1/2", "-1", "inf" / "-inf" for +-oo (``parse_exponent``
+* exponents (SymPy values) are text: "1/2", "-1", "inf" / "-inf" for +-oo (``read_exponent``
   reads them back); expressions in named symbols likewise ("1/fan_in", ``parse_expression``);
 * a non-finite float (NaN, +-inf: a diverged run, a value that was not measured) is the object
   ``{"nonfinite": "nan"}`` / ``{"nonfinite": "inf"}`` / ``{"nonfinite": "-inf"}`` wherever it
@@ -21,7 +21,7 @@ import re
 
 import sympy as sp
 
-__all__ = ["jsonable", "from_jsonable", "dumps", "read_json", "parse_exponent",
+__all__ = ["jsonable", "from_jsonable", "dumps", "read_json", "read_exponent",
            "parse_expression", "JSONMixin", "NONFINITE"]
 
 NONFINITE = "nonfinite"
@@ -75,7 +75,7 @@ def read_json(source: str):
 _RATIONAL = re.compile(r"[+-]?\d+(/\d+)?")
 
 
-def parse_exponent(x):
+def read_exponent(x):
     """An exponent as ``jsonable`` wrote it -> SymPy: "1/2" -> Rational(1, 2), "inf" -> oo,
     "-inf" -> -oo; None stays None; other text ("zero", "?", an expression) is returned as it is.
     Never evaluates anything."""

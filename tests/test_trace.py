@@ -214,10 +214,12 @@ def test_multiplier_spellings(mode, out_w, out_b):
     assert g.params["out.weight"].lr_exp is None and g.optimizer is None  # no optimizer given
 
 
-def test_widths_are_sorted_and_deduplicated():
-    g = tp.trace(MLP, (128, 64, 128), example_inputs=X_MLP, init_seeds=1)
+def test_widths_are_sorted_and_repeats_refused():
+    g = tp.trace(MLP, (128, 64), example_inputs=X_MLP, init_seeds=1)
     assert g.widths == (64, 128)
     assert g.params["hid.weight"].dims == (1, 1)
+    with pytest.raises(TraceError, match="repeated values"):  # a typo, not silently merged
+        tp.trace(MLP, (128, 64, 128), example_inputs=X_MLP)
 
 
 def test_example_inputs_as_callable_and_model_method():
@@ -385,7 +387,8 @@ def test_gpt2_tied_embedding(gpt2):
     assert wte.role == "input+output"
     assert wte.dims == (0, 1)
     emb, lin = use_of(wte, "embedding"), use_of(wte, "linear")
-    assert (emb.role, emb.fan_in, emb.fan_out) == ("input", (0,), (1,))
+    # a lookup sums over nothing: fan-in 1 (the one-hot id), the vocabulary is no fan-in (TP5 App B)
+    assert (emb.role, emb.fan_in, emb.fan_out) == ("input", (), (1,))
     assert (lin.role, lin.fan_in, lin.fan_out) == ("output", (1,), (0,))
     assert wte.init_exp == 0
     assert wte.init_rms[64] == pytest.approx(0.02, rel=0.05)
@@ -748,9 +751,12 @@ def test_factory_returns_non_module():
         tp.trace(lambda n: (MLP(n), None), (64, 128), example_inputs=X_MLP)
 
 
-@pytest.mark.parametrize("widths", [(64,), (64, 64), (), (0, 64)])
-def test_too_few_widths(widths):
-    with pytest.raises(TraceError, match="at least two distinct positive widths"):
+@pytest.mark.parametrize("widths, message", [((64,), "at least two distinct positive widths"),
+                                              ((64, 64), "repeated"),
+                                              ((), "at least two distinct positive widths"),
+                                              ((0, 64), "must be positive")])
+def test_too_few_widths(widths, message):
+    with pytest.raises(TraceError, match=message):
         tp.trace(MLP, widths, example_inputs=X_MLP)
 
 

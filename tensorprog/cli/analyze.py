@@ -18,7 +18,7 @@ def add_arguments(p) -> None:
 
 def parse_lr_rule(items):
     """['hidden=-1', 'output=-1'] -> {'hidden': -1, 'output': -1} (LR ~ n^exp per role)."""
-    import sympy as sp
+    from ..theory.parse import parse_exponent
 
     out = {}
     for item in items or ():
@@ -27,8 +27,8 @@ def parse_lr_rule(items):
             raise TensorprogError(f"--lr-rule {item!r}: write ROLE=EXPONENT with ROLE in input, "
                                   "hidden, output, vector, scalar (e.g. hidden=-1 for LR ~ 1/width).")
         try:
-            out[role] = sp.Rational(exp)
-        except (TypeError, ValueError):
+            out[role] = parse_exponent(exp, f"--lr-rule {role}", symbols=False)
+        except TensorprogError:
             raise TensorprogError(f"--lr-rule {item!r}: {exp!r} is not a number; write e.g. "
                                   "hidden=-1 or output=-1/2.") from None
     return out

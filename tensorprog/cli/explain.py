@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 
-import sympy as sp
-
 from ..errors import TensorprogError
+from ..theory.parse import parse_exponent
 from ..text.explain import THEORY_TARGETS, explain_parameter, explain_preset
 from .load import load_target
 
@@ -24,7 +23,7 @@ def rationals(values, what: str) -> list:
         if not re.fullmatch(r"[+-]?(\d+(/\d+)?|\d*\.\d+)", x):
             raise TensorprogError(f"{what}: {x!r} is not a rational number (write e.g. 0, 1/2, "
                                   "-1/2 or 0.5)")
-    return [sp.Rational(x) for x in out]
+    return [parse_exponent(x, what, symbols=False) for x in out]
 
 
 def add_arguments(parser):

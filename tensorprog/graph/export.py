@@ -52,6 +52,34 @@ def export_program(model, args, kwargs, width, modes=(False, True)):
         "HuggingFace models pass use_cache=False in the config.") from e
 
 
+def eager_forward(model, args, kwargs, width) -> None:
+    """Run the model once eagerly on the example inputs, as PyTorch would, before its export is
+    trusted. torch.export traces with fake tensors and can accept programs the eager model
+    rejects (integer tokens fed to a Linear export fine but fail ``mat1 and mat2 must have the
+    same dtype`` in eager mode); a verdict on a model that cannot run would be about nothing.
+    Buffers (BatchNorm running statistics) are restored afterwards, so the export sees the
+    model as built. One forward at the smallest width: cheap next to the exports."""
+    buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model(*args, **kwargs)
+    except TraceError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the model's own error, reported as the cause
+        where = _user_frame(e, model)
+        raise TraceError(
+            f"the model does not run on the example inputs (an eager forward at width {width}"
+            f"{where} raised {type(e).__name__}: {_first_line(e)}). tensorprog analyses the model "
+            "PyTorch runs, so fix the model or the inputs first (e.g. integer token ids need an "
+            "nn.Embedding, not a Linear; a Linear needs float inputs of its in_features).") from e
+    finally:
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                if k in buffers and b.shape == buffers[k].shape:
+                    b.copy_(buffers[k])
+
+
 @contextlib.contextmanager
 def _frozen_width_mults(model):
     """The public mup package's readouts call ``self.width_mult()``, which reads

@@ -32,9 +32,11 @@ import torch.nn as nn
 
 from ..errors import TraceError
 from ..exponents import exact_exponent
+from ..validate import check_widths as validate_widths
+from ..rng import preserves_rng
 from ..ops import lookup
 from .hop import expand as expand_hops, hop_name, is_hop
-from .export import export_program  # noqa: F401 - re-exported (measure/runner.py)
+from .export import eager_forward, export_program  # noqa: F401 - re-exported (measure/runner.py)
 from .params import (INIT_VALUES, finite, get_param, measure_gradients, measure_init,
                      read_optimizer)
 from .uses import attach_uses
@@ -45,6 +47,7 @@ from .widthgraph import ParamInfo, WidthGraph, short_op
 
 
 
+@preserves_rng
 def trace(
     factory: Callable[[int], nn.Module],
     widths: Sequence[int] = (64, 128, 256),
@@ -82,6 +85,8 @@ def trace(
         say(f"building and exporting width {w}")
         model = _build(factory, w, device, seed)
         args, kwargs = example_args(example_inputs, model, w, device)
+        if w == widths[0] and device != "meta":
+            eager_forward(model, args, kwargs, w)
         models[w], inputs[w] = model, (args, kwargs)
         programs[w], strict = export_program(model, args, kwargs, w, modes)
         modes = (strict,)  # the mode that worked at the first width serves the others
@@ -117,9 +122,11 @@ def trace(
                    math.ceil(INIT_VALUES[1] / min(vectors)) if vectors else 1)
         init_seeds = max(1, min(16, need, int(5e6 // max(sum(sizes), 1))))
     if device == "meta":
-        iw = check_widths(init_widths) if init_widths else _small_widths(widths)
+        iw = check_widths(init_widths, "init_widths") if init_widths is not None else _small_widths(widths)
         init_models = {w: [_build(factory, w, "cpu", seed + s, check_finite=s == 0)
                            for s in range(init_seeds)] for w in iw}
+        m0 = init_models[iw[0]][0]
+        eager_forward(m0, *example_args(example_inputs, m0, iw[0], "cpu"), iw[0])
     else:
         iw = widths
         init_models = {w: [models[w]] + [_build(factory, w, "cpu", seed + s, check_finite=False)
@@ -152,16 +159,9 @@ def progress_printer(enabled):
     return say
 
 
-def check_widths(widths) -> list[int]:
-    try:
-        ws = sorted({int(w) for w in widths})
-    except (TypeError, ValueError):
-        raise TraceError(f"widths must be a sequence of positive integers, got {widths!r}.") from None
-    if len(ws) < 2 or ws[0] <= 0:
-        raise TraceError(
-            f"need at least two distinct positive widths to fit exponents, got {widths!r}. "
-            "Pass e.g. widths=(64, 128, 256); three or more make the fit checkable.")
-    return ws
+def check_widths(widths, what: str = "widths") -> list[int]:
+    """``validate.check_widths`` reported as a TraceError."""
+    return validate_widths(widths, error=TraceError, what=what)
 
 
 def _small_widths(widths):

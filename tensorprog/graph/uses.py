@@ -157,8 +157,8 @@ def role(kind, dims, fan_in, fan_out):
     inf = (lambda ds: any(dims[d] is None or dims[d] > 0 for d in ds))
     if not inf(range(len(dims))):  # no infinite dim: scalar-like whatever consumes it (TP5 §B)
         return "scalar"
-    if kind == "vector":
-        return "vector"
+    if kind == "vector":  # a lookup's indexed dim is not in its fan_out: scalar-like if only it grows
+        return "vector" if inf(fan_out) else "scalar"
     if kind != "matrix":
         return "unknown"
     i, o = inf(fan_in), inf(fan_out)
@@ -237,7 +237,7 @@ def attach_uses(graph):
                 fan_in = tuple(d for d in range(ndim) if dmap[d] & use.fan_in)
                 fan_out = tuple(d for d in range(ndim) if dmap[d] & use.fan_out)
                 if use.kind == "vector":
-                    fan_in, fan_out = (), tuple(d for d in range(ndim) if dmap[d])
+                    fan_in, fan_out = (), tuple(d for d in range(ndim) if dmap[d] & use.fan_out)
                 total = mult + io_multiplier(graph, user, data["pos"], use.kind, owners)
                 p.uses.append(ParamUse(node=user, op=graph.node(user)["op"], kind=use.kind,
                                        fan_in=fan_in, fan_out=fan_out,

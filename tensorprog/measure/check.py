@@ -65,8 +65,15 @@ Status rules (``Tolerance``; defaults in brackets)
   into a visible move. Such records are re-measured once in float64 (smallest width, seed 0):
   if the value shrinks below ``roundoff`` [1e-3] of its float32 value, it was roundoff and the
   zero is confirmed (with a note); a real change does not depend on the precision.
-* a non-finite value (NaN / inf) at some width: a measured **blow-up**; confirmed if the engine
-  predicted growth (exponent > 0), refuted if it predicted Theta(1) or less.
+* a non-finite value (NaN / inf) at some width: a **blow-up**, never a confirmation (a
+  non-finite value measures no size). Refuted when it reads as growth with width that the
+  prediction rules out (finite at the smallest widths, non-finite from some width on, Theta(1)
+  or less predicted); otherwise undetermined (status "inconclusive", the reason in the note):
+  non-finite at every width is a numerical fault (float16 with Adam's eps = 1e-8, which is 0 in
+  float16; a NaN in the model), and a blow-up where growth is predicted agrees with it but does
+  not measure it. A non-finite loss gradient that the (sampled) measurements missed marks every
+  later step of that run non-finite. Each such record's note and the report's ``blowups`` say
+  where it first went non-finite (width, seed, step, node).
 * predicted growth (exponent > 0, an unstable node): confirmed by significant growth,
   slope >= ``growth_min`` [0.25] and slope >= 3 stderr; refuted when clearly not growing,
   slope + 3 stderr < ``growth_min`` / 2; else inconclusive. The slope is reported but not
@@ -119,12 +126,14 @@ import torch.nn as nn
 
 from ..errors import CheckError
 from ..jsonio import JSONMixin
+from ..validate import check_steps
+from ..rng import preserves_rng
 from .judge import (NEG, Blowup, Record, Tolerance, assumption_step, compose, first_blowup,
-                    first_order_notes, judge, loss_grad_fits, outside_assumptions)
+                    first_order_notes, judge, loss_grad_fits, non_finite_notes, outside_assumptions)
 from .data import batches_for, data_source, first_batch
 from .memory import check_memory
 from .runner import (EXPORT_MODES, Runner, build_model, check_widths, default_loss,
-                     default_optimizer, free_memory, make_opt, measured_nodes, program_for,
+                     default_optimizer, eps_underflow_notes, free_memory, make_opt, measured_nodes, program_for,
                      progress_printer, reference_nodes, resolve_device, roundoff_recheck)
 
 __all__ = ["check", "CheckReport", "Record", "Tolerance", "Blowup", "default_loss"]
@@ -207,12 +216,12 @@ class CheckReport(JSONMixin):
     @classmethod
     def from_dict(cls, d: dict) -> "CheckReport":
         """Inverse of ``to_dict`` (decoded JSON: ``jsonio.read_json``)."""
-        from ..jsonio import from_jsonable, parse_exponent
+        from ..jsonio import from_jsonable, read_exponent
 
         d = from_jsonable(d)  # plain json.loads output too
 
         def record(r):
-            predicted = None if r["predicted"] == "?" else parse_exponent(r["predicted"])
+            predicted = None if r["predicted"] == "?" else read_exponent(r["predicted"])
             return Record(node=r["node"], module=r["module"], op=r["op"], kind=r["kind"],
                           step=r["step"], slope=r["slope"], stderr=r["stderr"],
                           predicted=predicted, status=r["status"], focus=r["focus"],
@@ -238,6 +247,7 @@ class CheckReport(JSONMixin):
         return plot_check(self, path, max_groups)
 
 
+@preserves_rng
 def check(
     factory: Callable[[int], nn.Module],
     widths: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
@@ -282,10 +292,8 @@ def check(
 
     t_start = time.perf_counter()
     widths = check_widths(widths)
-    if not isinstance(steps, int) or steps < 1:
-        raise CheckError(f"steps must be a positive integer (training steps to measure), got {steps!r}.")
-    if not isinstance(seeds, int) or seeds < 1:
-        raise CheckError(f"seeds must be a positive integer, got {seeds!r}.")
+    steps = check_steps(steps, CheckError)
+    seeds = check_steps(seeds, CheckError, "seeds")
     if not callable(factory) or isinstance(factory, nn.Module):
         raise CheckError("factory must be a callable width -> nn.Module (e.g. `lambda n: "
                          "MyModel(hidden=n)`), not a model instance.")
@@ -307,7 +315,7 @@ def check(
     # --- predictions
     t0 = time.perf_counter()
     if graph is None:
-        tw = sorted(set(int(w) for w in trace_widths)) if trace_widths else widths[:3]
+        tw = check_widths(trace_widths, "trace_widths") if trace_widths is not None else widths[:3]
         say(f"tracing at widths {tw} for the predictions")
         from ..errors import TraceError
         try:
@@ -360,16 +368,27 @@ def check(
             model0 = None
             batches = batches_for(data_fn, example_inputs, model, w, dev, dtype, T + 1)
             opt = make_opt(make_optimizer, model, w)
+            if wi == 0 and s == 0:
+                notes.extend(eps_underflow_notes(opt, dtype))
             sz, ch, r0, lg = runner.train(model, opt, batches, loss_fn, T)
             size[wi, s], change[wi, s], ref[wi, s], lgrad[wi, s] = sz, ch, r0, lg
             blow = first_blowup(sz, ch)
             if blow is not None:
                 t, j = blow
                 blowups.append(Blowup(w, s, t, nodes[j], graph.node(nodes[j])["module"]))
+            elif any(m and not np.isfinite(v) for m, v in zip(runner.lgrad_measured, lg)):
+                # a non-finite loss gradient the sampled measurements missed: every step after
+                # that update measures a corrupted model, so none of it may confirm anything
+                t = next(k for k, (m, v) in enumerate(zip(runner.lgrad_measured, lg))
+                         if m and not np.isfinite(v))
+                size[wi, s, t + 1:], change[wi, s, t + 1:] = np.nan, np.nan
+                blow = (t + 1, None)
+                blowups.append(Blowup(w, s, t + 1, "d loss / d output", ""))
             t_train += time.perf_counter() - t2
             say(f"width {w} ({wi + 1}/{len(widths)}) seed {s + 1}/{S}: {T} steps in "
                 f"{time.perf_counter() - t2:.2f}s"
-                + (f"; non-finite from step {blow[0]} at node {nodes[blow[1]]}" if blow else ""))
+                + (f"; non-finite from step {blow[0]} at "
+                   f"{nodes[blow[1]] if blow[1] is not None else 'the loss gradient'}" if blow else ""))
             del model, opt, batches
         del runner, ep
         free_memory(dev)
@@ -400,6 +419,7 @@ def check(
                      f"({why}); disagreements there are reported as inconclusive.")
     compose(records, prop, tolerance)
     first_order_notes(records, prop)
+    non_finite_notes(records, blowups)
     for b in blowups[:5]:
         notes.append(f"non-finite values at width {b.width}, seed {b.seed}, step {b.step}, "
                      f"first at node {b.node} ({b.module or 'top'})")

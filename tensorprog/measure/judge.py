@@ -17,6 +17,7 @@ import sympy as sp
 from ..exponents import fmt
 
 __all__ = ["Tolerance", "Blowup", "Record", "judge", "fit", "compose", "first_order_notes",
+           "non_finite_notes",
            "assumption_step", "outside_assumptions", "loss_grad_fits", "first_blowup", "exp_str",
            "json_number", "NEG"]
 
@@ -133,13 +134,7 @@ def judge(name, attrs, kind, t, pred, vals, scale, widths, tol: Tolerance, focus
             rec.note = f"slope over widths {[w for w, k in zip(widths, pos) if k]}"
 
     if bad.any():
-        rec.blowup = True
-        where = [w for w, k in zip(widths, bad.any(axis=1)) if k]
-        grows = pred != NEG and pred > 0
-        rec.status = "confirmed" if grows else "refuted"
-        rec.note = f"non-finite (blow-up) at widths {where}" + ("" if grows else
-                                                                 f"; predicted {fmt(pred)}")
-        return rec
+        return _non_finite(rec, bad.any(axis=1), widths, pred)
     if pred == NEG:
         if kind == "change":
             s = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
@@ -188,6 +183,48 @@ def judge(name, attrs, kind, t, pred, vals, scale, widths, tol: Tolerance, focus
     else:
         rec.status = "inconclusive"
     return rec
+
+
+def _non_finite(rec: Record, bad_rows, widths, pred) -> Record:
+    """A record with a NaN / inf measurement: never confirmed (a non-finite value measures no
+    size). Refuted only when it reads as growth with width that the prediction rules out: the
+    smallest width finite in every seed, the non-finite ones the widest, and no growth predicted.
+    Otherwise undetermined (status "inconclusive"): non-finite at every width is a numerical
+    fault (dtype, an eps that underflows, a NaN in the model), not a width effect; and a blow-up
+    where growth is predicted agrees with it but is no measurement of it."""
+    rec.blowup = True
+    where = [w for w, k in zip(widths, bad_rows) if k]
+    grows = pred != NEG and pred > 0
+    k = len(widths) - len(where)
+    suffix = 0 < k and not any(bad_rows[:k])  # finite at the k smallest widths, not beyond
+    if suffix and not grows:
+        rec.status = "refuted"
+        rec.note = (f"non-finite from width {where[0]} on (widths {where}), finite below: it grows "
+                    f"with width, where {fmt(pred)} is predicted")
+        return rec
+    rec.status = "inconclusive"
+    why = ("at every width: a numerical fault (dtype, an optimizer eps that underflows, a NaN "
+           "in the model), not a width effect" if k == 0 else
+           "at widths that do not grow in order" if not suffix else
+           f"where growth {fmt(pred)} is predicted: a blow-up agrees with it but measures nothing")
+    rec.note = f"undetermined: non-finite (NaN / inf) values at widths {where}, {why}"
+    return rec
+
+
+def non_finite_notes(records, blowups) -> None:
+    """Append to each record with non-finite values where its run first went non-finite
+    (width, seed, step, node): the first ``Blowup`` of each affected width."""
+    first = {}
+    for b in blowups:
+        first.setdefault(b.width, b)
+    for r in records:
+        if not r.blowup:
+            continue
+        at = [first[w] for w, vs in r.values.items() if w in first
+              and not all(math.isfinite(v) for v in vs)]
+        if at:
+            r.note += "; first non-finite: " + ", ".join(
+                f"width {b.width} seed {b.seed} step {b.step} node {b.node}" for b in at[:3])
 
 
 def loss_grad_fits(lgrad, widths, tol: Tolerance) -> dict:

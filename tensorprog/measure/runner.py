@@ -15,13 +15,14 @@ import torch.nn as nn
 import torch.utils._pytree as pytree
 
 from .data import batches_for, cast, split
-from ..errors import CheckError, TensorprogError, TraceError
+from ..errors import CheckError, TensorprogError
 from .judge import NEG, Tolerance
 from .memory import float_nodes, out_of_memory
+from ..validate import check_widths as validate_widths
 
 __all__ = ["Runner", "DEFAULT_LR", "default_loss", "check_widths", "resolve_device",
            "progress_printer", "default_optimizer", "batches_for",
-           "build_model", "make_opt", "free_memory", "program_for", "EXPORT_MODES",
+           "build_model", "make_opt", "eps_underflow_notes", "free_memory", "program_for", "EXPORT_MODES",
            "measured_nodes", "roundoff_recheck", "reference_nodes"]
 
 #: Ops whose outputs are features (the focus list), as in the engine's matrix rules.
@@ -50,14 +51,9 @@ def default_loss(output, inputs) -> torch.Tensor:
     return 0.5 * ((y - target) ** 2).mean()
 
 
-def check_widths(widths) -> list[int]:
-    """trace's width validation, reported as a CheckError."""
-    from ..graph.trace import check_widths as check_trace_widths
-
-    try:
-        return check_trace_widths(widths)
-    except TraceError as e:
-        raise CheckError(str(e)) from None
+def check_widths(widths, what: str = "widths") -> list[int]:
+    """The package's width validation (``validate.check_widths``), reported as a CheckError."""
+    return validate_widths(widths, error=CheckError, what=what)
 
 
 def resolve_device(device) -> torch.device:
@@ -133,6 +129,24 @@ def make_opt(make_optimizer, model, w):
         raise CheckError("make_optimizer must return a torch.optim.Optimizer or a list of them, got "
                          f"{bad[0] if bad else 'an empty list'}.")
     return opts[0] if len(opts) == 1 else Optimizers(opts)
+
+
+def eps_underflow_notes(opt, dtype) -> list[str]:
+    """Notes for optimizer eps values that are exactly zero in ``dtype`` (Adam's default 1e-8 is
+    below float16's smallest subnormal, 6e-8): a zero second moment then makes the step 0 / 0
+    (NaN) or m / 0 (inf), a numerical fault, not a width effect."""
+    out = []
+    for o in getattr(opt, "opts", [opt]):
+        for g in o.param_groups:
+            eps = g.get("eps")
+            eps = eps[0] if isinstance(eps, (tuple, list)) else eps
+            if isinstance(eps, (int, float)) and eps > 0 and \
+                    float(torch.tensor(eps, dtype=dtype)) == 0.0:
+                out.append(f"{type(o).__name__}'s eps = {eps:g} is 0 in {str(dtype).replace('torch.', '')}: "
+                           "an entry with a zero second moment steps by 0/0 (NaN) or m/0 (inf). Train "
+                           "in float32 (or pass an eps representable in that dtype).")
+                return out
+    return out
 
 
 def free_memory(dev):
@@ -446,6 +460,7 @@ class Runner:
             opt.step()
             del out, value
         self._buf = None
+        self.lgrad_measured = [v is not None for v in lgrad]  # NaN below: not measured, or NaN
         return _to_array(sizes, self.n), _to_array(changes, self.n), \
             _to_array([ref], self.n)[0], _to_array([lgrad], T)[0]
 

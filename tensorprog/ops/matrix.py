@@ -59,7 +59,11 @@ def _bilinear_use(attrs, pos, ndim):
 
 
 def _embedding_use(attrs, pos, ndim):
-    return Use("matrix", frozenset({0}), frozenset({1})) if pos == "0" else Use("index")
+    """embedding(W, ids) reads row ids[t] of W: no sum over the vocabulary, so the fan-in is the
+    one-hot id's, 1 (as a bias's; TP5 App B: an embedding is an input weight whatever its
+    vocabulary size). A vocabulary that grows with width is then no fan-in: the table is an
+    input weight when d grows, scalar-like when d is finite, never a readout or hidden."""
+    return Use("matrix", frozenset(), frozenset({1})) if pos == "0" else Use("index")
 
 
 def _fixed(pos):

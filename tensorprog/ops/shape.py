@@ -7,7 +7,7 @@ which dim they cut: disjoint slices of a fresh projection's output dim are indep
 """
 from __future__ import annotations
 
-from .core import NEG, ZERO, Op, OpSpec, Undetermined, mx, no_back, pass_back, same, vector_use
+from .core import NEG, ZERO, Op, OpSpec, Undetermined, Use, mx, no_back, pass_back, same, vector_use
 from .registry import register
 
 
@@ -69,6 +69,23 @@ def _reshape(args, old, new):
 
 
 _view_use = (lambda attrs, pos, ndim: vector_use(ndim))
+
+
+def _lookup_use(attrs, pos, ndim):
+    """A table read by integer ids (``W[ids]``, ``index_select(W, d, ids)``, ``gather``): each
+    output entry is one entry of the table, with no sum over the indexed dim, so that dim is
+    neither a fan-in nor a fan-out (a lookup is never a readout, whatever the vocabulary's size;
+    TP5 App B: an embedding is an input weight). The other dims index the output."""
+    if pos != "0":
+        return vector_use(ndim)
+    args = attrs["args"]
+    if attrs["op"] == "index":
+        ids = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else []
+        indexed = {d for d, t in enumerate(ids) if t is not None}
+    else:
+        d = args[1] if len(args) > 1 and isinstance(args[1], int) else None
+        indexed = {d % ndim} if d is not None and ndim else set()
+    return Use("vector", frozenset(), frozenset(range(ndim)) - frozenset(indexed))
 
 
 def _view(names, dim_map=_ident, backward=pass_back, forward=None):
@@ -146,8 +163,9 @@ register(OpSpec(tuple(SPLITS) + ("getitem",), _slice_fwd, pass_back))
 # gathering and rearranging entries keeps the coordinate scale
 register(OpSpec(("polar", "view_as_complex", "view_as_real", "unfold", "complex", "real", "imag"),
                 same, pass_back))  # RoPE in complex numbers (Llama 4), sliding windows: same scale
-register(OpSpec(("index", "index_select", "gather", "sort", "topk", "kthvalue", "roll", "flip", "repeat", "repeat_interleave",
-                 "tile", "pad", "constant_pad_nd", "tril", "triu", "take_along_dim",
+register(OpSpec(("index", "index_select", "gather", "take_along_dim"), same, pass_back, use=_lookup_use))
+register(OpSpec(("sort", "topk", "kthvalue", "roll", "flip", "repeat", "repeat_interleave",
+                 "tile", "pad", "constant_pad_nd", "tril", "triu",
                  "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
                  "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool2d"),
                 same, pass_back, use=_view_use))

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 
 from .engine import NEG, ZERO, Propagation, Unresolved, propagate
-from ..errors import TensorprogError
+from ..errors import TensorprogError, TraceError
 from ..exponents import fmt
 from ..graph.trace import trace
 from ..graph.uses import chain_end, is_view
@@ -29,6 +29,8 @@ from .fixes import mup_fixes
 from .records import AttentionVerdict, Change, FixSet, ParamVerdict, Problem, UseVerdict
 from ..graph.widthgraph import WidthGraph
 from ..jsonio import JSONMixin, jsonable
+from ..validate import check_steps, check_widths
+from ..rng import preserves_rng
 
 
 
@@ -115,8 +117,8 @@ class Report(JSONMixin):
     @classmethod
     def from_dict(cls, d: dict) -> "Report":
         """Inverse of ``to_dict`` (decoded JSON: ``jsonio.read_json``); exponents are read back
-        with ``jsonio.parse_exponent`` (no evaluation)."""
-        from ..jsonio import from_jsonable, parse_exponent as e
+        with ``jsonio.read_exponent`` (no evaluation)."""
+        from ..jsonio import from_jsonable, read_exponent as e
 
         d = from_jsonable(d)  # plain json.loads output too
 
@@ -171,6 +173,7 @@ class Report(JSONMixin):
 # ----------------------------------------------------------------------------- analyze
 
 
+@preserves_rng
 def analyze(
     factory: Callable | WidthGraph,
     widths: Sequence[int] = (64, 128, 256),
@@ -200,6 +203,9 @@ def analyze(
     from ..graph.optimizers import optimizer_class as steps_class
     from ..theory.abc import optimizer_class
 
+    steps = check_steps(steps)  # before the (slow) trace
+    if not isinstance(factory, WidthGraph):
+        check_widths(widths, error=TraceError)
     graph = factory if isinstance(factory, WidthGraph) else trace(
         factory, widths, example_inputs=example_inputs, make_optimizer=make_optimizer,
         device=device, init_widths=init_widths, progress=progress)

@@ -54,8 +54,9 @@ def format_check(rep) -> str:
                          f"predicted {fmt(r.predicted)}, {what}")
     if rep.blowups:
         b = rep.blowups[0]
-        lines.append(f"  blow-up: non-finite values in {len(rep.blowups)} run(s); first at width "
-                     f"{b.width}, seed {b.seed}, step {b.step}, node {b.node} ({b.module or 'top'})")
+        lines.append(f"  non-finite (NaN / inf) values in {len(rep.blowups)} run(s), never counted as a "
+                     f"confirmation; first at width {b.width}, seed {b.seed}, step {b.step}, node "
+                     f"{b.node} ({b.module or 'top'})")
     bad = rep.refuted()
     if bad:
         lines += ["", f"  refuted ({len(bad)}):"]

@@ -9,6 +9,7 @@ import sympy as sp
 
 from ..errors import TensorprogError
 from ..exponents import fmt
+from ..theory.parse import parse_exponent
 
 from .doc import Doc, expr, holds, tup
 
@@ -229,7 +230,8 @@ def explain_preset(name: str | None = None, L: int | None = None, optimizer: Any
                               "(learning rate n^{E}), not both")
     cval = listify(c)
     if lr_exponent is not None:
-        cval = [-sp.Rational(x) if isinstance(x, (int, str)) else -x for x in listify(lr_exponent)]
+        cval = [-(parse_exponent(x, 'lr_exponent') if isinstance(x, str) else sp.sympify(x, strict=True))
+                for x in listify(lr_exponent)]
     if cval is not None and len(cval) == 1:
         cval = cval[0]
     if L is not None and (isinstance(L, bool) or not isinstance(L, int) or L < 1):
@@ -253,4 +255,5 @@ def explain_preset(name: str | None = None, L: int | None = None, optimizer: Any
 
 
 def _cval(c) -> str:
-    return tup(c) if isinstance(c, (list, tuple)) else expr(sp.sympify(c))
+    return tup(c) if isinstance(c, (list, tuple)) else expr(
+        parse_exponent(c, 'c') if isinstance(c, str) else sp.sympify(c, strict=True))

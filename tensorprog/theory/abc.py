@@ -38,10 +38,11 @@ from typing import Any, Sequence
 import sympy as sp
 from sympy.logic.boolalg import BooleanAtom
 
-from ..errors import TheoryError
+from ..errors import TensorprogError, TheoryError
 from ..graph.optimizers import GEOMETRIES
 from .updates import (SHIFT, alignment_name, layer_alignments, optimizer_classes,
                       optimizer_geometry, update_exponents)
+from .parse import ExponentParseError, parse_exponent
 
 __all__ = [
     "ABC", "Condition", "TheoryError", "OPTIMIZER_CLASSES", "optimizer_class", "preset",
@@ -87,10 +88,12 @@ def _sym(x: Any, what: str, zero_init: bool = False) -> sp.Expr:
             return sp.nsimplify(x, rational=True)
         if isinstance(x, Fraction):
             return sp.Rational(x.numerator, x.denominator)
-        if isinstance(x, str):
-            value = sp.sympify(x, rational=True)
+        if isinstance(x, str):  # never sympify: it evaluates the string as Python
+            value = parse_exponent(x, what)
         else:
-            value = sp.sympify(x)
+            value = sp.sympify(x, strict=True)
+    except ExponentParseError as err:
+        raise TheoryError(str(err)) from None
     except (sp.SympifyError, TypeError, SyntaxError) as err:
         raise TheoryError(f"{what}: cannot read {x!r} as an exponent ({err})") from None
     if not isinstance(value, sp.Expr) or value.is_real is False:

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import TransferError
+from ..validate import check_widths
 from .backends import BACKENDS, TrialConfig, TrialResult, run_local, run_ray, run_trial
 from .hparams import (HPData, HPFactory, HPOptimizer, TrialPoint, check_values, default_scale,
                       describe_point, route_hparams)
@@ -199,9 +200,8 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
             raise TransferError(f"hparams must be a non-empty dict name -> values; got {hparams!r}")
         grid = {k: check_values(k, v) for k, v in hparams.items()}
     what = "widths" if along == "width" else f"sizes along {along}"
-    widths = _check_sizes(widths, what, int, 2, "to measure how the best value moves")
-    if any(w <= 0 for w in widths):
-        raise TransferError(f"{what} must be positive; got {list(widths)}")
+    widths = tuple(check_widths(widths, error=TransferError, what=what,
+                                why="to measure how the best value moves"))
     if along != "width" and (not isinstance(width, int) or width < 1):
         raise TransferError(f"along={along!r} sweeps {along} at one width: pass width=<int>")
     if along != "width" and along in (hparams or {}):

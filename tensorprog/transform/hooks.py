@@ -190,7 +190,7 @@ def explicit_problem(o: OpRule) -> str:
     what = "attention logits" if o.attention else "a contraction of two width-sized activations"
     return (f"{what} in `{o.module or '<top>'}` (node {o.node}: `{o.op}` over a dim ~ "
             f"n^{o.d_exp}) scaled ~ n^{o.scale_exp}; muP needs 1/d (TP5 Def 4.1). apply_mup "
-            "patches only F.scaled_dot_product_attention, so fix this one by hand in that "
+            "rescales only scaled_dot_product_attention calls, so fix this one by hand in that "
             f"module's forward: multiply the logits by (base_width / width)^{-o.factor_exp} "
             "(for 1/sqrt(d_head) now: use sqrt(d_head_at_base_width) / d_head), or compute the "
             "attention with F.scaled_dot_product_attention.")

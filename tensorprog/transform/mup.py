@@ -23,14 +23,14 @@ model is bit for bit the original):
    module cannot be hooked (used functionally inside a larger module) keeps its multiplier and its
    init and LR take the equivalent shift (TP5 Lemma J.1); a tied weight that would need that is an
    error.
-4. **Attention**: a forward pre-hook / hook pair on the model swaps
-   ``torch.nn.functional.scaled_dot_product_attention`` during the forward for a wrapper that
-   multiplies each call's ``scale`` (default 1/sqrt(d_head)) by ``(base/width)^{d_exp/2}`` (d_head
-   ~ n^d_exp; = sqrt(d_base / d_head) when the head dim grows with width): scale ~ 1/d_head (TP5
-   Def 4.1). torch.export (non-strict) runs the hooks, so ``analyze`` sees the patched scale.
-   Explicit ``q @ k^T`` attention cannot be patched: ``apply_mup`` raises and names the module.
-   The swap is process-global for the duration of the forward (not thread-safe across models
-   running concurrently in threads).
+4. **Attention**: each module traced calling ``scaled_dot_product_attention`` gets a forward
+   pre-hook / hook pair that, during that module's forward and in that thread only, multiplies
+   each sdpa call's ``scale`` (default 1/sqrt(d_head)) by ``(base/width)^{d_exp/2}`` (d_head ~
+   n^d_exp; = sqrt(d_base / d_head) when the head dim grows with width): scale ~ 1/d_head (TP5
+   Def 4.1). It is a per-thread ``TorchFunctionMode`` (``transform/attention_scale.py``): nothing
+   process-wide is patched, so other models and threads are untouched, also after an exception.
+   torch.export (non-strict) runs the hooks, so ``analyze`` sees the scaled attention.
+   Explicit ``q @ k^T`` attention cannot be rescaled: ``apply_mup`` raises and names the module.
 5. **Optimizer**: ``optimizer_factory(model)`` puts every trainable parameter in a group with
    ``lr * (width/base)^lr_exp`` (Adam-like or SGD-like from ``optimizer_cls``, via
    ``tensorprog.theory.optimizer_class``). ``optimizer_cls`` may also give each parameter its own
@@ -55,17 +55,18 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import sympy as sp
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import TensorprogError
+from ..validate import check_base_width, check_widths
+from ..rng import preserves_rng
 from ..transform.rules import Rules, rules as derive_rules
+from .attention_scale import AttentionScale
 
 __all__ = ["apply_mup", "MupState"]
 
@@ -117,52 +118,10 @@ class _ScaleOutput:
                               f"{type(output).__name__}, not a tensor.")
 
 
-class _AttentionScale:
-    """Model pre-hook + hook: F.scaled_dot_product_attention's scale times a factor per call."""
-
-    def __init__(self, factors: Sequence[float]):
-        self.factors = list(factors)
-        self.calls = 0
-        self._saved: list = []
-
-    def pre(self, mod, args):
-        self._saved.append(F.scaled_dot_product_attention)
-        self.calls = 0
-        original = self._saved[-1]
-        torch.nn.functional.scaled_dot_product_attention = self._wrap(original)
-
-    def post(self, mod, args, output):
-        if self._saved:
-            torch.nn.functional.scaled_dot_product_attention = self._saved.pop()
-
-    def _wrap(self, original):
-        def scaled_dot_product_attention(query, key, value, *args, **kwargs):
-            i = self.calls
-            self.calls += 1
-            if len(set(self.factors)) == 1:
-                f = self.factors[0]
-            elif i < len(self.factors):
-                f = self.factors[i]
-            else:
-                raise TensorprogError(
-                    f"the model called scaled_dot_product_attention {i + 1} times in one forward; "
-                    f"it was traced with {len(self.factors)} calls needing different scale "
-                    "factors. apply_mup needs the same attention calls in every forward.")
-            args = list(args)
-            scale = args[3] if len(args) >= 4 else kwargs.get("scale")
-            scale = (1.0 / math.sqrt(query.size(-1)) if scale is None else scale) * f
-            if len(args) >= 4:
-                args[3] = scale
-            else:
-                kwargs["scale"] = scale
-            return original(query, key, value, *args, **kwargs)
-
-        return scaled_dot_product_attention
-
-
 # ----------------------------------------------------------------------------- apply
 
 
+@preserves_rng
 def apply_mup(
     factory: Callable[[int], nn.Module],
     base_width: int,
@@ -190,11 +149,11 @@ def apply_mup(
     widths: traced widths (default base, 2 base, 4 base). convention: "table8" (default, the mup
     package's form), "table3", "table9" or "unit" (see ``tensorprog.rules``).
     check: build the model at 2 base once and run it on the example inputs, to make sure every
-    hook and the attention patch fire (catches an sdpa that is not reached through
-    torch.nn.functional). alignment: as for ``rules`` ("tp", "full", "none"; Everett et al.
-    2024), which sizes the learning rates. eps_scaling: "constant" (default) keeps an
-    Adam-family eps as given; "mup" scales it per parameter like its muP gradient entries
-    (``ParamRule.eps_exp``: 1/width for hidden weights), so eps never overtakes the gradient.
+    hook fires and every traced attention call is rescaled. alignment: as for ``rules`` ("tp",
+    "full", "none"; Everett et al. 2024), which sizes the learning rates. eps_scaling: "constant"
+    (default) keeps an Adam-family eps as given; "mup" scales it per parameter like its muP
+    gradient entries (``ParamRule.eps_exp``: 1/width for hidden weights), so eps never overtakes
+    the gradient.
     Returns ``model_factory(width) -> nn.Module`` and ``optimizer_factory(model) -> Optimizer``.
     base_depth: ``factory`` takes (width, depth) and ``model_factory(width, depth)`` adds the
     depth factors of ``depth_family`` ("completep" or "depth_mup"; ``transform/depth.py``).
@@ -205,9 +164,8 @@ def apply_mup(
         raise TensorprogError(f"eps_scaling must be 'mup' or 'constant', got {eps_scaling!r}.")
     if weight_decay_scaling not in ("mup", "constant"):
         raise TensorprogError(f"weight_decay_scaling must be 'mup' or 'constant', got {weight_decay_scaling!r}.")
-    if not isinstance(base_width, int) or base_width <= 0:
-        raise TensorprogError(f"base_width must be a positive int, got {base_width!r}.")
-    ws = tuple(widths) if widths is not None else (base_width, 2 * base_width, 4 * base_width)
+    base_width = check_base_width(base_width)
+    ws = tuple(check_widths(widths)) if widths is not None else (base_width, 2 * base_width, 4 * base_width)
     if isinstance(optimizer_cls, type) and optimizer_kwargs.get("adjust_lr_fn") is not None:
         optimizer_cls = functools.partial(optimizer_cls, adjust_lr_fn=optimizer_kwargs.pop("adjust_lr_fn"))
     if isinstance(optimizer_cls, str):
@@ -300,7 +258,7 @@ class _Plan:
     lr: dict[str, float]  # param -> LR exponent
     trainable: set
     hooks: list[tuple[str, float, float]]  # module, pre exponent, post exponent
-    attention: list[float]  # per sdpa call: exponent of the scale factor
+    attention: list[tuple[str, float]]  # per sdpa call: (module, exponent of the scale factor)
     specs: list = field(default_factory=list)  # OptSpec per optimizer the factory builds
     owner: dict = field(default_factory=dict)  # param -> index into specs
     hybrid: bool = False  # optimizer_cls chose per parameter (a dict or a callable)
@@ -311,8 +269,8 @@ class _Plan:
         init = {n: _fl(p.init_factor_exp) for n, p in r.params.items() if p.init_factor_exp != 0}
         lr = {n: _fl(p.lr_exp) for n, p in r.params.items() if p.lr_exp is not None}
         hooks = [(h.module, _fl(h.pre_exp), _fl(h.post_exp)) for h in r.hooks]
-        att = [_fl(o.factor_exp) for o in r.ops if o.fixable]
-        if all(a == 0 for a in att):
+        att = [(o.module, _fl(o.factor_exp)) for o in r.ops if o.fixable]
+        if all(e == 0 for _, e in att):
             att = []
         specs, owner = [], {}
         for n, spec in r.owners.items():
@@ -358,12 +316,18 @@ class _Plan:
             if post != 0:
                 mod.register_forward_hook(_ScaleOutput(m**post, path))
             state.hooks.append(path)
-        if self.attention:
-            att = _AttentionScale([m**e for e in self.attention])
-            model.register_forward_pre_hook(att.pre, prepend=True)
-            model.register_forward_hook(att.post, always_call=True)
-            state.attention_factors = att.factors
-            model._tensorprog_attention = att  # for the call counter in check()
+        scales = []
+        for path in dict.fromkeys(p for p, _ in self.attention):
+            try:
+                mod = model.get_submodule(path)
+            except AttributeError:
+                raise TensorprogError(f"module `{path}` (traced calling scaled_dot_product_attention)"
+                                      f" is missing from factory({width}).") from None
+            att = AttentionScale([m**e for p, e in self.attention if p == path], path)
+            att.install(mod)
+            scales.append(att)
+        state.attention_factors = [m**e for _, e in self.attention]
+        model._tensorprog_attention = scales  # for the call counter in check()
         model.tensorprog_mup = state
 
     def build_optimizer(self, model, spec, kwargs, wd_scaling, only=None):
@@ -432,14 +396,13 @@ class _Plan:
         if missing:
             raise TensorprogError(f"the multiplier hooks on {missing[:3]} never ran: those modules "
                                   "are not called by forward as traced.")
-        att = getattr(model, "_tensorprog_attention", None)
-        if att is not None and att.calls != len(self.attention):
+        calls = sum(a.calls for a in getattr(model, "_tensorprog_attention", []))
+        if calls != len(self.attention):
             raise TensorprogError(
                 f"the model was traced with {len(self.attention)} scaled_dot_product_attention "
-                f"calls, but only {att.calls} went through torch.nn.functional."
-                "scaled_dot_product_attention, which apply_mup patches; the others call it under "
-                "another name (e.g. `from torch.nn.functional import scaled_dot_product_attention`"
-                "). Fix their scale to ~ 1/d_head by hand.")
+                f"calls in modules {sorted({p or '<top>' for p, _ in self.attention})}, but only "
+                f"{calls} ran inside those modules' forward (called through Module.__call__) when "
+                "the model ran eagerly. Fix the other calls' scale to ~ 1/d_head by hand.")
 
 
 def _param(model, name):

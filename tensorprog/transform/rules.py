@@ -70,6 +70,8 @@ from ..errors import TensorprogError
 from ..graph.trace import trace
 from ..graph.widthgraph import WidthGraph
 from ..jsonio import JSONMixin
+from ..validate import check_base_width, check_widths
+from ..rng import preserves_rng
 from .hooks import HookRule, OpRule, derive_hooks, derive_ops, explicit_problem
 from .optspec import spec_to_dict
 
@@ -303,9 +305,9 @@ class Rules(JSONMixin):
     @classmethod
     def from_dict(cls, d: dict) -> "Rules":
         """Inverse of ``to_dict`` (decoded JSON: ``jsonio.read_json``). Exponents and the
-        expressions in fan_in / fan_out / width_mult are read with ``jsonio.parse_exponent`` and
+        expressions in fan_in / fan_out / width_mult are read with ``jsonio.read_exponent`` and
         ``jsonio.parse_expression`` (arithmetic only, nothing evaluated)."""
-        from ..jsonio import from_jsonable, parse_exponent as e, parse_expression
+        from ..jsonio import from_jsonable, read_exponent as e, parse_expression
         from ..predict.depth import depth_rules
         from .optspec import specs_from_dicts
 
@@ -370,6 +372,7 @@ class Rules(JSONMixin):
 # ----------------------------------------------------------------------------- derivation
 
 
+@preserves_rng
 def rules(
     factory: Callable | WidthGraph,
     widths: Sequence[int] = (64, 128, 256),
@@ -408,10 +411,13 @@ def rules(
     from .optspec import assign
 
     _check_convention(convention)
+    base = check_base_width(base_width) if base_width is not None else None
+    if not isinstance(factory, WidthGraph):
+        check_widths(widths)  # before the (slow) trace
     graph = factory if isinstance(factory, WidthGraph) else trace(
         factory, widths, example_inputs=example_inputs, device=device, progress=progress)
     opt, owners = assign(optimizer, graph.params)
-    base = int(base_width if base_width is not None else min(graph.widths))
+    base = base if base is not None else min(graph.widths)
     plain = isinstance(optimizer, str)  # "adam" / "sgd": no optimizer object, Adam's own LR
     r = derive(graph, opt, convention, base, label=label,
                steps=None if plain else {n: s.step for n, s in owners.items()})
