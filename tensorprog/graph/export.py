@@ -69,7 +69,8 @@ def eager_forward(model, args, kwargs, width) -> None:
     except Exception as e:  # noqa: BLE001 - the model's own error, reported as the cause
         where = _user_frame(e, model)
         raise TraceError(
-            f"the model does not run on the example inputs (an eager forward at width {width}"
+            f"the model does not run on the example inputs {_input_shapes(args, kwargs)} (an "
+            f"eager forward at width {width}"
             f"{where} raised {type(e).__name__}: {_first_line(e)}). tensorprog analyses the model "
             "PyTorch runs, so fix the model or the inputs first (e.g. integer token ids need an "
             "nn.Embedding, not a Linear; a Linear needs float inputs of its in_features).") from e
@@ -78,6 +79,18 @@ def eager_forward(model, args, kwargs, width) -> None:
             for k, b in model.named_buffers():
                 if k in buffers and b.shape == buffers[k].shape:
                     b.copy_(buffers[k])
+
+
+def _input_shapes(args, kwargs) -> str:
+    """The example inputs as dtype[shape] (e.g. "(int64[4, 5])"), for error messages."""
+    def one(x):
+        if isinstance(x, torch.Tensor):
+            return f"{str(x.dtype).removeprefix('torch.')}{list(x.shape)}"
+        if isinstance(x, (list, tuple)):
+            return "(" + ", ".join(one(v) for v in x) + ")"
+        return type(x).__name__
+    parts = [one(a) for a in args] + [f"{k}={one(v)}" for k, v in (kwargs or {}).items()]
+    return "(" + ", ".join(parts) + ")"
 
 
 @contextlib.contextmanager

@@ -35,7 +35,6 @@ Sizes are tiny: input dim 8, output dim 4, sequence length 4, batch 4.
 """
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
