@@ -144,8 +144,13 @@ def _cli(*args):
 def test_cli_rules_accepts_hybrids(tmp_path, spec, hidden_lr):
     import json
 
-    out = _cli("--optimizer", spec, "--json", str(tmp_path / "r.json"))
+    out = _cli("--optimizer", spec, "--json", str(tmp_path / "r.json"), "--pytorch",
+               str(tmp_path / "r.py"), "--eps-scaling", "mup")
     assert out.returncode == 0, out.stderr
+    # --eps-scaling mup: the code scales AdamW's eps (EPS lists it), never Muon's
+    ns: dict = {}
+    exec(compile((tmp_path / "r.py").read_text(), "r.py", "exec"), ns)
+    assert ns["EPS"] == {"AdamW": 1e-8} and ns["EPS_EXP"]["input.weight"] == -1
     d = json.loads((tmp_path / "r.json").read_text())["params"]
     assert d["hidden.0.weight"]["optimizer"] == "Muon" and d["hidden.0.weight"]["lr_exp"] == hidden_lr
     assert d["input.weight"]["optimizer"] == "AdamW" and d["input.weight"]["lr_exp"] == "0"
@@ -244,3 +249,48 @@ def test_apply_mup_scales_adam_eps_like_the_measured_gradient(convention):
 def test_apply_mup_eps_scaling_is_validated():
     with pytest.raises(TensorprogError, match="eps_scaling"):
         apply_mup(EX.factory, 64, example_inputs=EX.example_inputs, eps_scaling="sometimes")
+
+
+@pytest.mark.parametrize("opt", [torch.optim.Adam, {"hidden": torch.optim.Muon,
+                                                     "default": torch.optim.Adam}])
+def test_generated_code_scales_eps_like_apply_mup(opt):
+    # to_pytorch(eps_scaling="mup") exec'd: every parameter's group eps equals apply_mup's
+    # (eps_scaling="mup") at width 256 = 4 x base 64; independently of both, TP5 App. B: a hidden
+    # weight's eps is eps / width_mult (its muP gradient entries ~ 1/fan_in), and Muon's own eps
+    # (Newton-Schulz normaliser) is left at its default
+    mf, of = apply_mup(EX.factory, 64, example_inputs=EX.example_inputs, optimizer_cls=opt,
+                       lr=1e-3, eps_scaling="mup", convention="table8")
+    code = of.rules.to_pytorch(eps_scaling="mup")
+    assert "EPS_EXP" not in of.rules.to_pytorch()  # only when asked
+    ns: dict = {}
+    exec(compile(code, "<rules.to_pytorch>", "exec"), ns)
+    torch.manual_seed(0)
+    ours = EX.factory(256)
+    ns["mup_init_"](ours, 256)
+    gen = ns["mup_optimizers"](ours, 1e-3, 256)
+    theirs = mf(256)
+    ref = of(theirs)
+    ref = ref if isinstance(ref, list) else [ref]
+
+    def eps_by_name(model_opts, model):
+        names = {id(p): n for n, p in model.named_parameters()}
+        return {names[id(p)]: (type(o).__name__, g["eps"])
+                for o in model_opts for g in o.param_groups for p in g["params"]}
+
+    got = eps_by_name(gen, ours)
+    want = eps_by_name(ref, theirs)
+    assert got.keys() == want.keys() and len(got) == 8
+    for name in got:
+        assert got[name][0] == want[name][0], name
+        assert got[name][1] == pytest.approx(want[name][1]), name
+    hidden = got["hidden.0.weight"]
+    if opt is torch.optim.Adam:
+        assert hidden[1] == pytest.approx(1e-8 / 4)
+    else:
+        assert hidden == ("Muon", torch.optim.Muon([torch.zeros(2, 2)]).defaults["eps"])
+        assert got["input.weight"][1] == pytest.approx(1e-8 / 4)
+
+
+def test_generated_code_eps_scaling_is_validated():
+    with pytest.raises(TensorprogError, match="eps_scaling"):
+        _rules(torch.optim.Adam).to_pytorch(eps_scaling="sometimes")

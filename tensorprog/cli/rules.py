@@ -56,7 +56,7 @@ def parse_optimizer(text: str | None):
 
 def add_arguments(parser):
     """Arguments of ``tensorprog rules``: FILE.py:factory or --example NAME, --optimizer,
-    --convention, --base-width, --json, --pytorch."""
+    --convention, --base-width, --json, --pytorch, --eps-scaling."""
     common_arguments(parser)
     for action in parser._actions:
         if action.dest == "optimizer":
@@ -69,6 +69,9 @@ def add_arguments(parser):
                         help="alignment the learning rates assume (Everett et al. 2024): tp "
                         "(default, the tables'), full (= everett) or none (Adam-like optimizers)")
     parser.add_argument("--pytorch", help="write ready-to-paste PyTorch code here ('-': stdout)")
+    parser.add_argument("--eps-scaling", default="constant", choices=["constant", "mup"],
+                        help="--pytorch code: keep Adam's eps (default) or scale it per parameter "
+                        "like its muP gradient (as apply_mup(eps_scaling='mup'))")
     parser.add_argument("--device", default="cpu", help="cpu, or meta to trace without weights")
     return parser
 
@@ -91,7 +94,7 @@ def run(args) -> int:
         r.to_json(args.json)
         print(f"wrote {args.json}", file=sys.stderr)
     if getattr(args, "pytorch", None):
-        code = r.to_pytorch()
+        code = r.to_pytorch(getattr(args, "eps_scaling", "constant"))
         if args.pytorch == "-":
             print(code)
         else:

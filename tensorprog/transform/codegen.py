@@ -2,10 +2,13 @@
 ``mup_attention``, ``mup_param_groups`` (``Rules.to_pytorch``)."""
 from __future__ import annotations
 
+import inspect
+
 import sympy as sp
 
 from ..exponents import fmt
 from ..exponents import expr_text
+from ..errors import TensorprogError
 
 __all__ = ["to_pytorch"]
 
@@ -28,6 +31,39 @@ def _class_source(spec) -> tuple[str, str | None]:
     return f"{cls.__module__}.{cls.__qualname__}", cls.__module__
 
 
+def _base_eps(spec):
+    """The eps an entrywise (Adam-family) optimizer steps with at the base width: its partial's
+    ``eps``, else its class's default (AdamW's for a plain "adam"); None when it has no numeric
+    eps (SGD, Muon's Newton-Schulz eps, Adafactor's pair), which is then never scaled."""
+    if spec.step is None or spec.step.geometry != "entrywise":
+        return None
+    if "eps" in spec.kwargs:
+        eps = spec.kwargs["eps"]
+    else:
+        import torch
+
+        try:
+            p = inspect.signature(spec.cls or torch.optim.AdamW).parameters.get("eps")
+        except (TypeError, ValueError):
+            p = None
+        eps = None if p is None else p.default
+    return eps if isinstance(eps, (int, float)) and not isinstance(eps, bool) else None
+
+
+def _eps_exps(r) -> dict:
+    """param -> exponent of its Adam eps (``ParamRule.eps_exp``) for the parameters an entrywise
+    optimizer with a numeric eps owns: the same set ``apply_mup(eps_scaling="mup")`` scales."""
+    out = {}
+    for name, p in r.params.items():
+        if p.eps_exp is None or not p.trainable or p.problem:
+            continue
+        spec = (r.owners or {}).get(name)
+        if spec is None and r.optimizer != "adam" or spec is not None and _base_eps(spec) is None:
+            continue
+        out[name] = float(p.eps_exp)
+    return out
+
+
 def _owner_labels(owners: dict) -> dict:
     """OptSpec key -> a label ("Muon", "AdamW"; "Muon#2" for a second Muon with other kwargs)."""
     labels: dict = {}
@@ -40,9 +76,10 @@ def _owner_labels(owners: dict) -> dict:
     return labels
 
 
-def _optimizer_section(r) -> list[str]:
+def _optimizer_section(r, eps_scaling: str) -> list[str]:
     """OWNER (parameter -> optimizer label), OPTIMIZERS (label -> class, kwargs) and
-    ``mup_optimizers``, which builds one optimizer per owner (Muon + AdamW: both)."""
+    ``mup_optimizers``, which builds one optimizer per owner (Muon + AdamW: both); with
+    eps_scaling "mup" also EPS (label -> base eps of each Adam-family optimizer)."""
     owners = {n: s for n, s in r.owners.items() if n in r.params and r.params[n].trainable}
     labels = _owner_labels(owners)
     specs = {labels[s.key]: s for s in owners.values()}
@@ -59,7 +96,30 @@ def _optimizer_section(r) -> list[str]:
             src, comment = src.split("#", 1)
             comment = "  #" + comment
         out.append(f"    {label!r}: ({src.strip()}, {{{kw}}}),{comment}")
-    out += ["}", "", "",
+    out += ["}"]
+    if eps_scaling == "mup":
+        base = {label: _base_eps(spec) for label, spec in specs.items()}
+        out += ["EPS = {  # label -> eps at the base width of each Adam-family optimizer (scaled)"]
+        out += [f"    {label!r}: {e!r}," for label, e in base.items() if e is not None]
+        out += ["}", "", "",
+                "def mup_optimizers(model, lr, width, base_width=BASE_WIDTH, weight_decay=0.0,",
+                "                   eps=None):",
+                '    """One optimizer per owner in OPTIMIZERS, each over the muP param groups of the',
+                '    parameters it owns. lr, weight_decay and eps (default EPS): one number, or a dict',
+                '    label -> number (Muon and AdamW usually want different base learning rates).',
+                '    The optimizers in EPS get a per-group eps = eps * m ** EPS_EXP."""',
+                "    pick = lambda v, k: v[k] if isinstance(v, dict) else v  # noqa: E731",
+                "    out = []",
+                "    for label, (cls, kwargs) in OPTIMIZERS.items():",
+                "        e = (EPS[label] if eps is None else pick(eps, label)) if label in EPS else None",
+                "        groups = mup_param_groups(model, pick(lr, label), width, base_width,",
+                "                                  pick(weight_decay, label), owner=label, eps=e)",
+                "        if groups:",
+                "            out.append(cls(groups, **kwargs))",
+                "    return out",
+                ""]
+        return out
+    out += ["", "",
             "def mup_optimizers(model, lr, width, base_width=BASE_WIDTH, weight_decay=0.0):",
             '    """One optimizer per owner in OPTIMIZERS, each over the muP param groups of the',
             '    parameters it owns. lr and weight_decay: one number, or a dict label -> number',
@@ -76,8 +136,12 @@ def _optimizer_section(r) -> list[str]:
     return out
 
 
-def to_pytorch(r) -> str:
-    """Python source of ``Rules.to_pytorch``."""
+def to_pytorch(r, eps_scaling: str = "constant") -> str:
+    """Python source of ``Rules.to_pytorch``. eps_scaling: "constant" (default) leaves Adam's
+    eps to the optimizer; "mup" also emits ``EPS_EXP`` and gives every param group of an
+    Adam-family optimizer eps * m ** EPS_EXP[name], as ``apply_mup(eps_scaling="mup")`` does."""
+    if eps_scaling not in ("constant", "mup"):
+        raise TensorprogError(f"eps_scaling must be 'mup' or 'constant', got {eps_scaling!r}.")
     opt = r.optimizer
     out = [
         f'"""muP for {r.label}: convention {r.convention}, optimizer {opt}, base width {r.base_width}.',
@@ -90,6 +154,10 @@ def to_pytorch(r) -> str:
         f"    opt = torch.optim.{'SGD' if opt == 'sgd' else 'AdamW'}(mup_param_groups(model, lr, width))",
         "    # or, with the optimizers the rules were derived for (OWNER; e.g. Muon + AdamW):",
         "    opts = mup_optimizers(model, lr, width)",
+    ] + ([
+        "    # Adam's eps scaled per parameter like its muP gradient (EPS_EXP; eps at the base width):",
+        "    opt = torch.optim.AdamW(mup_param_groups(model, lr, width, eps=1e-8))",
+    ] if eps_scaling == "mup" else []) + [
         '"""',
         "import math",
         "",
@@ -166,27 +234,53 @@ def to_pytorch(r) -> str:
                    f"{o.op}; multiply them by {_f(o.factor_exp)} (scale ~ 1/d_head).")
     lrs = {name: p.lr_exp for name, p in r.params.items() if p.trainable and p.lr_exp not in (None, 0)
            and not p.problem}
+    scaled = eps_scaling == "mup"
     out += ["", "", "def mup_param_groups(model, lr, width, base_width=BASE_WIDTH, weight_decay=0.0,",
-            "                     owner=None):",
+            "                     owner=None" + (", eps=None):" if scaled else "):"),
             '    """Optimizer param groups: lr * m ** e per parameter; weight decay divided by the same',
             '    factor, so lr * weight_decay stays constant in width (as the mup package does).',
-            '    owner: only the parameters OWNER gives to that optimizer (None: all)."""',
-            "    m = width / base_width",
+            '    owner: only the parameters OWNER gives to that optimizer (None: all).']
+    if scaled:
+        out += ['    eps: Adam\'s eps at the base width; given, each group gets eps * m ** EPS_EXP[name],',
+                '    the muP gradient\'s entry size, so eps stays as far below the gradient at every',
+                '    width (TP5 App. B; Everett et al. 2024, arXiv 2407.05872)."""']
+    else:
+        out[-1] += '"""'
+    out += ["    m = width / base_width",
             "    lr_exp = {"]
     own = r.owners or {}
     out += [f"        {name!r}: {float(e)!r},"
             + (f"  # {own[name].name}" if name in own and own[name].cls is not None else "")
             for name, e in lrs.items()]
-    out += ["    }",
-            "    groups = {}",
-            "    for name, p in model.named_parameters():",
-            "        if not p.requires_grad or owner is not None and OWNER.get(name) != owner:",
-            "            continue",
-            "        e = lr_exp.get(name, 0.0)",
-            "        g = groups.setdefault(e, {'params': [], 'lr': lr * m ** e,",
-            "                                  'weight_decay': weight_decay * m ** -e})",
-            "        g['params'].append(p)",
-            "    return list(groups.values())",
-            ""]
-    out += _optimizer_section(r)
+    out += ["    }"]
+    if scaled:
+        out += ["    groups = {}",
+                "    for name, p in model.named_parameters():",
+                "        if not p.requires_grad or owner is not None and OWNER.get(name) != owner:",
+                "            continue",
+                "        e = lr_exp.get(name, 0.0)",
+                "        ee = EPS_EXP.get(name, 0.0) if eps is not None else 0.0",
+                "        g = groups.setdefault((e, ee), {'params': [], 'lr': lr * m ** e,",
+                "                                        'weight_decay': weight_decay * m ** -e})",
+                "        if eps is not None:",
+                "            g['eps'] = eps * m ** ee",
+                "        g['params'].append(p)",
+                "    return list(groups.values())",
+                "",
+                "",
+                "EPS_EXP = {  # Adam's eps ~ m ** e per parameter (ParamRule.eps_exp)"]
+        out += [f"    {name!r}: {e!r}," for name, e in _eps_exps(r).items()]
+        out += ["}"]
+    else:
+        out += ["    groups = {}",
+                "    for name, p in model.named_parameters():",
+                "        if not p.requires_grad or owner is not None and OWNER.get(name) != owner:",
+                "            continue",
+                "        e = lr_exp.get(name, 0.0)",
+                "        g = groups.setdefault(e, {'params': [], 'lr': lr * m ** e,",
+                "                                  'weight_decay': weight_decay * m ** -e})",
+                "        g['params'].append(p)",
+                "    return list(groups.values())",
+                ""]
+    out += _optimizer_section(r, eps_scaling)
     return "\n".join(out)

@@ -361,12 +361,12 @@ class Rules(JSONMixin):
 
         return format_rules(self)
 
-    def to_pytorch(self) -> str:
-        """Python source: ``mup_init_``, ``mup_multipliers``, ``mup_attention``,
-        ``mup_param_groups``; every factor is 1 at the base width."""
+    def to_pytorch(self, eps_scaling: str = "constant") -> str:
+        """Python source (``mup_init_``, ``mup_multipliers``, ``mup_attention``, ``mup_param_groups``;
+        factors 1 at the base width); eps_scaling="mup" scales Adam's eps as ``apply_mup`` does."""
         from .codegen import to_pytorch
 
-        return to_pytorch(self)
+        return to_pytorch(self, eps_scaling)
 
 
 # ----------------------------------------------------------------------------- derivation
