@@ -312,3 +312,74 @@ def test_coupled_weight_decay_under_adam_is_an_upper_bound():
     slope = math.log(changes[-1] / changes[0]) / math.log(1024 / 64)
     assert abs(slope - 0.5) < 0.15, slope  # lr sign(W0) z: CLT
     assert slope < float(predicted)
+
+
+# --- torch.optim's other optimizers (their step, torch 2.13): the geometry each resolves to,
+# and a measurement of it: one step's size when the gradient is 1000x larger is 1000x larger
+# (gradient) or unchanged (entrywise: normalised entry by entry; Rprop: -sign(g) x lr)
+
+def _step_size(cls, scale, steps=1, **kwargs):
+    """Norm of the last of ``steps`` updates of an 8 x 8 weight under a fixed gradient x scale."""
+    p = nn.Parameter(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)))
+    g = torch.randn(8, 8, generator=torch.Generator().manual_seed(1)) * scale
+    opt = cls([p], **kwargs)
+    for _ in range(steps):
+        before = p.detach().clone()
+        p.grad = g.to_sparse() if cls is torch.optim.SparseAdam else g.clone()
+        opt.step()
+    return float((p.detach() - before).norm())
+
+
+@pytest.mark.parametrize("cls, geometry", [
+    (torch.optim.RMSprop, "entrywise"), (torch.optim.Adagrad, "entrywise"),
+    (torch.optim.Adamax, "entrywise"), (torch.optim.NAdam, "entrywise"),
+    (torch.optim.SparseAdam, "entrywise"), (torch.optim.Rprop, "entrywise"),
+    (torch.optim.ASGD, "gradient"),
+])
+def test_torch_optimizers_resolve_to_the_geometry_their_step_has(cls, geometry):
+    from tensorprog.graph.optimizers import geometry_of
+
+    w = [nn.Parameter(torch.zeros(2, 2))]
+    assert geometry_of(cls(w)).name == geometry
+    ratio = _step_size(cls, 1000.0) / _step_size(cls, 1.0)
+    assert ratio == pytest.approx(1000.0 if geometry == "gradient" else 1.0, rel=1e-2)
+
+
+def test_radam_is_refused_its_first_steps_follow_the_gradient():
+    from tensorprog.graph.optimizers import geometry_of
+
+    # measured: step 1 scales with the gradient (SGD-like), step 7 does not (Adam-like)
+    assert _step_size(torch.optim.RAdam, 1000.0) / _step_size(torch.optim.RAdam, 1.0) == \
+        pytest.approx(1000.0, rel=1e-2)
+    assert _step_size(torch.optim.RAdam, 1000.0, 7) / _step_size(torch.optim.RAdam, 1.0, 7) == \
+        pytest.approx(1.0, rel=1e-2)
+    with pytest.raises(TensorprogError, match="RAdam has no update geometry.*first 5 steps"):
+        geometry_of(torch.optim.RAdam)
+    with pytest.raises(TensorprogError, match="RAdam has no update geometry"):
+        analyze(MLP3, WIDTHS, example_inputs=(X,),
+                make_optimizer=lambda m: torch.optim.RAdam(m.parameters()))
+    with pytest.raises(TensorprogError, match="RAdam has no update geometry"):
+        from tensorprog.theory.abc import optimizer_class
+        optimizer_class("radam")
+
+
+def test_lbfgs_is_refused_its_step_couples_every_parameter():
+    from tensorprog.graph.optimizers import geometry_of
+
+    # measured: LBFGS's first iteration moves one parameter by an amount that depends on another
+    # parameter's gradient (lr / ||g||_1 over all of them), so no per-parameter exponent exists
+    def first_move(other_scale):
+        a, b = nn.Parameter(torch.zeros(4)), nn.Parameter(torch.zeros(4))
+        ga, gb = torch.ones(4), torch.ones(4) * other_scale
+        opt = torch.optim.LBFGS([a, b], lr=1.0, max_iter=1)
+
+        def closure():
+            a.grad, b.grad = ga.clone(), gb.clone()
+            return torch.tensor(0.0)
+
+        opt.step(closure)
+        return float(a.detach().norm())
+
+    assert first_move(1000.0) < first_move(1.0) / 100
+    with pytest.raises(TensorprogError, match="LBFGS has no update geometry.*first-order"):
+        geometry_of(torch.optim.LBFGS([nn.Parameter(torch.zeros(2))]))

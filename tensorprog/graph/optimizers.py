@@ -14,7 +14,12 @@ A step changes a parameter by lr times a direction whose entries are, per geomet
   sqrt(fan_out / fan_in) (Yang, Simon, Bernstein 2023, arXiv 2310.17813).
 
 The geometry is read from the optimizer object (its class, along the MRO), never from a name;
-``register_optimizer`` declares another class.
+``register_optimizer`` declares another class. torch.optim's classes, from their ``step`` (torch
+2.13): RMSprop (g / (sqrt(v) + eps)), Adagrad (g / (sqrt(sum g^2) + eps)), Adamax
+(m / max(beta2 u, |g| + eps)), NAdam, SparseAdam (Adam on the rows a sparse gradient touches),
+Adadelta and Rprop (-sign(g) times a per-entry step size that starts at lr) are entrywise; ASGD
+is gradient (its p *= 1 - lambd eta shrink, lambd = 1e-4, is not read). ``REFUSED`` names the
+classes no single geometry describes.
 """
 from __future__ import annotations
 
@@ -66,12 +71,26 @@ GEOMETRIES = {
 
 #: optimizer class name -> geometry (looked up along the class's MRO)
 OPTIMIZERS: dict[str, str] = {
-    "SGD": "gradient", "ASGD": "gradient", "LBFGS": "gradient",
+    "SGD": "gradient", "ASGD": "gradient",
     "Adam": "entrywise", "AdamW": "entrywise", "Adamax": "entrywise", "NAdam": "entrywise",
-    "RAdam": "entrywise", "RMSprop": "entrywise", "Adagrad": "entrywise", "Adadelta": "entrywise",
+    "RMSprop": "entrywise", "Adagrad": "entrywise", "Adadelta": "entrywise",
     "SparseAdam": "entrywise", "Rprop": "entrywise", "Lion": "entrywise", "SignSGD": "entrywise",
     "Adafactor": "parameter-scaled",
     "Muon": "orthogonalised",
+}
+#: optimizer class name -> why no single update geometry describes it (a registered geometry
+#: for the class, ``register_optimizer``, takes precedence)
+REFUSED: dict[str, str] = {
+    "RAdam": "its steps change geometry: while its variance rectification is off (torch's "
+             "rho_t <= 5: the first 5 steps for any beta2 >= 0.9) it steps lr * m, un-normalised "
+             "like SGD with momentum, and from then on like Adam (Liu et al. 2020, arXiv "
+             "1908.03265, Alg. 2). Analyse Adam instead, or declare the phase you mean with "
+             "register_optimizer(torch.optim.RAdam, 'gradient' or 'entrywise')",
+    "LBFGS": "it is not a per-step first-order method: each step(closure) runs up to max_iter "
+             "iterations, each re-evaluating the loss, along quasi-Newton directions built from "
+             "the history of all parameters' gradients, and its first iteration divides by the "
+             "L1 norm of every parameter's gradient together, so no parameter's step has an "
+             "exponent of its own. Analyse SGD or Adam instead",
 }
 #: optimizers whose weight decay shrinks the parameter directly (p *= 1 - lr wd), not through the
 #: gradient (Loshchilov & Hutter's decoupled decay; torch's Adam(decoupled_weight_decay=True))
@@ -93,6 +112,9 @@ def geometry_of(opt) -> Geometry:
     for k in cls.__mro__:
         if k.__name__ in OPTIMIZERS:
             return GEOMETRIES[OPTIMIZERS[k.__name__]]
+        if k.__name__ in REFUSED:
+            raise TraceError(f"{cls.__name__} has no update geometry tensorprog can size: "
+                             f"{REFUSED[k.__name__]}.")
     raise TraceError(
         f"unknown optimizer {cls.__name__}: tensorprog sizes an update by its geometry "
         f"({', '.join(GEOMETRIES)}). Declare it with "

@@ -28,7 +28,7 @@ from typing import Any
 import sympy as sp
 
 from ..errors import TheoryError, TraceError
-from ..graph.optimizers import GEOMETRIES, OPTIMIZERS, geometry_of
+from ..graph.optimizers import GEOMETRIES, OPTIMIZERS, REFUSED, geometry_of
 from ..ops.core import ALIGNMENTS, Alignment
 
 HALF = sp.Rational(1, 2)
@@ -68,6 +68,10 @@ def optimizer_geometry(optimizer: Any) -> tuple[str, str | None]:
     adjust = None
     if isinstance(optimizer, str):
         geo = _by_name().get(_norm(optimizer))
+        refused = {_norm(k): k for k in REFUSED}.get(_norm(optimizer))
+        if geo is None and refused:
+            raise TheoryError(f"{refused} has no update geometry tensorprog can size: "
+                              f"{REFUSED[refused]}.")
         if geo is None:
             raise TheoryError(
                 f"unknown optimizer {optimizer!r}; supported: {', '.join(optimizer_classes())} "
