@@ -364,3 +364,42 @@ def test_depth_mup_multiplier_without_its_learning_rate_grows_in_training():
     change = c.get("stream", "change")
     assert change.status == "confirmed" and change.slope == pytest.approx(0.5, abs=0.2)
     assert abs(c.get("stream", "size").slope) < 0.15
+
+
+def test_apply_mup_in_depth_hybrid_muon_adamw_keeps_each_block_with_its_optimizer():
+    """Muon on the hidden matrices, AdamW on the rest, at depth 6 > base depth 2: the blocks
+    the base-depth trace never saw go to the optimizer of their block-0 counterpart, and the
+    branch groups of both optimizers take TP6's Adam-like depth factors, LR and eps x
+    (L / L0)^-1/2 = 3^-1/2 (Depth-muP; Muon's step is scale-invariant like Adam's)."""
+    from tensorprog import apply_mup
+    x = (torch.randn(8, 16, generator=torch.Generator().manual_seed(0)),)
+    lr = 1e-3
+    mf, of = apply_mup(_PlainResidual, 32, example_inputs=x, lr=lr, base_depth=2,
+                       depth_family="depth_mup",
+                       optimizer_cls={"hidden": torch.optim.Muon, "default": torch.optim.AdamW})
+    model = mf(32, 6)
+    opts = of(model)
+    assert sorted(type(o).__name__ for o in opts) == ["AdamW", "Muon"]
+    owner = {}
+    for o in opts:
+        for g in o.param_groups:
+            for p in g["params"]:
+                assert id(p) not in owner, "a parameter in two optimizers"
+                owner[id(p)] = (type(o).__name__, g["lr"], g.get("eps"))
+    names = dict(model.named_parameters())
+    assert set(owner) == {id(p) for p in names.values()}
+    # the hidden matrices, read off the module itself: the blocks' width x width weights
+    hidden = {n for n, p in names.items() if n.startswith("blocks.") and tuple(p.shape) == (32, 32)}
+    assert len(hidden) == 12  # 6 blocks, 2 matrices each
+    assert {n for n, p in names.items() if owner[id(p)][0] == "Muon"} == hidden
+    f = 3 ** -0.5
+    muon_eps = 1e-7  # torch.optim.Muon's default eps
+    for n, p in names.items():
+        cls, glr, eps = owner[id(p)]
+        in_block = n.startswith("blocks.")
+        assert glr == pytest.approx(lr * f if in_block else lr), n  # width factors: 1 at base
+        if cls == "Muon":
+            assert eps == pytest.approx(muon_eps * f)
+        elif in_block:
+            assert eps == pytest.approx(1e-8 * f)
+    assert model.tensorprog_depth["branch_multiplier"] == pytest.approx(f)
