@@ -62,6 +62,12 @@ class DepthCheck(JSONMixin):
                 return s
         return "confirmed"
 
+    def plot(self, path: str) -> str:
+        """Write the depth-check figure (``measure.plots.depth_figure``) to ``path`` (PNG)."""
+        from .plots import plot_depth_check
+
+        return plot_depth_check(self, path)
+
     def get(self, node: str, kind: str) -> Record:
         return next(r for r in self.records if r.node == node and r.kind == kind)
 

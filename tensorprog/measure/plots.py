@@ -7,7 +7,7 @@ import numpy as np
 
 from .judge import NEG, Record
 
-__all__ = ["plot_check", "series_styles"]
+__all__ = ["plot_check", "series_styles", "depth_figure", "plot_depth_check"]
 
 
 def _group_key(r: Record) -> str:
@@ -84,4 +84,55 @@ def plot_check(rep, path: str, max_groups: int = 16) -> str:
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return path
+
+
+def depth_figure(rep):
+    """The figure of a ``DepthCheck`` (``measure.depth``): two log-log panels against the depth L,
+    the size at init (mean |x_0|) and the change after the last step (mean |x_T - x_0|), one
+    series per measured quantity (the stream and each branch kind, same colour and marker in
+    both panels), solid with markers: measured (geometric mean over seeds); dashed: the
+    predicted slope L^e through the first measured point. Returns a matplotlib ``Figure``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
+
+    nodes = list(dict.fromkeys(r.node for r in rep.records))
+    styles = dict(zip(nodes, series_styles(len(nodes))))
+    ds = np.asarray(rep.depths, dtype=float)
+    fig = Figure(figsize=(10, 4.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    titles = {"size": "mean |x|, at init", "change": f"mean |x_T - x_0|, T = {rep.steps}"}
+    for ax, kind in zip(axes, ("size", "change")):
+        for r in (r for r in rep.records if r.kind == kind):
+            color, marker = styles[r.node]
+            y = np.array([r.mean_values.get(d, np.nan) for d in rep.depths], dtype=float)
+            ok = np.isfinite(y) & (y > 0)
+            if not ok.any():
+                continue
+            slope = "?" if r.slope is None else f"{r.slope:+.2f}"
+            ax.plot(ds[ok], y[ok], "-", marker=marker, color=color, ms=4, lw=1.3,
+                    label=f"{r.node}: L^{slope} measured, L^{r.predicted} predicted ({r.status})")
+            if r.predicted is not None and r.predicted != NEG:
+                i0 = int(np.argmax(ok))
+                ax.plot(ds, y[i0] * (ds / ds[i0]) ** float(r.predicted), "--", color=color, lw=0.9)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticks(ds)
+        ax.set_xticklabels([str(int(d)) for d in ds], fontsize=8)
+        ax.set_xlabel("depth L (number of residual blocks)")
+        ax.set_title(titles[kind], fontsize=9)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6.5, loc="best", frameon=False)
+    fig.suptitle(f"tensorprog depth check at width {rep.width}: {rep.verdict} "
+                 "(solid: measured; dashed: predicted slopes)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_depth_check(rep, path: str) -> str:
+    """Write ``depth_figure(rep)`` to ``path`` (PNG); returns the path."""
+    depth_figure(rep).savefig(path, dpi=110)
     return path
