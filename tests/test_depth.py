@@ -266,6 +266,35 @@ def test_depth_report_json_round_trip():
     d = json.loads(rep.to_json())
     assert d["family"] == "depth_mup" and d["kinds"]["blocks.*.linear"]["alpha"] == "1/2"
     assert d["depths"] == [2, 4]
+    # read back: an equal report, its exponents exact again, printing as the original
+    from tensorprog.predict.depth import DepthReport
+    for r in (rep, _analyze(depth_example("resmlp", "standard"))):  # the second with a fix
+        back = DepthReport.from_json(r.to_json())
+        assert back == r and str(back) == str(r) and back.rules == r.rules
+        assert back.stream_init_exp == r.stream_init_exp and back.trace is None
+        for name, v in r.kinds.items():
+            assert back.kinds[name].__dict__ == v.__dict__
+    assert DepthReport.from_json(rep.to_json()).kinds["blocks.*.linear"].alpha == HALF
+    other = _analyze(depth_example("resmlp", "completep"))
+    assert DepthReport.from_json(other.to_json()) != rep  # equality can fail
+
+
+def test_depth_check_json_round_trip():
+    """A measured depth check (one with a non-finite value, as a diverged run leaves) reads
+    back equal, its records' values and exponents as written."""
+    from tensorprog.measure.depth import DepthCheck
+    ex = depth_example("resmlp", "completep")
+    c = check_depth(ex.factory, (2, 4), width=8, example_inputs=ex.example_inputs,
+                    make_optimizer=ex.make_optimizer, loss=ex.loss, steps=1, seeds=1)
+    c.records[0].values[4] = [float("nan")]
+    back = DepthCheck.from_json(c.to_json())
+    assert back == c and str(back) == str(c) and back.verdict == c.verdict
+    for a, b in zip(back.records, c.records):
+        assert (a.node, a.kind, a.step, a.predicted, a.status) == (b.node, b.kind, b.step,
+                                                                   b.predicted, b.status)
+        assert a.mean_values.keys() == b.mean_values.keys()
+    assert back.records[0].values[4][0] != back.records[0].values[4][0]  # NaN kept
+    assert back.records[1].predicted == sp.Integer(0)  # the stream's change: CompleteP, L^0
 
 
 @pytest.mark.slow

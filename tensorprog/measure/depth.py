@@ -41,7 +41,7 @@ from .judge import Record, Tolerance, judge
 from .runner import Runner, default_loss, make_opt
 
 
-@dataclass
+@dataclass(eq=False)
 class DepthCheck(JSONMixin):
     """What ``check_depth`` measured: one ``Record`` per prediction (``Record.values`` keyed by
     depth), the verdict (refuted > inconclusive > confirmed) and the predicting ``DepthReport``."""
@@ -75,6 +75,15 @@ class DepthCheck(JSONMixin):
         return jsonable({"verdict": self.verdict, "depths": list(self.depths), "width": self.width,
                          "steps": self.steps, "seeds": self.seeds, "notes": self.notes,
                          "records": [r.to_dict() for r in self.records]})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DepthCheck":
+        """Inverse of ``to_dict`` (without ``report``, which JSON does not carry)."""
+        from ..jsonio import from_jsonable
+
+        d = from_jsonable(d)  # plain json.loads output too
+        return cls(records=[Record.from_dict(r) for r in d["records"]], depths=tuple(d["depths"]),
+                   width=d["width"], steps=d["steps"], seeds=d["seeds"], notes=list(d["notes"]))
 
     def __str__(self) -> str:
         lines = [f"depth check at width {self.width}, depths {list(self.depths)}, {self.steps} "
