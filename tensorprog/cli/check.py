@@ -12,7 +12,7 @@ from ..errors import CheckError, TensorprogError
 from ..measure.check import check
 from ..measure.runner import DEFAULT_LR, resolve_device
 from .depth import add_depth_arguments, run_check as run_depth, wants_depth
-from .load import load_file
+from .load import load_file, write_check
 
 __all__ = ["add_arguments", "run", "main"]
 
@@ -121,14 +121,7 @@ def run(args: argparse.Namespace) -> int:
     rep = check(factory, widths, steps=3 if args.steps is None else args.steps,
                 seeds=3 if args.seeds is None else args.seeds, device=args.device,
                 progress=not args.quiet, max_memory=max_memory, **kw)
-    print(rep)
-    if args.json:
-        rep.to_json(args.json)
-        print(f"wrote {args.json}")
-    if args.plot:
-        rep.plot(args.plot)
-        print(f"wrote {args.plot}")
-    return 1 if rep.verdict == "refuted" else 0
+    return write_check(rep, args)
 
 
 def main(argv=None) -> int:  # standalone: python -m tensorprog.cli.check ...

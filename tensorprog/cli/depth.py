@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import TensorprogError
-from .load import load_target
+from .load import load_target, write_check
 
 __all__ = ["add_depth_arguments", "wants_depth", "run_analyze", "run_check"]
 
@@ -164,11 +164,4 @@ def run_check(args) -> int:
               f"{steps} step(s), {seeds} seed(s)", file=sys.stderr)
     rep = check_depth(t.factory, depths, width=t.width, example_inputs=t.example_inputs,
                       make_optimizer=make_optimizer, loss=t.loss, steps=steps, seeds=seeds)
-    print(rep)
-    if args.json:
-        rep.to_json(args.json)
-        print(f"wrote {args.json}")
-    if args.plot:
-        rep.plot(args.plot)
-        print(f"wrote {args.plot}")
-    return 1 if rep.verdict == "refuted" else 0
+    return write_check(rep, args)

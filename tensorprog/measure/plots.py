@@ -29,11 +29,22 @@ def series_styles(count: int) -> list[tuple]:
     return [(palette[k % len(palette)], markers[k // 10 % len(markers)]) for k in range(count)]
 
 
+def log_log_axis(ax, xs, label: str, fontsize: float = 7) -> None:
+    """Log-log axes with a tick at each measured x (a width or a depth), labelled as integers."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(xs)
+    ax.set_xticklabels([str(int(x)) for x in xs], fontsize=fontsize)
+    ax.set_xlabel(label)
+
+
 def plot_check(rep, path: str, max_groups: int = 16) -> str:
     """Write the figure of a CheckReport to ``path`` (PNG); returns the path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import NullLocator
 
     recs = [r for r in rep.records if r.focus]
     groups: dict[str, list[Record]] = {}
@@ -69,12 +80,7 @@ def plot_check(rep, path: str, max_groups: int = 16) -> str:
                 for pred in dict.fromkeys(r.predicted for r in members):  # one per distinct exponent
                     if pred is not None and pred != NEG:
                         ax.plot(ws, y[i0] * (ws / ws[i0]) ** float(pred), "--", color=color, lw=0.8)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.xaxis.set_minor_locator(NullLocator())
-            ax.set_xticks(ws)
-            ax.set_xticklabels([str(int(w)) for w in ws], fontsize=7)
-            ax.set_xlabel("width")
+            log_log_axis(ax, ws, "width", fontsize=7)
             ax.set_title(f"{'mean |x_t|' if kind == 'size' else 'mean |x_t - x_0|'}, step {t}",
                          fontsize=9)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -95,7 +101,6 @@ def depth_figure(rep):
     predicted slope L^e through the first measured point. Returns a matplotlib ``Figure``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import NullLocator
 
     nodes = list(dict.fromkeys(r.node for r in rep.records))
     styles = dict(zip(nodes, series_styles(len(nodes))))
@@ -117,12 +122,7 @@ def depth_figure(rep):
             if r.predicted is not None and r.predicted != NEG:
                 i0 = int(np.argmax(ok))
                 ax.plot(ds, y[i0] * (ds / ds[i0]) ** float(r.predicted), "--", color=color, lw=0.9)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xticks(ds)
-        ax.set_xticklabels([str(int(d)) for d in ds], fontsize=8)
-        ax.set_xlabel("depth L (number of residual blocks)")
+        log_log_axis(ax, ds, "depth L (number of residual blocks)", fontsize=8)
         ax.set_title(titles[kind], fontsize=9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6.5, loc="best", frameon=False)
