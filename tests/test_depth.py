@@ -432,3 +432,13 @@ def test_apply_mup_in_depth_hybrid_muon_adamw_keeps_each_block_with_its_optimize
         elif in_block:
             assert eps == pytest.approx(1e-8 * f)
     assert model.tensorprog_depth["branch_multiplier"] == pytest.approx(f)
+    # apply_mup's default optimizer, AdamW alone (its defaults hold decoupled_weight_decay, which
+    # its constructor does not take): the same factors on its branch groups
+    mf, of = apply_mup(_PlainResidual, 32, example_inputs=x, lr=lr, base_depth=2,
+                       depth_family="depth_mup")
+    model = mf(32, 6)
+    opt = of(model)
+    assert type(opt) is torch.optim.AdamW
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    for n, p in model.named_parameters():
+        assert lrs[id(p)] == pytest.approx(lr * f if n.startswith("blocks.") else lr), n

@@ -87,7 +87,7 @@ class DepthCheck(JSONMixin):
 
     def __str__(self) -> str:
         lines = [f"depth check at width {self.width}, depths {list(self.depths)}, {self.steps} "
-                 f"step{'s' * (self.steps != 1)}, {self.seeds} seeds: {self.verdict}"]
+                 f"step{'s' * (self.steps != 1)}, {self.seeds} seed{'s' * (self.seeds != 1)}: {self.verdict}"]
         for r in self.records:
             slope = "?" if r.slope is None else f"{r.slope:+.2f} +- {r.stderr:.2f}"
             lines.append(f"  {r.node:28s} {r.kind:6s} step {r.step}: predicted L^{r.predicted}, "
