@@ -266,6 +266,35 @@ def test_depth_report_json_round_trip():
     d = json.loads(rep.to_json())
     assert d["family"] == "depth_mup" and d["kinds"]["blocks.*.linear"]["alpha"] == "1/2"
     assert d["depths"] == [2, 4]
+    # read back: an equal report, its exponents exact again, printing as the original
+    from tensorprog.predict.depth import DepthReport
+    for r in (rep, _analyze(depth_example("resmlp", "standard"))):  # the second with a fix
+        back = DepthReport.from_json(r.to_json())
+        assert back == r and str(back) == str(r) and back.rules == r.rules
+        assert back.stream_init_exp == r.stream_init_exp and back.trace is None
+        for name, v in r.kinds.items():
+            assert back.kinds[name].__dict__ == v.__dict__
+    assert DepthReport.from_json(rep.to_json()).kinds["blocks.*.linear"].alpha == HALF
+    other = _analyze(depth_example("resmlp", "completep"))
+    assert DepthReport.from_json(other.to_json()) != rep  # equality can fail
+
+
+def test_depth_check_json_round_trip():
+    """A measured depth check (one with a non-finite value, as a diverged run leaves) reads
+    back equal, its records' values and exponents as written."""
+    from tensorprog.measure.depth import DepthCheck
+    ex = depth_example("resmlp", "completep")
+    c = check_depth(ex.factory, (2, 4), width=8, example_inputs=ex.example_inputs,
+                    make_optimizer=ex.make_optimizer, loss=ex.loss, steps=1, seeds=1)
+    c.records[0].values[4] = [float("nan")]
+    back = DepthCheck.from_json(c.to_json())
+    assert back == c and str(back) == str(c) and back.verdict == c.verdict
+    for a, b in zip(back.records, c.records):
+        assert (a.node, a.kind, a.step, a.predicted, a.status) == (b.node, b.kind, b.step,
+                                                                   b.predicted, b.status)
+        assert a.mean_values.keys() == b.mean_values.keys()
+    assert back.records[0].values[4][0] != back.records[0].values[4][0]  # NaN kept
+    assert back.records[1].predicted == sp.Integer(0)  # the stream's change: CompleteP, L^0
 
 
 @pytest.mark.slow
@@ -364,3 +393,52 @@ def test_depth_mup_multiplier_without_its_learning_rate_grows_in_training():
     change = c.get("stream", "change")
     assert change.status == "confirmed" and change.slope == pytest.approx(0.5, abs=0.2)
     assert abs(c.get("stream", "size").slope) < 0.15
+
+
+def test_apply_mup_in_depth_hybrid_muon_adamw_keeps_each_block_with_its_optimizer():
+    """Muon on the hidden matrices, AdamW on the rest, at depth 6 > base depth 2: the blocks
+    the base-depth trace never saw go to the optimizer of their block-0 counterpart, and the
+    branch groups of both optimizers take TP6's Adam-like depth factors, LR and eps x
+    (L / L0)^-1/2 = 3^-1/2 (Depth-muP; Muon's step is scale-invariant like Adam's)."""
+    from tensorprog import apply_mup
+    x = (torch.randn(8, 16, generator=torch.Generator().manual_seed(0)),)
+    lr = 1e-3
+    mf, of = apply_mup(_PlainResidual, 32, example_inputs=x, lr=lr, base_depth=2,
+                       depth_family="depth_mup",
+                       optimizer_cls={"hidden": torch.optim.Muon, "default": torch.optim.AdamW})
+    model = mf(32, 6)
+    opts = of(model)
+    assert sorted(type(o).__name__ for o in opts) == ["AdamW", "Muon"]
+    owner = {}
+    for o in opts:
+        for g in o.param_groups:
+            for p in g["params"]:
+                assert id(p) not in owner, "a parameter in two optimizers"
+                owner[id(p)] = (type(o).__name__, g["lr"], g.get("eps"))
+    names = dict(model.named_parameters())
+    assert set(owner) == {id(p) for p in names.values()}
+    # the hidden matrices, read off the module itself: the blocks' width x width weights
+    hidden = {n for n, p in names.items() if n.startswith("blocks.") and tuple(p.shape) == (32, 32)}
+    assert len(hidden) == 12  # 6 blocks, 2 matrices each
+    assert {n for n, p in names.items() if owner[id(p)][0] == "Muon"} == hidden
+    f = 3 ** -0.5
+    muon_eps = 1e-7  # torch.optim.Muon's default eps
+    for n, p in names.items():
+        cls, glr, eps = owner[id(p)]
+        in_block = n.startswith("blocks.")
+        assert glr == pytest.approx(lr * f if in_block else lr), n  # width factors: 1 at base
+        if cls == "Muon":
+            assert eps == pytest.approx(muon_eps * f)
+        elif in_block:
+            assert eps == pytest.approx(1e-8 * f)
+    assert model.tensorprog_depth["branch_multiplier"] == pytest.approx(f)
+    # apply_mup's default optimizer, AdamW alone (its defaults hold decoupled_weight_decay, which
+    # its constructor does not take): the same factors on its branch groups
+    mf, of = apply_mup(_PlainResidual, 32, example_inputs=x, lr=lr, base_depth=2,
+                       depth_family="depth_mup")
+    model = mf(32, 6)
+    opt = of(model)
+    assert type(opt) is torch.optim.AdamW
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    for n, p in model.named_parameters():
+        assert lrs[id(p)] == pytest.approx(lr * f if n.startswith("blocks.") else lr), n

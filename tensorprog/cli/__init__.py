@@ -1,6 +1,9 @@
 """Command line: ``tensorprog analyze | trace | check | rules | explain`` on a zoo example or
 ``FILE.py:factory``.
 
+``analyze`` and ``check`` with ``--depths`` run in depth instead: a factory (width, depth) at one
+width and growing depths (``cli/depth.py``).
+
 One module per subcommand (``add_arguments(parser)`` and ``run(args) -> exit code``); how a
 target is loaded lives in ``cli/load.py``. Nothing outside ``cli/`` imports from here.
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import TensorprogError
+from .depth import add_depth_arguments, run_analyze as run_depth, wants_depth
 from .load import common_arguments, load_target
 
 
@@ -14,6 +15,7 @@ def add_arguments(p) -> None:
     p.add_argument("--alignment", default="tp", choices=["tp", "everett", "full", "none"],
                    help="tp (default), full (= everett: Everett et al. 2024 full alignment) or none")
     p.add_argument("--device", default="cpu", help="cpu, or meta to trace without weights")
+    add_depth_arguments(p)
 
 
 def parse_lr_rule(items):
@@ -38,6 +40,8 @@ def run(args) -> int:
     from ..graph.trace import trace
     from ..predict.analyze import analyze
 
+    if wants_depth(args):
+        return run_depth(args)
     lr_rule = parse_lr_rule(args.lr_rule)  # bad input fails before the (slow) trace
     t = load_target(args)
     widths = tuple(args.widths or t.widths)

@@ -11,7 +11,8 @@ import torch
 from ..errors import CheckError, TensorprogError
 from ..measure.check import check
 from ..measure.runner import DEFAULT_LR, resolve_device
-from .load import load_file
+from .depth import add_depth_arguments, run_check as run_depth, wants_depth
+from .load import load_file, write_check
 
 __all__ = ["add_arguments", "run", "main"]
 
@@ -20,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``tensorprog check`` on an argparse (sub)parser."""
     parser.add_argument("target", nargs="?", help="FILE.py:factory (a function width -> nn.Module). "
                         "The file may also define example_inputs, make_optimizer, loss, data.")
-    parser.add_argument("--example", choices=("mlp", "cnn", "gpt"),
-                        help="check a zoo example instead of a file")
+    parser.add_argument("--example", choices=("mlp", "cnn", "gpt", "resmlp"),
+                        help="check a zoo example instead of a file (resmlp: with --depths)")
     parser.add_argument("--param", default="mup", choices=("sp", "ntk", "mup", "mup_table8"),
                         help="zoo parametrization (with --example)")
     parser.add_argument("--optimizer", default=None, choices=("adam", "sgd", "adamw"),
@@ -31,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--widths", nargs="+", default=None,
                         help="widths, space- or comma-separated (default 64 ... 2048; a zoo "
                              "example on the CPU: 64 128 256 512)")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default 3; "
+                        "with --depths 2)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds (default 3; with --depths 2)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--plot", default=None, help="write the coordinate-check PNG here")
     parser.add_argument("--json", default=None, help="write the full report as JSON here")
@@ -45,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--make-optimizer", dest="make_optimizer",
                         help="name of make_optimizer(model) in FILE (default: make_optimizer)")
     parser.add_argument("--loss", help="name of loss(output, inputs) in FILE (default: loss)")
+    add_depth_arguments(parser, check=True)
     return parser
 
 
@@ -85,6 +88,8 @@ def _load_target(target: str):
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tensorprog check``; returns the exit code (0 unless a prediction is refuted: 1)."""
+    if wants_depth(args):
+        return run_depth(args)
     max_memory = memory_limit(args.max_memory)
     kw: dict[str, Any] = {}
     if args.example:
@@ -113,16 +118,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise CheckError("give FILE.py:factory or --example NAME.")
     widths = [w for item in args.widths for w in _int_list(item)] if args.widths else default_widths
-    rep = check(factory, widths, steps=args.steps, seeds=args.seeds, device=args.device,
+    rep = check(factory, widths, steps=3 if args.steps is None else args.steps,
+                seeds=3 if args.seeds is None else args.seeds, device=args.device,
                 progress=not args.quiet, max_memory=max_memory, **kw)
-    print(rep)
-    if args.json:
-        rep.to_json(args.json)
-        print(f"wrote {args.json}")
-    if args.plot:
-        rep.plot(args.plot)
-        print(f"wrote {args.plot}")
-    return 1 if rep.verdict == "refuted" else 0
+    return write_check(rep, args)
 
 
 def main(argv=None) -> int:  # standalone: python -m tensorprog.cli.check ...
@@ -133,10 +132,6 @@ def main(argv=None) -> int:  # standalone: python -m tensorprog.cli.check ...
     except TensorprogError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ..errors import TensorprogError
 
 __all__ = ["Target", "load_target", "load_file", "common_arguments", "check_outputs",
-           "check_device", "OUTPUT_FLAGS"]
+           "check_device", "write_check", "OUTPUT_FLAGS"]
 
 #: argparse dests of the options that name a file to write
 OUTPUT_FLAGS = ("json", "plot", "dot", "pytorch")
@@ -138,3 +138,15 @@ def check_device(name, allow_auto: bool = False) -> None:
                                   f"{torch.cuda.device_count()} CUDA device(s)")
     elif dev.type not in ("cpu", "meta", "mps"):
         raise TensorprogError(f"--device {name!r}: tensorprog runs on {choices}")
+
+
+def write_check(rep, args) -> int:
+    """Print a check's report, write its --json / --plot; exit code 1 if refuted, else 0."""
+    print(rep)
+    if args.json:
+        rep.to_json(args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        rep.plot(args.plot)
+        print(f"wrote {args.plot}")
+    return 1 if rep.verdict == "refuted" else 0

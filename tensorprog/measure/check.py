@@ -216,19 +216,10 @@ class CheckReport(JSONMixin):
     @classmethod
     def from_dict(cls, d: dict) -> "CheckReport":
         """Inverse of ``to_dict`` (decoded JSON: ``jsonio.read_json``)."""
-        from ..jsonio import from_jsonable, read_exponent
+        from ..jsonio import from_jsonable
 
         d = from_jsonable(d)  # plain json.loads output too
-
-        def record(r):
-            predicted = None if r["predicted"] == "?" else read_exponent(r["predicted"])
-            return Record(node=r["node"], module=r["module"], op=r["op"], kind=r["kind"],
-                          step=r["step"], slope=r["slope"], stderr=r["stderr"],
-                          predicted=predicted, status=r["status"], focus=r["focus"],
-                          values={int(w): list(v) for w, v in r["values"].items()},
-                          blowup=r.get("blowup", False), note=r.get("note", ""))
-
-        return cls(records=[record(r) for r in d["records"]], widths=tuple(d["widths"]),
+        return cls(records=[Record.from_dict(r) for r in d["records"]], widths=tuple(d["widths"]),
                    steps=d["steps"], seeds=d["seeds"], optimizer=d["optimizer"],
                    device=d["device"], dtype=d["dtype"], tolerance=Tolerance(**d["tolerance"]),
                    blowups=[Blowup(**b) for b in d["blowups"]], skipped=dict(d["skipped"]),

@@ -41,7 +41,7 @@ from .judge import Record, Tolerance, judge
 from .runner import Runner, default_loss, make_opt
 
 
-@dataclass
+@dataclass(eq=False)
 class DepthCheck(JSONMixin):
     """What ``check_depth`` measured: one ``Record`` per prediction (``Record.values`` keyed by
     depth), the verdict (refuted > inconclusive > confirmed) and the predicting ``DepthReport``."""
@@ -62,6 +62,12 @@ class DepthCheck(JSONMixin):
                 return s
         return "confirmed"
 
+    def plot(self, path: str) -> str:
+        """Write the depth-check figure (``measure.plots.depth_figure``) to ``path`` (PNG)."""
+        from .plots import plot_depth_check
+
+        return plot_depth_check(self, path)
+
     def get(self, node: str, kind: str) -> Record:
         return next(r for r in self.records if r.node == node and r.kind == kind)
 
@@ -70,9 +76,18 @@ class DepthCheck(JSONMixin):
                          "steps": self.steps, "seeds": self.seeds, "notes": self.notes,
                          "records": [r.to_dict() for r in self.records]})
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "DepthCheck":
+        """Inverse of ``to_dict`` (without ``report``, which JSON does not carry)."""
+        from ..jsonio import from_jsonable
+
+        d = from_jsonable(d)  # plain json.loads output too
+        return cls(records=[Record.from_dict(r) for r in d["records"]], depths=tuple(d["depths"]),
+                   width=d["width"], steps=d["steps"], seeds=d["seeds"], notes=list(d["notes"]))
+
     def __str__(self) -> str:
         lines = [f"depth check at width {self.width}, depths {list(self.depths)}, {self.steps} "
-                 f"step{'s' * (self.steps != 1)}, {self.seeds} seeds: {self.verdict}"]
+                 f"step{'s' * (self.steps != 1)}, {self.seeds} seed{'s' * (self.seeds != 1)}: {self.verdict}"]
         for r in self.records:
             slope = "?" if r.slope is None else f"{r.slope:+.2f} +- {r.stderr:.2f}"
             lines.append(f"  {r.node:28s} {r.kind:6s} step {r.step}: predicted L^{r.predicted}, "

@@ -74,6 +74,18 @@ class Record:
             out[w] = float(np.exp(np.log(v).mean())) if v.size else float("nan")
         return out
 
+    @classmethod
+    def from_dict(cls, r: dict) -> "Record":
+        """Inverse of ``to_dict`` (non-finite values already decoded: ``jsonio.from_jsonable``)."""
+        from ..jsonio import read_exponent
+
+        predicted = None if r["predicted"] == "?" else read_exponent(r["predicted"])
+        return cls(node=r["node"], module=r["module"], op=r["op"], kind=r["kind"],
+                   step=r["step"], slope=r["slope"], stderr=r["stderr"], predicted=predicted,
+                   status=r["status"], focus=r["focus"],
+                   values={int(w): list(v) for w, v in r["values"].items()},
+                   blowup=r.get("blowup", False), note=r.get("note", ""))
+
     def to_dict(self) -> dict:
         return {
             "node": self.node, "module": self.module, "op": self.op, "kind": self.kind,

@@ -7,7 +7,7 @@ import numpy as np
 
 from .judge import NEG, Record
 
-__all__ = ["plot_check", "series_styles"]
+__all__ = ["plot_check", "series_styles", "depth_figure", "plot_depth_check"]
 
 
 def _group_key(r: Record) -> str:
@@ -29,11 +29,22 @@ def series_styles(count: int) -> list[tuple]:
     return [(palette[k % len(palette)], markers[k // 10 % len(markers)]) for k in range(count)]
 
 
+def log_log_axis(ax, xs, label: str, fontsize: float = 7) -> None:
+    """Log-log axes with a tick at each measured x (a width or a depth), labelled as integers."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(xs)
+    ax.set_xticklabels([str(int(x)) for x in xs], fontsize=fontsize)
+    ax.set_xlabel(label)
+
+
 def plot_check(rep, path: str, max_groups: int = 16) -> str:
     """Write the figure of a CheckReport to ``path`` (PNG); returns the path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import NullLocator
 
     recs = [r for r in rep.records if r.focus]
     groups: dict[str, list[Record]] = {}
@@ -69,12 +80,7 @@ def plot_check(rep, path: str, max_groups: int = 16) -> str:
                 for pred in dict.fromkeys(r.predicted for r in members):  # one per distinct exponent
                     if pred is not None and pred != NEG:
                         ax.plot(ws, y[i0] * (ws / ws[i0]) ** float(pred), "--", color=color, lw=0.8)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.xaxis.set_minor_locator(NullLocator())
-            ax.set_xticks(ws)
-            ax.set_xticklabels([str(int(w)) for w in ws], fontsize=7)
-            ax.set_xlabel("width")
+            log_log_axis(ax, ws, "width", fontsize=7)
             ax.set_title(f"{'mean |x_t|' if kind == 'size' else 'mean |x_t - x_0|'}, step {t}",
                          fontsize=9)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -84,4 +90,49 @@ def plot_check(rep, path: str, max_groups: int = 16) -> str:
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return path
+
+
+def depth_figure(rep):
+    """The figure of a ``DepthCheck`` (``measure.depth``): two log-log panels against the depth L,
+    the size at init (mean |x_0|) and the change after the last step (mean |x_T - x_0|), one
+    series per measured quantity (the stream and each branch kind, same colour and marker in
+    both panels), solid with markers: measured (geometric mean over seeds); dashed: the
+    predicted slope L^e through the first measured point. Returns a matplotlib ``Figure``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    nodes = list(dict.fromkeys(r.node for r in rep.records))
+    styles = dict(zip(nodes, series_styles(len(nodes))))
+    ds = np.asarray(rep.depths, dtype=float)
+    fig = Figure(figsize=(10, 4.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    titles = {"size": "mean |x|, at init", "change": f"mean |x_T - x_0|, T = {rep.steps}"}
+    for ax, kind in zip(axes, ("size", "change")):
+        for r in (r for r in rep.records if r.kind == kind):
+            color, marker = styles[r.node]
+            y = np.array([r.mean_values.get(d, np.nan) for d in rep.depths], dtype=float)
+            ok = np.isfinite(y) & (y > 0)
+            if not ok.any():
+                continue
+            slope = "?" if r.slope is None else f"{r.slope:+.2f}"
+            ax.plot(ds[ok], y[ok], "-", marker=marker, color=color, ms=4, lw=1.3,
+                    label=f"{r.node}: L^{slope} measured, L^{r.predicted} predicted ({r.status})")
+            if r.predicted is not None and r.predicted != NEG:
+                i0 = int(np.argmax(ok))
+                ax.plot(ds, y[i0] * (ds / ds[i0]) ** float(r.predicted), "--", color=color, lw=0.9)
+        log_log_axis(ax, ds, "depth L (number of residual blocks)", fontsize=8)
+        ax.set_title(titles[kind], fontsize=9)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6.5, loc="best", frameon=False)
+    fig.suptitle(f"tensorprog depth check at width {rep.width}: {rep.verdict} "
+                 "(solid: measured; dashed: predicted slopes)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_depth_check(rep, path: str) -> str:
+    """Write ``depth_figure(rep)`` to ``path`` (PNG); returns the path."""
+    depth_figure(rep).savefig(path, dpi=110)
     return path

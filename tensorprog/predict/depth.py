@@ -175,7 +175,7 @@ def kind_verdict(k) -> KindVerdict:
                        wd_exp=k.wd_exp, init_exp=k.init_exp, notes=notes)
 
 
-@dataclass
+@dataclass(eq=False)
 class DepthReport(JSONMixin):
     """What ``analyze_depth`` found. ``str(report)`` reads; ``to_dict()`` is JSON-able."""
 
@@ -191,6 +191,7 @@ class DepthReport(JSONMixin):
     rules: DepthRules | None
     notes: list[str]
     trace: DepthTrace = field(repr=False, default=None)
+    depths: tuple[int, ...] | None = None  # the traced depths (kept when read back from JSON)
 
     @property
     def stream_init_exp(self):
@@ -210,7 +211,27 @@ class DepthReport(JSONMixin):
             "nontrivial": self.nontrivial, "optimizer": self.optimizer,
             "kinds": {k: v.__dict__ for k, v in self.kinds.items()}, "fix": self.fix,
             "rules": None if self.rules is None else self.rules.__dict__, "notes": self.notes,
-            "depths": None if self.trace is None else list(self.trace.depths)})
+            "depths": None if self.depths is None else list(self.depths)})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DepthReport":
+        """Inverse of ``to_dict`` (without ``trace``, which JSON does not carry)."""
+        from ..jsonio import from_jsonable, read_exponent
+
+        d = from_jsonable(d)  # plain json.loads output too
+        plain = {"kind", "stable_init", "stable_train", "nontrivial", "eps_scaled", "family",
+                 "notes"}
+        kinds = {name: KindVerdict(**{k: v if k in plain else read_exponent(v)
+                                      for k, v in kv.items()})
+                 for name, kv in d["kinds"].items()}
+        r = d["rules"]
+        return cls(applies=d["applies"], statement=d["statement"], family=d["family"],
+                   stable_init=d["stable_init"], stable_train=d["stable_train"],
+                   nontrivial=d["nontrivial"], optimizer=d["optimizer"], kinds=kinds,
+                   fix=list(d["fix"]), notes=list(d["notes"]),
+                   rules=None if r is None else depth_rules(r["family"], r["base_depth"],
+                                                            r["optimizer"]),
+                   depths=None if d["depths"] is None else tuple(d["depths"]))
 
     def __str__(self) -> str:
         lines = [f"depth: {self.statement}"]
@@ -299,7 +320,7 @@ def analyze_depth(factory, depths=(2, 4, 8), *, width: int = 64, widths=None, ex
             f"through weights, at depths {list(trace.depths)}): depth scaling (TP6 / CompleteP) "
             "does not apply to this model"), family="none", stable_init=None, stable_train=None,
             nontrivial=None, optimizer=None, kinds={}, fix=[], rules=None,
-            notes=list(trace.warnings), trace=trace)
+            notes=list(trace.warnings), trace=trace, depths=tuple(trace.depths))
     kinds = {name: kind_verdict(k) for name, k in trace.kinds.items()}
     like = {k.adam_like for k in trace.kinds.values() if k.adam_like is not None}
     opt = None if not like else "mixed" if len(like) > 1 else "adam" if like.pop() else "sgd"
@@ -334,4 +355,5 @@ def analyze_depth(factory, depths=(2, 4, 8), *, width: int = 64, widths=None, ex
     return DepthReport(applies=True, statement=statement, family=fam, stable_init=stable,
                        stable_train=_all(v.stable_train for v in kinds.values()),
                        nontrivial=_all(v.nontrivial for v in kinds.values()), optimizer=opt,
-                       kinds=kinds, fix=fix, rules=rules, notes=notes, trace=trace)
+                       kinds=kinds, fix=fix, rules=rules, notes=notes, trace=trace,
+                       depths=tuple(trace.depths))

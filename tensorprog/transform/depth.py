@@ -63,8 +63,9 @@ class DepthPlan:
         model.tensorprog_depth = {"depth": depth, **self.factors(depth)}
 
     def scale_optimizer(self, made, model):
-        """``made`` (one optimizer or a list) rebuilt with the depth factors on the groups of
-        the branch parameters (each group split into its branch and other parameters)."""
+        """``made`` (one optimizer or a list, fresh from the width transform) regrouped in place
+        with the depth factors on the groups of the branch parameters (each group split into its
+        branch and other parameters)."""
         state = getattr(model, "tensorprog_depth", None)
         if state is None:
             raise TensorprogError("optimizer_factory needs a model built by apply_mup's "
@@ -85,7 +86,10 @@ class DepthPlan:
                         if "eps" in f and isinstance(g.get("eps"), float):
                             new["eps"] = g["eps"] * f["eps"]
                     groups.append(new)
-            return type(opt)(groups, **opt.defaults)
+            opt.param_groups = []  # fresh (no state yet): regroup in place, whatever the class
+            for g in groups:
+                opt.add_param_group(g)
+            return opt
         if isinstance(made, (list, tuple)):
             return [rebuild(o) for o in made]
         return rebuild(made)

@@ -156,7 +156,9 @@ def apply_mup(
     the gradient.
     Returns ``model_factory(width) -> nn.Module`` and ``optimizer_factory(model) -> Optimizer``.
     base_depth: ``factory`` takes (width, depth) and ``model_factory(width, depth)`` adds the
-    depth factors of ``depth_family`` ("completep" or "depth_mup"; ``transform/depth.py``).
+    depth factors of ``depth_family`` ("completep" or "depth_mup"; ``transform/depth.py``), for
+    one optimizer or a hybrid (Muon + AdamW): a block that exists only deeper than base_depth
+    goes to the optimizer of its block-0 counterpart.
     """
     from ..theory.abc import optimizer_class
 
@@ -174,20 +176,16 @@ def apply_mup(
     if base_depth is None:
         width_factory = factory
     else:
-        from .depth import depth_plan
-        try:
-            kind = optimizer_class(getattr(optimizer_cls, "func", optimizer_cls))
-        except Exception:  # noqa: BLE001 - a dict or callable choosing per parameter
-            raise TensorprogError("base_depth needs one optimizer class (SGD-like or Adam-like), "
-                                  f"got {optimizer_cls!r}.") from None
-        dplan = depth_plan(factory, base_width, base_depth, depth_family, example_inputs, kind)
-
         def width_factory(n):
             return factory(n, base_depth)
     r = derive_rules(width_factory, ws, example_inputs=example_inputs, optimizer=optimizer_cls,
                      convention=convention, base_width=base_width, progress=progress,
                      alignment=alignment)
     _refuse(r)
+    if base_depth is not None:  # r.optimizer: "adam" / "sgd", the class of every owner (a
+        from .depth import depth_plan  # hybrid such as Muon + AdamW is one class, optspec.assign)
+        dplan = depth_plan(factory, base_width, base_depth, depth_family, example_inputs,
+                           r.optimizer)
     plan = _Plan.from_rules(r)
     if eps_scaling == "mup":
         plan.eps = {n: _fl(p.eps_exp) for n, p in r.params.items() if p.eps_exp is not None}
