@@ -116,3 +116,15 @@ def test_ctrl_c_with_one_width_finished_leaves_every_prediction_undetermined():
     assert all(len(r.values[16]) == 2 and all(math.isfinite(v) for v in r.values[16])
                for r in part.records)
     assert CheckReport.from_json(part.to_json()) == part
+
+
+def failing_at_32(width):
+    if width == 32:
+        raise ValueError("no width 32 here")
+    return MLP(width, param="mup", d_in=8, d_out=3)
+
+
+def test_a_failing_run_in_a_worker_is_an_error_naming_its_width_and_seed():
+    with pytest.raises(CheckError, match=r"width 32, seed 0: factory\(32\) raised ValueError: "
+                                         r"no width 32 here"):
+        check(failing_at_32, (16, 32), trace_widths=(16, 64), backend="local", workers=1, **KW)

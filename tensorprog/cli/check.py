@@ -109,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
         ex = example(args.example, param=args.param, optimizer=args.optimizer or "adam", lr=args.lr)
         factory = ex.factory
         kw.update(example_inputs=ex.example_inputs, make_optimizer=ex.make_optimizer, loss=ex.loss)
-        default_widths = (64, 128, 256, 512) if resolve_device(args.device).type == "cpu" else \
-            (64, 128, 256, 512, 1024, 2048)
+        on_cpu = (args.device == "cpu" if args.backend == "ray" and args.device != "auto"
+                  else resolve_device(args.device).type == "cpu")  # ray: the workers' device
+        default_widths = (64, 128, 256, 512) if on_cpu else (64, 128, 256, 512, 1024, 2048)
     elif args.target:
         mod, factory = _load_target(args.target, importable=args.backend == "local")
         names = {"example_inputs": getattr(args, "inputs", None),

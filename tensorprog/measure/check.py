@@ -23,6 +23,12 @@ by the names in the export signature. So:
 * one export per width serves every seed: seed s only swaps in the parameters of a model built
   under ``torch.manual_seed(s)``.
 
+Each (width, seed) run is one pure function (``distribute.measure_run``) of picklable inputs
+(factory, inputs / data, optimizer factory, loss, the measured nodes by name, steps, device,
+dtype) to plain arrays, so ``backend="local"`` (a process pool) and ``backend="ray"`` (a
+cluster) run exactly what ``backend="serial"`` runs in this process; a worker exports its width
+itself (once per width and process). Ctrl-C keeps the finished runs: a partial report.
+
 Graph nodes are matched to the traced graph by position (the export is the same program at every
 width: same op sequence, checked); names in the report are the traced graph's names.
 
@@ -305,7 +311,8 @@ def check(
     Each run is the same pure function of the same inputs wherever it runs, and the judging is
     the same: a check spread over a cluster reads as the local one. With "ray", device "auto"
     means CUDA when ``ray_options`` asks for GPUs, and max_memory "auto" is not checked here (the
-    workers' devices are not this machine's).
+    workers' devices are not this machine's). max_memory is the need of one run: ``workers``
+    runs at once on one machine need that much each.
 
     Ctrl-C (KeyboardInterrupt) during the runs stops them within seconds (workers killed) and
     returns a partial report (``partial`` says why, ``missing`` lists the (width, seed) runs that
