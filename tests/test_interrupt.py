@@ -113,3 +113,29 @@ def test_ctrl_c_stops_the_check_command_with_one_line():
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "tensorprog: interrupted"
+
+
+def test_ctrl_c_during_a_local_check_saves_the_finished_widths(tmp_path):
+    # the (width, seed) runs in a process pool; Ctrl-C once the first width is done: the workers
+    # are killed, the partial report (judged on the finished widths) is printed and saved, and
+    # nothing is left behind (no process, no "leaked semaphore" warning: the last line is ours)
+    path = tmp_path / "partial.json"
+    proc, seen = start(["-m", "tensorprog", "check", "--example", "mlp", "--device", "cpu",
+                        "--widths", "16", "512", "1024", "2048", "--steps", "30", "--seeds", "2",
+                        "--backend", "local", "--workers", "2", "--json", str(path)],
+                       "width 16 done")
+    took, out, err = interrupt(proc, seen)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "tensorprog: interrupted"
+    assert "PARTIAL: interrupted after" in out and f"wrote {path}" in out
+    d = json.loads(path.read_text())
+    assert d["partial"].startswith("interrupted after")
+    assert 16 in d["widths"] and 2048 not in d["widths"]
+    missing = {tuple(m) for m in d["missing"]}
+    assert (2048, 0) in missing and (2048, 1) in missing and not any(w == 16 for w, _ in missing)
+    assert all(set(r["values"]) == {str(w) for w in d["widths"]} for r in d["records"])
+    from tensorprog.measure.check import CheckReport
+    rep = CheckReport.from_json(str(path))
+    assert rep == CheckReport.from_json(rep.to_json()) and rep.missing
+    assert took < 10

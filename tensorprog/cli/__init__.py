@@ -53,7 +53,8 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         check_outputs(args)
-        check_device(getattr(args, "device", None), allow_auto=args.command == "check")
+        check_device(getattr(args, "device", None), allow_auto=args.command == "check",
+                     here=getattr(args, "backend", "serial") != "ray")
         return args.func(args) or 0
     except TensorprogError as e:
         print(f"tensorprog: error: {e}", file=sys.stderr)

@@ -6,11 +6,9 @@ import re
 import sys
 from typing import Any
 
-import torch
-
 from ..errors import CheckError, TensorprogError
 from ..measure.check import check
-from ..measure.runner import DEFAULT_LR, resolve_device
+from ..measure.runner import default_optimizer, resolve_device
 from .depth import add_depth_arguments, run_check as run_depth, wants_depth
 from .load import load_file, write_check
 
@@ -43,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="refuse widths whose estimated training memory exceeds this: auto "
                              "(the device's free memory, default), none (no check), or a size "
                              "such as 8GiB, 500MB, 1e9")
+    parser.add_argument("--backend", default="serial", choices=("serial", "local", "ray"),
+                        help="where the (width, seed) runs train: serial (this process, default), "
+                             "local (a process pool), ray (one Ray task per run; one GPU each on "
+                             "CUDA)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes (local) or CPUs of a fresh local Ray instance (ray); "
+                             "default one per CPU")
     parser.add_argument("--inputs", help="name of example_inputs in FILE (default: example_inputs)")
     parser.add_argument("--make-optimizer", dest="make_optimizer",
                         help="name of make_optimizer(model) in FILE (default: make_optimizer)")
@@ -75,12 +80,24 @@ def memory_limit(text: str):
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def _load_target(target: str):
-    """(module, factory) for FILE.py:factory, with the CLI's own file loader."""
+def _load_target(target: str, importable: bool = False):
+    """(module, factory) for FILE.py:factory, with the CLI's own file loader. ``importable``:
+    also register the module under its name, with its folder on sys.path, so that worker
+    processes (``--backend local``, which pickle functions by module and name) import it."""
     if ":" not in target:
         raise CheckError(f"target must be FILE.py:factory, got {target!r}.")
     path, name = target.rsplit(":", 1)
     mod = load_file(path)
+    if importable:
+        import os
+        folder = os.path.dirname(os.path.abspath(path))
+        if mod.__name__ in sys.modules and getattr(sys.modules[mod.__name__], "__file__", None) \
+                != mod.__file__:
+            raise CheckError(f"{path}: a module named {mod.__name__!r} is already imported; "
+                             "rename the file to run it with --backend local.")
+        sys.modules[mod.__name__] = mod
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     if not hasattr(mod, name):
         raise CheckError(f"{path} defines no {name!r} (the factory width -> model).")
     return mod, getattr(mod, name)
@@ -97,10 +114,11 @@ def run(args: argparse.Namespace) -> int:
         ex = example(args.example, param=args.param, optimizer=args.optimizer or "adam", lr=args.lr)
         factory = ex.factory
         kw.update(example_inputs=ex.example_inputs, make_optimizer=ex.make_optimizer, loss=ex.loss)
-        default_widths = (64, 128, 256, 512) if resolve_device(args.device).type == "cpu" else \
-            (64, 128, 256, 512, 1024, 2048)
+        on_cpu = (args.device == "cpu" if args.backend == "ray" and args.device != "auto"
+                  else resolve_device(args.device).type == "cpu")  # ray: the workers' device
+        default_widths = (64, 128, 256, 512) if on_cpu else (64, 128, 256, 512, 1024, 2048)
     elif args.target:
-        mod, factory = _load_target(args.target)
+        mod, factory = _load_target(args.target, importable=args.backend == "local")
         names = {"example_inputs": getattr(args, "inputs", None),
                  "make_optimizer": getattr(args, "make_optimizer", None),
                  "loss": getattr(args, "loss", None), "data": None}
@@ -110,18 +128,20 @@ def run(args: argparse.Namespace) -> int:
             if hasattr(mod, name or key):
                 kw[key] = getattr(mod, name or key)
         if "make_optimizer" not in kw:
-            kind = "sgd" if args.optimizer == "sgd" else "adam"
-            lr = args.lr or DEFAULT_LR[kind]
-            cls = torch.optim.SGD if kind == "sgd" else torch.optim.Adam
-            kw["make_optimizer"] = lambda m: cls(m.parameters(), lr=lr)
+            kw["make_optimizer"] = default_optimizer("sgd" if args.optimizer == "sgd" else "adam",
+                                                     args.lr)
         default_widths = (64, 128, 256, 512, 1024, 2048)
     else:
         raise CheckError("give FILE.py:factory or --example NAME.")
     widths = [w for item in args.widths for w in _int_list(item)] if args.widths else default_widths
     rep = check(factory, widths, steps=3 if args.steps is None else args.steps,
                 seeds=3 if args.seeds is None else args.seeds, device=args.device,
-                progress=not args.quiet, max_memory=max_memory, **kw)
-    return write_check(rep, args)
+                progress=not args.quiet, max_memory=max_memory, backend=args.backend,
+                workers=args.workers, **kw)
+    code = write_check(rep, args)
+    if rep.partial:  # Ctrl-C: the finished runs are reported (and saved); then as any Ctrl-C
+        raise KeyboardInterrupt
+    return code
 
 
 def main(argv=None) -> int:  # standalone: python -m tensorprog.cli.check ...

@@ -118,8 +118,9 @@ def check_outputs(args) -> None:
 _EXT = {"json": "json", "plot": "png", "dot": "dot", "pytorch": "py"}
 
 
-def check_device(name, allow_auto: bool = False) -> None:
-    """--device names a device torch knows and this machine has (checked before the run)."""
+def check_device(name, allow_auto: bool = False, here: bool = True) -> None:
+    """--device names a device torch knows and this machine has (checked before the run);
+    ``here=False``: the runs train elsewhere (``check --backend ray``), so CUDA need not be here."""
     import torch
 
     if name is None or (allow_auto and name == "auto"):
@@ -129,7 +130,7 @@ def check_device(name, allow_auto: bool = False) -> None:
         dev = torch.device(name)
     except (RuntimeError, TypeError, ValueError):
         raise TensorprogError(f"--device {name!r} is not a device; use one of {choices}") from None
-    if dev.type == "cuda":
+    if dev.type == "cuda" and here:
         if not torch.cuda.is_available():
             raise TensorprogError(f"--device {name}: CUDA is not available on this machine; use "
                                   "--device cpu")
@@ -146,7 +147,7 @@ def write_check(rep, args) -> int:
     if args.json:
         rep.to_json(args.json)
         print(f"wrote {args.json}")
-    if args.plot:
+    if args.plot and getattr(rep, "widths", True):  # a check stopped before any width: no plot
         rep.plot(args.plot)
         print(f"wrote {args.plot}")
     return 1 if rep.verdict == "refuted" else 0

@@ -23,6 +23,12 @@ by the names in the export signature. So:
 * one export per width serves every seed: seed s only swaps in the parameters of a model built
   under ``torch.manual_seed(s)``.
 
+Each (width, seed) run is one pure function (``distribute.measure_run``) of picklable inputs
+(factory, inputs / data, optimizer factory, loss, the measured nodes by name, steps, device,
+dtype) to plain arrays, so ``backend="local"`` (a process pool) and ``backend="ray"`` (a
+cluster) run exactly what ``backend="serial"`` runs in this process; a worker exports its width
+itself (once per width and process). Ctrl-C keeps the finished runs: a partial report.
+
 Graph nodes are matched to the traced graph by position (the export is the same program at every
 width: same op sequence, checked); names in the report are the traced graph's names.
 
@@ -119,7 +125,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import sympy as sp
 import torch
 import torch.nn as nn
@@ -128,13 +133,14 @@ from ..errors import CheckError
 from ..jsonio import JSONMixin
 from ..validate import check_steps
 from ..rng import preserves_rng
-from .judge import (NEG, Blowup, Record, Tolerance, assumption_step, compose, first_blowup,
+from .judge import (NEG, Blowup, Record, Tolerance, assumption_step, compose,
                     first_order_notes, judge, loss_grad_fits, non_finite_notes, outside_assumptions)
-from .data import batches_for, data_source, first_batch
+from .data import FirstBatchOf, data_source
+from .distribute import CHECK_BACKENDS, MeasureSpec, measure_all, run_jobs
 from .memory import check_memory
-from .runner import (EXPORT_MODES, Runner, build_model, check_widths, default_loss,
-                     default_optimizer, eps_underflow_notes, free_memory, make_opt, measured_nodes, program_for,
-                     progress_printer, reference_nodes, resolve_device, roundoff_recheck)
+from .runner import (EXPORT_MODES, canonical_names, check_widths, default_loss, default_optimizer,
+                     measured_nodes, progress_printer, reference_nodes, resolve_device,
+                     reusable_programs, roundoff_recheck)
 
 __all__ = ["check", "CheckReport", "Record", "Tolerance", "Blowup", "default_loss"]
 
@@ -160,6 +166,11 @@ class CheckReport(JSONMixin):
     #: step t -> fit of mean |d loss / d output| at the update made after step t's forward:
     #: {"slope", "stderr", "grows"}; the engine assumes it is Theta(1) (``propagate``)
     loss_grad: dict = field(default_factory=dict)
+    #: why the report is partial ("" when every run finished): Ctrl-C stopped the runs; the
+    #: records are judged on the widths whose every seed finished (``widths``)
+    partial: str = ""
+    #: (width, seed) runs that did not finish (a partial report)
+    missing: list = field(default_factory=list)
     graph: Any = field(default=None, repr=False)
     propagation: Any = field(default=None, repr=False)
 
@@ -209,7 +220,8 @@ class CheckReport(JSONMixin):
             "tolerance": {k: getattr(self.tolerance, k) for k in self.tolerance.__dataclass_fields__},
             "blowups": [vars(b) for b in self.blowups], "skipped": self.skipped,
             "loss_grad": {str(k): v for k, v in self.loss_grad.items()},
-            "seconds": self.seconds, "notes": self.notes,
+            "seconds": self.seconds, "notes": self.notes, "partial": self.partial,
+            "missing": [list(m) for m in self.missing],
             "records": [r.to_dict() for r in self.records],
         }
 
@@ -224,7 +236,8 @@ class CheckReport(JSONMixin):
                    device=d["device"], dtype=d["dtype"], tolerance=Tolerance(**d["tolerance"]),
                    blowups=[Blowup(**b) for b in d["blowups"]], skipped=dict(d["skipped"]),
                    seconds=dict(d["seconds"]), notes=list(d["notes"]),
-                   loss_grad={int(k): v for k, v in d["loss_grad"].items()})
+                   loss_grad={int(k): v for k, v in d["loss_grad"].items()},
+                   partial=d.get("partial", ""), missing=[tuple(m) for m in d.get("missing", [])])
 
     def __str__(self) -> str:
         from ..text.check import format_check
@@ -260,6 +273,9 @@ def check(
     sample: int | None = 1 << 16,
     adam_eps: str = "limit",
     max_memory: float | str | None = "auto",
+    backend: str = "serial",
+    workers: int | None = None,
+    ray_options: dict | None = None,
 ) -> CheckReport:
     """Train ``factory(w)`` at each width and confirm or refute every predicted exponent.
 
@@ -276,7 +292,24 @@ def check(
     this many (None: every entry; see the module docstring). adam_eps: the engine's Adam eps
     ("limit" or "asymptotic", as ``analyze``). max_memory: refuse (``CheckError``) before
     training when the largest width's ``memory_estimate`` exceeds this many bytes; "auto" (the
-    device's free memory) or None (no check). Returns a ``CheckReport``.
+    device's free memory) or None (no check).
+
+    backend: where the (width, seed) runs train, as for ``transfer.sweep``: "serial" (default:
+    this process, one after the other), "local" (a pool of ``workers`` processes, default one per
+    CPU; the factory, inputs, data, optimizer and loss must pickle: module-level functions or
+    ``functools.partial`` of them) or "ray" (one Ray task per run; ``ray_options`` such as
+    ``{"num_gpus": 1}``, the default on CUDA; ``workers``: CPUs of a fresh local Ray instance).
+    Each run is the same pure function of the same inputs wherever it runs, and the judging is
+    the same: a check spread over a cluster reads as the local one. With "ray", device "auto"
+    means CUDA when ``ray_options`` asks for GPUs, and max_memory "auto" is not checked here (the
+    workers' devices are not this machine's). max_memory is the need of one run: ``workers``
+    runs at once on one machine need that much each.
+
+    Ctrl-C (KeyboardInterrupt) during the runs stops them within seconds (workers killed) and
+    returns a partial report (``partial`` says why, ``missing`` lists the (width, seed) runs that
+    did not finish): its records are judged on the widths whose every seed finished, and are
+    inconclusive ("undetermined") where fewer than two did. It saves with ``to_json``.
+    Returns a ``CheckReport``.
     """
     from ..predict.engine import propagate
     from ..graph.trace import trace, WidthGraph
@@ -294,14 +327,21 @@ def check(
     tolerance = tolerance or Tolerance()
     if sample is not None and (not isinstance(sample, int) or sample < 1):
         raise CheckError(f"sample must be a positive number of entries or None, got {sample!r}.")
-    dev = resolve_device(device)
+    if backend not in CHECK_BACKENDS:
+        raise CheckError(f"unknown backend {backend!r}; choose one of: {', '.join(CHECK_BACKENDS)}.")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise CheckError(f"workers must be a positive int (or None: one per CPU), got {workers!r}.")
+    ray_options = dict(ray_options or {})
+    dev = remote_device(device, ray_options) if backend == "ray" else resolve_device(device)
+    if backend == "ray" and dev.type == "cuda":
+        ray_options.setdefault("num_gpus", 1)
     say = progress_printer(progress)
     if make_optimizer is None:
         make_optimizer = default_optimizer(optimizer or "adam")
     loss_fn = loss if loss is not None else default_loss
     data_fn = data_source(data)
     if example_inputs is None and data_fn is not None:
-        example_inputs = lambda w: first_batch(data_fn(w))  # noqa: E731
+        example_inputs = FirstBatchOf(data_fn)
 
     # --- predictions
     t0 = time.perf_counter()
@@ -327,7 +367,8 @@ def check(
         optimizer = (steps_class(graph) or optimizer_class(graph.optimizer)) if graph.optimizer else "adam"
     prop = propagate(graph, optimizer, steps=steps, align=alignment, adam_eps=adam_eps)
     t_predict = time.perf_counter() - t0
-    check_memory(graph, max(widths), dtype, optimizer, dev, max_memory)
+    if not (backend == "ray" and max_memory == "auto"):
+        check_memory(graph, max(widths), dtype, optimizer, dev, max_memory)
 
     EXPORT_MODES.clear()
     nodes, skipped, focus = measured_nodes(graph)
@@ -340,49 +381,28 @@ def check(
         notes.append("ops without an engine rule (predicted as elementwise): "
                      + ", ".join(f"{k} ({len(v)}x)" for k, v in prop.unknown.items()))
 
-    # --- measurement
-    T, S, N = steps, seeds, len(nodes)
-    size = np.full((len(widths), S, T + 1, N), np.nan)
-    change = np.full((len(widths), S, T + 1, N), np.nan)
-    ref = np.full((len(widths), S, N), np.nan)  # mean |x_0|, the scale of "zero" changes
-    lgrad = np.full((len(widths), S, T), np.nan)  # mean |dloss/doutput| at each update
-    blowups: list[Blowup] = []
-    t_export = t_train = 0.0
-    for wi, w in enumerate(widths):
-        t1 = time.perf_counter()
-        ep, model0 = program_for(graph, factory, w, example_inputs, dev, dtype, say)
-        runner = Runner(ep, graph, ref_nodes, nodes, w, sample, exact_cols)
-        t_export += time.perf_counter() - t1
-        for s in range(S):
-            t2 = time.perf_counter()
-            model = model0 if s == 0 else build_model(factory, w, dev, dtype, s)
-            model0 = None
-            batches = batches_for(data_fn, example_inputs, model, w, dev, dtype, T + 1)
-            opt = make_opt(make_optimizer, model, w)
-            if wi == 0 and s == 0:
-                notes.extend(eps_underflow_notes(opt, dtype))
-            sz, ch, r0, lg = runner.train(model, opt, batches, loss_fn, T)
-            size[wi, s], change[wi, s], ref[wi, s], lgrad[wi, s] = sz, ch, r0, lg
-            blow = first_blowup(sz, ch)
-            if blow is not None:
-                t, j = blow
-                blowups.append(Blowup(w, s, t, nodes[j], graph.node(nodes[j])["module"]))
-            elif any(m and not np.isfinite(v) for m, v in zip(runner.lgrad_measured, lg)):
-                # a non-finite loss gradient the sampled measurements missed: every step after
-                # that update measures a corrupted model, so none of it may confirm anything
-                t = next(k for k, (m, v) in enumerate(zip(runner.lgrad_measured, lg))
-                         if m and not np.isfinite(v))
-                size[wi, s, t + 1:], change[wi, s, t + 1:] = np.nan, np.nan
-                blow = (t + 1, None)
-                blowups.append(Blowup(w, s, t + 1, "d loss / d output", ""))
-            t_train += time.perf_counter() - t2
-            say(f"width {w} ({wi + 1}/{len(widths)}) seed {s + 1}/{S}: {T} steps in "
-                f"{time.perf_counter() - t2:.2f}s"
-                + (f"; non-finite from step {blow[0]} at "
-                   f"{nodes[blow[1]] if blow[1] is not None else 'the loss gradient'}" if blow else ""))
-            del model, opt, batches
-        del runner, ep
-        free_memory(dev)
+    # --- measurement: every (width, seed) run, on the backend
+    T, S = steps, seeds
+    spec = MeasureSpec(factory, example_inputs, data_fn, make_optimizer, loss_fn, T, str(dev), dtype,
+                       sample, nodes, exact_cols, ref_nodes, canonical_names(graph))
+    modules = [graph.node(n)["module"] for n in nodes]
+    m = measure_all(spec, widths, S, modules, backend=backend, workers=workers,
+                    ray_options=ray_options, programs=reusable_programs(graph, dev, dtype), say=say)
+    blowups = m.blowups
+    notes.extend(m.notes)
+    t_export, t_train = m.export_s, m.train_s
+    all_widths, missing, partial = widths, [], ""
+    if m.interrupted:  # judge the widths whose every seed finished
+        complete = [wi for wi in range(len(widths)) if m.done[wi].all()]
+        missing = [(w, s) for wi, w in enumerate(widths) for s in range(S) if not m.done[wi, s]]
+        widths = [widths[wi] for wi in complete]
+        partial = (f"interrupted after {int(m.done.sum())} of {len(all_widths) * S} runs; judged "
+                   f"on widths {widths} of {list(all_widths)}"
+                   + ("" if len(widths) >= 2 else " (fewer than 2: every prediction undetermined)"))
+    else:
+        complete = list(range(len(widths)))
+    size, change, ref, lgrad = (a[complete] for a in (m.size, m.change, m.ref, m.lgrad))
+    judged = len(widths) >= 2
 
     # --- fits and statuses
     records = []
@@ -398,10 +418,22 @@ def check(
                     [v for k, v in st.uncapped.items() if k == "x" or t > 0] or [None],
                     key=lambda v: -sp.oo if v is None else v)
                 rec = judge(name, a, kind, t, pred, vals, scale, widths, tolerance, name in focus, cap)
+                if not judged:
+                    rec.status, rec.slope, rec.stderr = "inconclusive", None, None
+                    rec.note = (f"undetermined: only widths {widths} finished (interrupted); a "
+                                "slope needs two")
                 records.append(rec)
-    if dtype != torch.float64:
-        roundoff_recheck(records, nodes, graph, factory, widths[0], example_inputs, data_fn,
-                          make_optimizer, loss_fn, T, dev, tolerance, say, ref_nodes, exact_cols)
+    if not judged:
+        return CheckReport(records=records, widths=tuple(widths), steps=T, seeds=S,
+                           optimizer=optimizer, device=str(dev), dtype=str(dtype).replace("torch.", ""),
+                           tolerance=tolerance, blowups=blowups, skipped=skipped,
+                           seconds={"total": time.perf_counter() - t_start, "predict": t_predict,
+                                    "export": t_export, "train": t_train},
+                           notes=notes, partial=partial, missing=missing, graph=graph,
+                           propagation=prop)
+    if dtype != torch.float64 and not partial:
+        roundoff_recheck(records, nodes, widths[0], tolerance, say,
+                         lambda: float64_run(spec, widths[0], backend, workers, ray_options))
     loss_grad = loss_grad_fits(lgrad, widths, tolerance)
     k_assume, why = assumption_step(loss_grad, prop)
     outside_assumptions(records, k_assume, why)
@@ -421,4 +453,32 @@ def check(
     return CheckReport(records=records, widths=tuple(widths), steps=T, seeds=S,
                        optimizer=optimizer, device=str(dev), dtype=str(dtype).replace("torch.", ""),
                        tolerance=tolerance, blowups=blowups, skipped=skipped, seconds=seconds,
-                       notes=notes, loss_grad=loss_grad, graph=graph, propagation=prop)
+                       notes=notes, loss_grad=loss_grad, partial=partial, missing=missing, graph=graph,
+                       propagation=prop)
+
+
+def float64_run(spec: MeasureSpec, w: int, backend, workers, ray_options):
+    """(sizes, changes) of seed 0 at width w trained in float64, every entry measured (the
+    roundoff re-measurement), on the check's backend."""
+    import dataclasses
+
+    out = []
+    spec64 = dataclasses.replace(spec, dtype=torch.float64, sample=None, exports={})
+    run_jobs(spec64, [((0, 0), w, 0)], out.append, backend=backend, workers=1,
+             ray_options=ray_options)
+    res = out[0]
+    if res.error is not None:
+        raise CheckError(f"the float64 re-measurement at width {w} failed: {res.error}")
+    return res.size, res.change
+
+
+def remote_device(device, ray_options: dict) -> torch.device:
+    """The device Ray workers train on: not checked against this machine (the cluster's may
+    differ); "auto" is CUDA when ``ray_options`` asks for GPUs, else this machine's choice."""
+    if device in (None, "auto"):
+        return torch.device("cuda") if ray_options.get("num_gpus") else resolve_device("auto")
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise CheckError(f"unknown device {device!r}: {e}") from None
+    return d if d.type == "cuda" else resolve_device(device)

@@ -25,7 +25,27 @@ def data_source(data):
     items = list(data)
     if not items:
         raise CheckError("data is empty: give at least one batch (a tuple of input tensors).")
-    return lambda w: items
+    return FixedBatches(items)
+
+
+class FixedBatches:
+    """data as a function width -> the same list of batches (picklable: worker processes get it)."""
+
+    def __init__(self, items: list):
+        self.items = items
+
+    def __call__(self, w):
+        return self.items
+
+
+class FirstBatchOf:
+    """example_inputs as a function width -> the first batch of ``data_fn(width)`` (picklable)."""
+
+    def __init__(self, data_fn):
+        self.data_fn = data_fn
+
+    def __call__(self, w):
+        return first_batch(self.data_fn(w))
 
 
 def _as_batch(b, k):

@@ -27,7 +27,6 @@ Measured per depth and seed, on a fixed batch:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -139,8 +138,8 @@ def check_depth(factory, depths=(2, 4, 8, 16), *, width: int = 32, example_input
             cols[k] = [b.value for b in branches if b.kind == k]
         nodes = list(dict.fromkeys(n for c in cols.values() for n in c))
         idx = {n: j for j, n in enumerate(nodes)}
-        shim = SimpleNamespace(programs={d: ep}, widths=(d,))
-        runner = Runner(ep, shim, [(n.op, str(n.target)) for n in ep.graph.nodes], nodes, d)
+        runner = Runner(ep, [n.name for n in ep.graph.nodes],
+                        [(n.op, str(n.target)) for n in ep.graph.nodes], nodes, d)
         args, kwargs = example_args(example_inputs, model0, width, "cpu")
         batch = kwargs if kwargs else args
         per_seed = []

@@ -5,6 +5,7 @@ See ``measure/check.py``'s module docstring ("How the measured program is run") 
 """
 from __future__ import annotations
 
+import functools
 import gc
 import math
 
@@ -21,9 +22,10 @@ from .memory import float_nodes, out_of_memory
 from ..validate import check_widths as validate_widths
 
 __all__ = ["Runner", "DEFAULT_LR", "default_loss", "check_widths", "resolve_device",
-           "progress_printer", "default_optimizer", "batches_for",
+           "progress_printer", "default_optimizer", "global_optimizer", "batches_for",
            "build_model", "make_opt", "eps_underflow_notes", "free_memory", "program_for", "EXPORT_MODES",
-           "measured_nodes", "roundoff_recheck", "reference_nodes"]
+           "measured_nodes", "roundoff_recheck", "reference_nodes", "canonical_names",
+           "reusable_programs"]
 
 #: Ops whose outputs are features (the focus list), as in the engine's matrix rules.
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}
@@ -77,13 +79,15 @@ def progress_printer(progress):
     return _progress(progress)
 
 
-def default_optimizer(kind):
-    lr = DEFAULT_LR[kind]
+def default_optimizer(kind, lr: float | None = None):
+    """make_optimizer(model): one global Adam (lr 1e-3) or SGD (lr 1e-2), or ``lr``. A partial of
+    a module-level function, so that worker processes can receive it (``check(backend="local")``)."""
+    return functools.partial(global_optimizer, kind=kind, lr=DEFAULT_LR[kind] if lr is None else lr)
 
-    def make(model):
-        cls = torch.optim.SGD if kind == "sgd" else torch.optim.Adam
-        return cls(model.parameters(), lr=lr)
-    return make
+
+def global_optimizer(model, kind: str, lr: float):
+    cls = torch.optim.SGD if kind == "sgd" else torch.optim.Adam
+    return cls(model.parameters(), lr=lr)
 
 
 def build_model(factory, w, dev, dtype, seed) -> nn.Module:
@@ -161,14 +165,23 @@ def free_memory(dev):
 # ----------------------------------------------------------------------------- programs
 
 
-def program_for(graph, factory, w, example_inputs, dev, dtype, say):
-    """(exported program at width w for the device, the seed-0 model it was exported from)."""
+def reusable_programs(graph, dev, dtype) -> dict:
+    """{width: exported program} of ``trace``'s exports that ``check`` can run as they are (float32,
+    on ``dev``'s device type)."""
+    if dtype != torch.float32:
+        return {}
+    return {w: ep for w, ep in graph.programs.items() if _runs_on(ep, dev)}
+
+
+def program_for(programs, factory, w, example_inputs, dev, dtype, say):
+    """(exported program at width w for the device, the seed-0 model it was exported from);
+    ``programs``: {width: program} already exported for this device and dtype (reused)."""
     from ..graph.trace import export_program as _export, example_args as _inputs
     from ..errors import TraceError
 
     model = build_model(factory, w, dev, dtype, 0)
-    ep = graph.programs.get(w)
-    if ep is None or not _runs_on(ep, dev) or dtype != torch.float32:
+    ep = programs.get(w)
+    if ep is None:
         say(f"exporting width {w}")
         try:
             args, kwargs = _inputs(example_inputs, model, w, "cpu")
@@ -203,8 +216,14 @@ def _runs_on(ep, dev) -> bool:
 
 
 def reference_nodes(graph):
+    """(op, target) of every node of the first traced program: what each width's export must match."""
     w0 = graph.widths[0]
     return [(n.op, str(n.target)) for n in graph.programs[w0].graph.nodes]
+
+
+def canonical_names(graph) -> list[str]:
+    """Names of the first traced program's nodes (the names the report uses), in order."""
+    return [n.name for n in graph.programs[graph.widths[0]].graph.nodes]
 
 
 def measured_nodes(graph):
@@ -287,7 +306,9 @@ class _Recorder(torch.fx.Interpreter):
 class Runner:
     """One width: the exported program, how to feed it a model, and the training loop."""
 
-    def __init__(self, ep, graph, ref_nodes, nodes, w, sample=None, exact=()):
+    def __init__(self, ep, canon, ref_nodes, nodes, w, sample=None, exact=()):
+        """canon: the names of the reference program's nodes (``canonical_names``), matched to
+        ``ep``'s by position; ref_nodes: their (op, target) (``reference_nodes``)."""
         self.w = w
         self.sample = sample  # entries per tensor to average over (None: all)
         self.exact = set(exact)  # columns always measured over every entry
@@ -301,7 +322,6 @@ class Runner:
                 f"({mine[i] if i < len(mine) else 'end'} vs "
                 f"{ref_nodes[i] if i < len(ref_nodes) else 'end'}): the model's structure must "
                 "not depend on the width.")
-        canon = [n.name for n in graph.programs[graph.widths[0]].graph.nodes]
         col = {c: j for j, c in enumerate(nodes)}
         columns = {}
         for n, c in zip(ep.graph.nodes, canon):
@@ -510,19 +530,15 @@ def _to_array(rows, n) -> np.ndarray:
     return out
 
 
-def roundoff_recheck(records, nodes, graph, factory, w, example_inputs, data_fn, make_optimizer,
-                      loss_fn, T, dev, tol: Tolerance, say, ref_nodes, exact_cols):
+def roundoff_recheck(records, nodes, w, tol: Tolerance, say, run64):
     """Re-measure in float64 (width w, seed 0) the predicted-zero records the float32 run
-    refuted; confirm those whose value collapses with the precision (see the module docstring)."""
+    refuted; confirm those whose value collapses with the precision (see the module docstring).
+    ``run64()`` -> (sizes, changes) of that float64 run, on whatever backend ``check`` uses."""
     bad = [r for r in records if r.predicted == NEG and r.status == "refuted" and not r.blowup]
     if not bad:
         return
     say(f"re-measuring {len(bad)} predicted-zero records in float64 at width {w}")
-    f64 = torch.float64
-    ep, model = program_for(graph, factory, w, example_inputs, dev, f64, say)
-    runner = Runner(ep, graph, ref_nodes, nodes, w, None, exact_cols)
-    batches = batches_for(data_fn, example_inputs, model, w, dev, f64, T + 1)
-    sz, ch, _, _ = runner.train(model, make_opt(make_optimizer, model, w), batches, loss_fn, T)
+    sz, ch = run64()
     col = {n: j for j, n in enumerate(nodes)}
     for r in bad:
         v32 = r.values[w][0]
@@ -535,5 +551,3 @@ def roundoff_recheck(records, nodes, graph, factory, w, example_inputs, data_fn,
                       "Adam's eps)")
         else:
             r.note += f"; float64 re-measurement at width {w}: {v64:.3g} vs {v32:.3g} (not roundoff)"
-    del runner, ep, model
-    free_memory(dev)

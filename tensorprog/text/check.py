@@ -32,6 +32,10 @@ def format_check(rep) -> str:
         f"{c['inconclusive']} inconclusive. Cells: measured slope (predicted exponent) status.",
         "",
     ]
+    if getattr(rep, "partial", ""):
+        lines[2:2] = [f"  PARTIAL: {rep.partial}; not run: "
+                      + ", ".join(f"width {w} seed {s}" for w, s in rep.missing[:8])
+                      + (f" and {len(rep.missing) - 8} more" if len(rep.missing) > 8 else ""), ""]
     by = {(r.node, r.kind, r.step): r for r in rep.records}
     focus = [n for n in dict.fromkeys(r.node for r in rep.records if r.focus)]
     steps = range(rep.steps + 1)

@@ -87,8 +87,9 @@ Where trials run (``backend``)
   workers is pickled: ``factory``, ``make_optimizer``, ``loss``, ``forward`` and
   ``data`` must be **module-level functions or classes, or ``functools.partial`` of them** (lambdas
   and functions defined inside functions do not pickle; a ``TransferError`` names the culprit).
-  The zoo's ``example(...).factory`` / ``.make_optimizer`` are closures: use
-  ``functools.partial(zoo.GPT, param="sp", ...)`` and ``zoo_optimizer("adam")`` instead.
+  The zoo's ``example(...)`` pieces are made for ``check`` (its ``.make_optimizer(model)`` takes
+  no learning rate): use ``functools.partial(zoo.GPT, param="sp", ...)`` and
+  ``zoo_optimizer("adam")`` instead.
   Scripts that call ``sweep`` must do so under ``if __name__ == "__main__":`` (workers re-import
   the main module).
 * ``"serial"``: in this process, one trial after another, with the same ``threads`` setting, so

@@ -1,4 +1,9 @@
 """Running the trials: one trial's training loop, and the process-pool and Ray backends.
+
+The backends run any *job*: a module-level function ``job(cfg, *trial[1:]...)`` called as
+``job(cfg, *trial)`` in a worker, with one picklable ``cfg`` shared by every trial (sent once per
+worker) and ``trial[0]`` its key. ``sweep`` and ``tune`` run ``run_trial``; ``check`` runs its
+(width, seed) measurements (``measure.distribute``) through the same two functions.
 """
 from __future__ import annotations
 
@@ -121,20 +126,36 @@ def run_trial(cfg: TrialConfig, key: tuple[int, int, int], width: int, lr: float
         torch.set_num_threads(threads)
 
 
-_WORKER_CFG: TrialConfig | None = None
+#: This worker process's (job, cfg), set once by ``worker_init`` (a pool worker runs one job).
+_WORKER: tuple[Callable, Any] | None = None
 
 
-def worker_init(cfg_bytes: bytes) -> None:
-    global _WORKER_CFG
+def worker_init(cfg_bytes: bytes, job: Callable = run_trial) -> None:
+    global _WORKER
     # Ctrl-C reaches the whole process group: the parent stops the workers (``run_local``); a
     # worker that took it itself would report the trial as failed and pick up the next one
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
-    _WORKER_CFG = pickle.loads(cfg_bytes)
+    thread_lock_for_tqdm()
+    _WORKER = (job, pickle.loads(cfg_bytes))
 
 
-def worker_trial(key, width, lr, seed) -> TrialResult:
-    return run_trial(_WORKER_CFG, key, width, lr, seed)
+def thread_lock_for_tqdm() -> None:
+    """tqdm's default lock includes a multiprocessing RLock, a named semaphore in a forkserver /
+    spawn worker, and ``torch.fx.Interpreter.run`` builds a (disabled) tqdm bar on every run. A
+    worker killed on Ctrl-C cannot release it, and the resource tracker then reports it leaked at
+    exit; a pool worker needs no lock shared across processes."""
+    try:
+        from tqdm.std import tqdm
+    except ImportError:
+        return
+    import threading
+    tqdm.set_lock(threading.RLock())
+
+
+def worker_trial(*trial):
+    job, cfg = _WORKER
+    return job(cfg, *trial)
 
 
 def ray_trial(cfg, key, width, lr, seed) -> TrialResult:
@@ -157,22 +178,25 @@ def mp_context():
     return mp.get_context("spawn")
 
 
-def run_local(cfg: TrialConfig, trials, n_workers: int, collect) -> None:
-    """Every trial in a process pool of ``n_workers``, each result handed to ``collect`` as it
-    comes. On any exception in this process (Ctrl-C: KeyboardInterrupt, or ``collect`` raising)
-    the queued trials are cancelled and the workers killed, so nothing keeps running."""
+def run_local(cfg, trials, n_workers: int, collect, job: Callable = run_trial,
+              error: type = TransferError) -> None:
+    """Every trial (a tuple: key, then ``job``'s arguments after ``cfg``) in a process pool of
+    ``n_workers``, each result of ``job(cfg, *trial)`` handed to ``collect`` as it comes. On any
+    exception in this process (Ctrl-C: KeyboardInterrupt, or ``collect`` raising) the queued
+    trials are cancelled and the workers killed, so nothing keeps running. A dead worker is an
+    ``error``."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
     pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=mp_context(),
-                               initializer=worker_init, initargs=(pickle.dumps(cfg),))
+                               initializer=worker_init, initargs=(pickle.dumps(cfg), job))
     try:
-        futures = [pool.submit(worker_trial, key, w, lr, s) for key, w, lr, s in trials]
+        futures = [pool.submit(worker_trial, *trial) for trial in trials]
         for fut in as_completed(futures):
             try:
                 res = fut.result()
             except BrokenProcessPool as e:
-                raise TransferError(
+                raise error(
                     f"a worker process died ({e}); out of memory? Try fewer workers, or "
                     "backend='serial' to see the error in this process") from None
             collect(res)
@@ -201,15 +225,17 @@ RAY_CRASHES = ("WorkerCrashedError", "RayActorError", "NodeDiedError", "OutOfMem
                "LocalRayletDiedError", "ObjectLostError", "OwnerDiedError")
 
 
-def run_ray(cfg: TrialConfig, trials, workers, ray_options: dict, collect, describe) -> None:
-    """Every trial as a Ray task. A task whose worker process died (``RAY_CRASHES``) is run once
-    more; a second crash is a ``TransferError`` naming the trial (``describe(key)``). On any
+def run_ray(cfg, trials, workers, ray_options: dict, collect, describe, job: Callable = ray_trial,
+            error: type = TransferError, what: str = "transfer") -> None:
+    """Every trial as a Ray task ``job(cfg, *trial)`` (``cfg`` put in the object store once). A
+    task whose worker process died (``RAY_CRASHES``) is run once more; a second crash is an
+    ``error`` naming the trial (``describe(key)``; ``what`` tags the retry message). On any
     exception here (Ctrl-C included) the outstanding tasks are cancelled."""
     try:
         import ray
         import ray.exceptions as rex
     except ImportError:
-        raise TransferError("backend='ray' needs Ray, which is not installed: pip install "
+        raise error("backend='ray' needs Ray, which is not installed: pip install "
                             "'tensorprog[ray]' (or pip install ray)") from None
     if not ray.is_initialized():
         kwargs = {} if os.environ.get("RAY_ADDRESS") or not workers else {"num_cpus": int(workers)}
@@ -217,13 +243,12 @@ def run_ray(cfg: TrialConfig, trials, workers, ray_options: dict, collect, descr
     crashes = tuple(getattr(rex, n) for n in RAY_CRASHES if isinstance(getattr(rex, n, None), type))
     # retries are ours (once, named): Ray's own would re-run a crashing task three times silently
     options = {"num_cpus": 1, "max_retries": 0, **ray_options}
-    remote = ray.remote(ray_trial).options(**options)
+    remote = ray.remote(job).options(**options)
     cfg_ref = ray.put(cfg)
     submitted = {}
 
     def submit(trial, attempt):
-        key, w, lr, s = trial
-        submitted[remote.remote(cfg_ref, key, w, lr, s)] = (trial, attempt)
+        submitted[remote.remote(cfg_ref, *trial)] = (trial, attempt)
 
     for trial in trials:
         submit(trial, 1)
@@ -235,14 +260,14 @@ def run_ray(cfg: TrialConfig, trials, workers, ray_options: dict, collect, descr
                 res = ray.get(ready[0])
             except crashes as e:
                 if attempt == 1:
-                    print(f"[tensorprog transfer] the Ray worker running {describe(trial[0])} "
+                    print(f"[tensorprog {what}] the Ray worker running {describe(trial[0])} "
                           f"crashed ({type(e).__name__}); retrying it once", file=sys.stderr,
                           flush=True)
                     submit(trial, 2)
                     continue
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                raise TransferError(
-                    f"trial {describe(trial[0])} failed: its Ray worker process died twice "
+                raise error(
+                    f"{describe(trial[0])} failed: its Ray worker process died twice "
                     f"({type(e).__name__}: {first}); out of memory, or a crash in native code? Try "
                     "backend='serial' to see the error in this process") from None
             collect(res)

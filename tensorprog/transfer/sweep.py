@@ -145,7 +145,8 @@ def run_trials(cfg: TrialConfig, trials: Sequence[tuple], collect: Callable, *, 
             collect(run_trial(cfg, key, w, lr, s))
         return 1
     if backend == "ray":
-        run_ray(cfg, trials, workers, ray_options or {}, collect, describe or repr)
+        name = describe or repr
+        run_ray(cfg, trials, workers, ray_options or {}, collect, lambda key: f"trial {name(key)}")
         return workers or 0
     check_picklable({"factory": cfg.factory.factory,
                      "make_optimizer": cfg.make_optimizer.make_optimizer, "loss": cfg.loss,

@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -71,6 +72,22 @@ def _next_token_loss(logits: torch.Tensor, inputs: tuple) -> torch.Tensor:
                            idx[:, 1:].reshape(-1).to(logits.device))
 
 
+def _mlp_inputs(width: int, d_in: int) -> tuple:
+    return (torch.randn(8, d_in, generator=_generator(_SEED_INPUTS), device="cpu"),)
+
+
+def _cnn_inputs(width: int, channels: int) -> tuple:
+    return (torch.randn(4, channels, 8, 8, generator=_generator(_SEED_INPUTS), device="cpu"),)
+
+
+def _token_inputs(width: int, vocab: int, block: int) -> tuple:
+    return (torch.randint(vocab, (4, block), generator=_generator(_SEED_INPUTS), device="cpu"),)
+
+
+def _optimizer_for(model: nn.Module, kind: str, lr: float | None) -> torch.optim.Optimizer:
+    return make_optimizer(model, kind, lr)
+
+
 def example(name: str, param: str = "mup", optimizer: str = "adam", *, lr: float | None = None,
             widths: tuple[int, ...] = (64, 128, 256), **model_kwargs) -> Example:
     """The zoo example ``name`` ("mlp", "cnn", "gpt") in ``param`` with ``optimizer``.
@@ -90,26 +107,19 @@ def example(name: str, param: str = "mup", optimizer: str = "adam", *, lr: float
     options.update(model_kwargs)
     base_width = options["base_width"]
 
-    def factory(width: int) -> nn.Module:
-        return cls(width, param=param, **model_kwargs)
-
+    # partials of module-level functions: picklable, so check(backend="local") can send them
+    factory = functools.partial(cls, param=param, **model_kwargs)
     if name == "mlp":
-        def example_inputs(width: int) -> tuple:
-            return (torch.randn(8, options["d_in"], generator=_generator(_SEED_INPUTS), device="cpu"),)
+        example_inputs = functools.partial(_mlp_inputs, d_in=options["d_in"])
         loss = _mse_to_fixed_targets
     elif name == "cnn":
-        def example_inputs(width: int) -> tuple:
-            return (torch.randn(4, options["in_channels"], 8, 8, generator=_generator(_SEED_INPUTS),
-                                device="cpu"),)
+        example_inputs = functools.partial(_cnn_inputs, channels=options["in_channels"])
         loss = _cross_entropy_to_fixed_labels
     else:
-        def example_inputs(width: int) -> tuple:
-            return (torch.randint(options["vocab_size"], (4, options["block_size"]),
-                                  generator=_generator(_SEED_INPUTS), device="cpu"),)
+        example_inputs = functools.partial(_token_inputs, vocab=options["vocab_size"],
+                                           block=options["block_size"])
         loss = _next_token_loss
-
-    def optimizer_for(model: nn.Module) -> torch.optim.Optimizer:
-        return make_optimizer(model, optimizer, lr)
+    optimizer_for = functools.partial(_optimizer_for, kind=optimizer, lr=lr)
 
     description = (f"{_DESCRIPTIONS[name].format(**options)}; {_PARAM_DESCRIPTIONS[param]}; "
                    f"{optimizer}, base width {base_width}")
