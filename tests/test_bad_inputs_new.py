@@ -283,3 +283,15 @@ def test_analyze_checks_its_alignment_before_tracing(bad):
     from tensorprog import analyze
     with pytest.raises(TraceError, match="unknown alignment"):
         analyze(_never_called, (8, 16), example_inputs=(X,), alignment=bad)
+
+
+def test_per_layer_flag_must_be_a_bool():
+    # per_layer="yes" was truthy: a tuple came back where a number was asked for, or vice versa
+    with pytest.raises(TheoryError, match="per_layer must be True or False"):
+        max_stable_lr_exponent(*MUP_ABC, "adam", per_layer="yes")
+
+
+def test_cli_optimizer_key_given_twice_is_refused():
+    from tensorprog.cli.rules import parse_optimizer
+    with pytest.raises(TensorprogError, match="'hidden' is given twice"):
+        parse_optimizer("hidden=muon,hidden=adamw,default=adamw")
