@@ -224,6 +224,8 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
     per search. ``seed``: the sampler's seed and the training seed of search trials.
     ``final_seeds``: seeds of the final target runs (two or more give the noise of the comparison).
     ``direct_seed``: the direct search's sampler seed (default ``seed``: paired candidates).
+    ``store``: a JSON-lines file in an existing folder (``check_store_path``, before training);
+    Ctrl-C stops the trials and keeps every finished one there for the next call to resume.
     """
     space = check_space(space)
     base = check_base(base)
