@@ -217,8 +217,8 @@ def test_ctrl_c_during_tune_keeps_the_stored_trials_and_resume_uses_them(tmp_pat
     from test_interrupt import interrupt, start
 
     store = tmp_path / "trials.jsonl"
-    # 40 trials of ~1 s on 2 workers: interrupted after the second is stored
-    proc, seen = start(["-c", TUNE_SCRIPT, str(store), "300"], "] proxy 2 ")
+    # 40 trials of ~0.5 s on 2 workers: interrupted after the second is stored
+    proc, seen = start(["-c", TUNE_SCRIPT, str(store), "150"], "] proxy 2 ")
     took, out, err = interrupt(proc, seen)
     assert took < 10
     assert f"finished trials are in {store}" in err and "resume" in err
@@ -231,7 +231,7 @@ def test_ctrl_c_during_tune_keeps_the_stored_trials_and_resume_uses_them(tmp_pat
     n = min(set(range(41)) - {r["index"] for r in stored})
     res = tune(functools.partial(zoo.MLP, param="mup", depth=2, d_in=8, d_out=3),
                {"lr": LogUniform(1e-4, 1e-1)}, proxy_width=16, target_width=32, budget=n,
-               steps=300, data=teacher_student_data(d_in=8, d_out=3, batch_size=16,
+               steps=150, data=teacher_student_data(d_in=8, d_out=3, batch_size=16,
                                                     teacher_width=32),
                backend="serial", store=str(store), direct=False, check_mup="off", progress=False)
     after = read_store(str(store))
