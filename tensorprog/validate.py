@@ -17,7 +17,8 @@ from typing import Any
 
 from .errors import TensorprogError
 
-__all__ = ["as_int", "check_widths", "check_base_width", "check_steps"]
+__all__ = ["as_int", "positive_int", "check_widths", "check_base_width", "check_steps",
+           "positive_number"]
 
 
 def as_int(value: Any, what: str, error=TensorprogError) -> int:
@@ -34,10 +35,32 @@ def as_int(value: Any, what: str, error=TensorprogError) -> int:
     raise error(f"{what} must be an integer, got {type(value).__name__} {value!r}.")
 
 
+def positive_int(value: Any, what: str, error=TensorprogError, why: str = "") -> int:
+    """``value`` as a positive int (``as_int``'s rule), else ``error`` naming ``what``."""
+    n = as_int(value, what, error)
+    if n < 1:
+        raise error(f"{what} must be a positive integer{' (' + why + ')' if why else ''}, "
+                    f"got {value!r}.")
+    return n
+
+
+def positive_number(value: Any, what: str, error=TensorprogError, *, zero: bool = False) -> float:
+    """A finite real number > 0 (``zero=True``: >= 0), never a bool or a string."""
+    bound = ">= 0" if zero else "> 0"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise error(f"{what} must be a finite number {bound}, got {type(value).__name__} "
+                    f"{value!r}.")
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not zero):
+        raise error(f"{what} must be a finite number {bound}, got {value!r}.")
+    return v
+
+
 def check_widths(widths: Any, *, error=TensorprogError, what: str = "widths", minimum: int = 2,
                  why: str = "to fit exponents") -> list[int]:
     """Sorted distinct positive int widths, at least ``minimum`` of them; ``error`` otherwise."""
-    example = "e.g. widths=(64, 128, 256)"
+    example = "e.g. depths=(2, 4, 8)" if "depth" in what else "e.g. widths=(64, 128, 256)"
+    noun = "depths" if "depth" in what else "widths"
     if isinstance(widths, (str, bytes)) or not _iterable(widths):
         raise error(f"{what} must be a sequence of positive integers ({example}), got "
                     f"{type(widths).__name__} {widths!r}.")
@@ -47,11 +70,11 @@ def check_widths(widths: Any, *, error=TensorprogError, what: str = "widths", mi
         raise error(f"{what} must be positive, got {bad[0]} in {list(widths)!r} ({example}).")
     if len(set(ws)) != len(ws):
         dup = sorted({w for w in ws if ws.count(w) > 1})
-        raise error(f"{what} has repeated values {dup} in {list(widths)!r}: give each width once.")
+        raise error(f"{what} has repeated values {dup} in {list(widths)!r}: give each value once.")
     if len(ws) < minimum:
         word = {1: "one", 2: "two", 3: "three"}.get(minimum, str(minimum))
         raise error(f"{what} needs at least {minimum} values (at least {word} distinct positive "
-                    f"widths {why}), got {list(widths)!r}. "
+                    f"{noun} {why}), got {list(widths)!r}. "
                     f"Pass {example}; three or more make the fit checkable.")
     return sorted(ws)
 

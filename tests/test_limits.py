@@ -390,7 +390,7 @@ def test_unknown_nonlinearity_and_other_bad_arguments():
         empirical_kernel(X2, 0, 2)
     with pytest.raises(ValueError, match="quadrature"):
         nngp_kernel(X2, 2, "tanh", quadrature="simpson")
-    with pytest.raises(ValueError, match="two distinct widths"):
+    with pytest.raises(ValueError, match="repeated values"):
         convergence(X2, [64, 64], 2)
     with pytest.raises(ValueError, match="metric"):
         convergence(X2, [8, 16], 2, metric="l1")

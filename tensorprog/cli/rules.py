@@ -49,6 +49,9 @@ def parse_optimizer(text: str | None):
             if not eq or not key.strip() or not name.strip():
                 raise TensorprogError(f"--optimizer {text!r}: write KEY=OPT pairs joined by "
                                       "commas, e.g. hidden=muon,default=adamw")
+            if key.strip() in table:
+                raise TensorprogError(f"--optimizer {text!r}: {key.strip()!r} is given twice; "
+                                      "name each role or parameter once")
             table[key.strip()] = _optimizer_class(name)
         return table
     return _optimizer_class(text)

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from ..errors import TraceError
 from ..exponents import exact_exponent, noisy_exponent
+from ..validate import check_widths, positive_int
 from .export import export_program
 from .optimizers import geometry_of, optimizers_of
 from .trace import example_args
@@ -228,16 +229,9 @@ def find_branches(ep) -> list[Branch]:
 
 
 def check_depths(depths) -> list[int]:
-    try:
-        ds = sorted({int(d) for d in depths})
-    except (TypeError, ValueError):
-        raise TraceError(
-            f"depths must be a sequence of positive integers, got {depths!r}.") from None
-    if len(ds) < 2 or ds[0] <= 0:
-        raise TraceError(
-            f"need at least two distinct positive depths to fit depth exponents, got {depths!r}. "
-            "Pass e.g. depths=(2, 4, 8); three or more make the fit checkable.")
-    return ds
+    """Sorted distinct positive int depths, at least two (``validate.check_widths``'s rules:
+    no strings, bools, fractional or repeated values)."""
+    return check_widths(depths, error=TraceError, what="depths", why="to fit depth exponents")
 
 
 def check_factory(factory) -> None:
@@ -318,6 +312,7 @@ def trace_depth(factory: Callable[[int, int], nn.Module], depths: Sequence[int] 
     depth (the factory ignores it)."""
     check_factory(factory)
     depths = check_depths(depths)
+    width = positive_int(width, "width", TraceError, "the width every depth is built at")
     branches, programs, per_depth = {}, {}, {}
     for d in depths:
         model, ep, found = export_at(factory, width, d, example_inputs, seed)

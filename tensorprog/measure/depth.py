@@ -36,6 +36,7 @@ from ..errors import CheckError, TraceError
 from ..jsonio import JSONMixin, jsonable
 from ..graph.depth import build, check_depths, export_at
 from ..graph.trace import example_args
+from ..validate import check_steps, positive_int, positive_number
 from .judge import Record, Tolerance, judge
 from .runner import Runner, default_loss, make_opt
 
@@ -104,7 +105,11 @@ def check_depth(factory, depths=(2, 4, 8, 16), *, width: int = 32, example_input
     from ..predict.depth import analyze_depth  # predict imports graph; measure sits above both
 
     depths = check_depths(depths)
+    steps = check_steps(steps, CheckError)
+    seeds = positive_int(seeds, "seeds", CheckError, "the number of seeds per depth")
+    width = positive_int(width, "width", CheckError, "the width every depth is built at")
     if make_optimizer is None:
+        lr = positive_number(lr, "lr", CheckError)
         import torch
 
         def make_optimizer(model):

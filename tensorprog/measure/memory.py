@@ -120,7 +120,8 @@ def check_memory(graph, w: int, dtype, optimizer: str, dev, max_memory="auto") -
         if limit is None:
             return None
     else:
-        if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)) or max_memory <= 0:
+        if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)) or \
+                not max_memory > 0:  # NaN fails this too: a NaN limit would refuse nothing
             raise CheckError(f"max_memory must be 'auto', None or a positive number of bytes, got "
                              f"{max_memory!r}.")
         limit, where = max_memory, "given as max_memory"

@@ -85,13 +85,27 @@ ALIGNMENTS = {
 
 
 def alignment(name_or_obj) -> Alignment:
+    """The ``Alignment`` for a name or an ``Alignment``; ValueError for anything else, and for an
+    ``Alignment`` whose fields are not numbers in [1/2, 1] (strings are refused, never
+    evaluated)."""
     if isinstance(name_or_obj, Alignment):
-        return name_or_obj
-    try:
-        return ALIGNMENTS[name_or_obj]
-    except KeyError:
+        fields = {}
+        for f in ("dw_z0", "w0_dz_hidden", "w0_dz_readout", "dw_dz"):
+            v = getattr(name_or_obj, f)
+            ok = not isinstance(v, bool) and isinstance(v, (int, float, sp.Rational))
+            v = sp.Rational(repr(float(v))) if isinstance(v, float) and ok and v == v else v
+            if not ok or not (v == v and HALF <= v <= 1):
+                raise ValueError(f"Alignment.{f} must be a number in [1/2, 1] (Everett et al. "
+                                 f"2024, arXiv 2407.05872, §3), got {v!r}")
+            fields[f] = sp.Rational(v)
+        return Alignment(**fields, name=name_or_obj.name)
+    if not isinstance(name_or_obj, str) or name_or_obj not in ALIGNMENTS:
+        extra = (" (per-layer triples are for theory.ABC / max_stable_lr_exponent; a model's "
+                 "analysis takes one alignment for every layer)"
+                 if not isinstance(name_or_obj, str) else "")
         raise ValueError(f"unknown alignment {name_or_obj!r}; choose one of {sorted(ALIGNMENTS)} "
-                         "or pass an Alignment(...)") from None
+                         f"or pass an Alignment(...){extra}")
+    return ALIGNMENTS[name_or_obj]
 
 
 # ----------------------------------------------------------------------------- what a rule sees

@@ -203,7 +203,13 @@ def analyze(
     from ..graph.optimizers import optimizer_class as steps_class
     from ..theory.abc import optimizer_class
 
+    from ..ops import alignment as resolve_alignment
+
     steps = check_steps(steps)  # before the (slow) trace
+    try:
+        resolve_alignment(alignment)
+    except ValueError as err:
+        raise TraceError(str(err)) from None
     if not isinstance(factory, WidthGraph):
         check_widths(widths, error=TraceError)
     graph = factory if isinstance(factory, WidthGraph) else trace(

@@ -34,6 +34,7 @@ import sympy as sp
 from ..errors import TraceError
 from ..jsonio import JSONMixin, jsonable
 from ..graph.depth import DepthTrace, branch_count_at, trace_depth
+from ..validate import check_widths, positive_int
 
 HALF = sp.Rational(1, 2)
 
@@ -80,12 +81,29 @@ def depth_rules(family: str = DEFAULT_FAMILY, base_depth: int = 2,
     if optimizer not in ("adam", "sgd"):
         raise TraceError("optimizer must be 'adam' (any scale-invariant step) or 'sgd', got "
                          f"{optimizer!r}.")
-    if int(base_depth) < 1:
-        raise TraceError(f"base_depth must be a positive integer, got {base_depth!r}.")
+    base_depth = positive_int(base_depth, "base_depth", TraceError,
+                              "L_0, the depth where every depth factor is 1")
     a = FAMILIES[family]
     lr = a - 1 if optimizer == "adam" else 2 * a - 1
     eps = -a if optimizer == "adam" else None
     return DepthRules(family, int(base_depth), optimizer, a, -a, lr, eps)
+
+
+def check_depth_options(base_depth, family, error=TraceError):
+    """``base_depth`` (None or a positive int) and ``family`` as ``rules`` / ``apply_mup`` take
+    them: an unknown family is an error, and so is a family other than the default without a
+    base depth (it would be silently ignored)."""
+    if family not in FAMILIES:
+        raise error(f"unknown depth_family {family!r}; choose one of {sorted(FAMILIES)} "
+                    f"(default {DEFAULT_FAMILY!r}).")
+    if base_depth is None:
+        if family != DEFAULT_FAMILY:
+            raise error(f"depth_family={family!r} has no effect without base_depth: pass "
+                        "base_depth=L0 (and a factory taking (width, depth)) for depth factors, "
+                        "or drop depth_family.")
+        return None
+    return positive_int(base_depth, "base_depth", error,
+                        "L_0, the depth where every depth factor is 1")
 
 
 @dataclass
@@ -304,6 +322,13 @@ def analyze_depth(factory, depths=(2, 4, 8), *, width: int = 64, widths=None, ex
     of the fix's factors. The width verdict is ``analyze``'s, unchanged."""
     if family is not None and family not in FAMILIES:
         raise TraceError(f"unknown depth family {family!r}; choose one of {sorted(FAMILIES)}.")
+    if base_depth is not None:
+        base_depth = positive_int(base_depth, "base_depth", TraceError,
+                                  "L_0, the depth where every depth factor is 1")
+    width = positive_int(width, "width", TraceError, "the width every depth is built at")
+    if widths is not None:
+        widths = check_widths(widths, error=TraceError, what="widths",
+                              why="to check that the block count does not change with the width")
     trace = trace_depth(factory, depths, width=width, example_inputs=example_inputs,
                         make_optimizer=make_optimizer, seed=seed)
     d0 = trace.depths[0]

@@ -495,6 +495,8 @@ def max_stable_lr_exponent(a: Sequence, b: Sequence, optimizer: Any = "sgd",
     The initialisation conditions must hold: a TheoryError if they fail for every c (with
     symbolic a, b they are assumed).
     """
+    if not isinstance(per_layer, bool):
+        raise TheoryError(f"per_layer must be True or False, got {per_layer!r}")
     p = ABC(a, b, 0, optimizer, alignment, adjust_lr_fn=adjust_lr_fn)
     init_ok = _truth(sp.And(*(c.holds for c in p._groups["init"])))
     if init_ok is False:

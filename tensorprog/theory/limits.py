@@ -29,6 +29,9 @@ from typing import Callable, Sequence, Union
 import numpy as np
 import torch
 
+from ..errors import TheoryError
+from ..validate import as_int, check_widths
+
 ArrayFn = Callable[[np.ndarray], np.ndarray]
 Nonlinearity = Union[str, ArrayFn]
 
@@ -102,7 +105,7 @@ def _resolve(nonlinearity: Nonlinearity, derivative: ArrayFn | None = None) -> _
     if isinstance(nonlinearity, str):
         key = _ALIASES.get(nonlinearity.lower(), nonlinearity.lower())
         if key not in _NAMED:
-            raise ValueError(
+            raise TheoryError(
                 f"unknown nonlinearity {nonlinearity!r}; known names: {', '.join(NONLINEARITIES)} "
                 "(or pass a callable acting elementwise on numpy arrays)")
         fn, deriv, tfn, closed = _NAMED[key]
@@ -110,7 +113,7 @@ def _resolve(nonlinearity: Nonlinearity, derivative: ArrayFn | None = None) -> _
     if callable(nonlinearity):
         name = getattr(nonlinearity, "__name__", "callable")
         return _Activation(name, nonlinearity, derivative or _numeric_derivative(nonlinearity), None, None)
-    raise TypeError(f"nonlinearity must be a name or a callable, got {type(nonlinearity).__name__}")
+    raise TheoryError(f"nonlinearity must be a name or a callable, got {type(nonlinearity).__name__}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,22 +123,22 @@ def _resolve(nonlinearity: Nonlinearity, derivative: ArrayFn | None = None) -> _
 def _check_X(X) -> np.ndarray:
     arr = np.asarray(X, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"X must be a 2-D array of shape (m, d) with m, d >= 1; got shape {arr.shape}")
+        raise TheoryError(f"X must be a 2-D array of shape (m, d) with m, d >= 1; got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError("X contains non-finite entries")
+        raise TheoryError("X contains non-finite entries")
     return arr
 
 
 def _check_positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        raise TheoryError(f"{name} must be an integer >= 1; got {value!r}")
     return int(value)
 
 
 def _check_sigma(value, name: str) -> float:
     value = float(value)
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+        raise TheoryError(f"{name} must be a finite number >= 0; got {value!r}")
     return value
 
 
@@ -272,7 +275,7 @@ def _check_common(X, depth, sigma_w, sigma_b, quadrature, order):
     depth = _check_positive_int(depth, "depth")
     sw, sb = _check_sigma(sigma_w, "sigma_w"), _check_sigma(sigma_b, "sigma_b")
     if quadrature not in _QUADRATURES:
-        raise ValueError(f"quadrature must be one of {sorted(_QUADRATURES)}; got {quadrature!r}")
+        raise TheoryError(f"quadrature must be one of {sorted(_QUADRATURES)}; got {quadrature!r}")
     order = _check_positive_int(order, "order")
     return X, depth, sw ** 2, sb ** 2, order
 
@@ -460,7 +463,7 @@ class Convergence:
         """|slope - rate| <= tol; by default tol = n_sigma * slope_uncertainty."""
         if tol is None:
             if not math.isfinite(self.slope_uncertainty):
-                raise ValueError("no slope uncertainty (need >= 3 widths or >= 2 seeds); pass tol")
+                raise TheoryError("no slope uncertainty (need >= 3 widths or >= 2 seeds); pass tol")
             tol = n_sigma * self.slope_uncertainty
         return abs(self.slope - rate) <= tol
 
@@ -508,17 +511,18 @@ def convergence(
     its own generator seed, derived from both, so widths are statistically independent."""
     X = _check_X(X)
     depth = _check_positive_int(depth, "depth")
-    widths = np.array(sorted({_check_positive_int(w, "width") for w in widths}), dtype=np.int64)
-    if len(widths) < 2:
-        raise ValueError("need at least two distinct widths to fit a slope")
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("need at least one seed")
+    widths = np.array(check_widths(widths, error=TheoryError, why="to fit a slope"), dtype=np.int64)
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise TheoryError(f"seeds must be a sequence of ints, e.g. (0, 1, 2, 3); got {seeds!r}")
+    seeds = [as_int(s, "each of seeds", TheoryError) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise TheoryError(f"seeds must be distinct and non-empty (one network per seed and width), "
+                          f"got {seeds!r}")
     if metric not in ("rel_fro", "max_abs"):
-        raise ValueError(f"metric must be 'rel_fro' or 'max_abs'; got {metric!r}")
+        raise TheoryError(f"metric must be 'rel_fro' or 'max_abs'; got {metric!r}")
     layer = depth if layer is None else _check_positive_int(layer, "layer")
     if layer > depth:
-        raise ValueError(f"layer must be in 1..depth={depth}; got {layer}")
+        raise TheoryError(f"layer must be in 1..depth={depth}; got {layer}")
 
     K_inf = nngp_kernel(X, layer, nonlinearity, sigma_w, sigma_b)[-1]
     errors = np.empty((len(widths), len(seeds)))

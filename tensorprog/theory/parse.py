@@ -16,13 +16,15 @@ into SymPy objects by hand, never through ``sympify`` or ``eval``.
 from __future__ import annotations
 
 import ast
+import math
+import numbers
 import re
 
 import sympy as sp
 
 from ..errors import TensorprogError
 
-__all__ = ["parse_exponent", "ExponentParseError", "MAX_LENGTH", "MAX_POWER"]
+__all__ = ["parse_exponent", "exact_number", "ExponentParseError", "MAX_LENGTH", "MAX_POWER"]
 
 #: Longest accepted string (an exponent is a short formula; this also bounds the parse's depth).
 MAX_LENGTH = 200
@@ -60,6 +62,31 @@ def parse_exponent(text: str, what: str = "exponent", *, symbols: bool = True) -
         raise ExponentParseError(f"{what}: cannot read {text!r} as an exponent; write a number "
                                  "(0, 1/2, -0.5), oo, or arithmetic of those") from None
     return _build(tree.body, src, text, what, symbols)
+
+
+def exact_number(x, what: str = "value") -> sp.Expr:
+    """A finite real number given as an int, float, Fraction, SymPy number or a string such as
+    "1/2", as an exact SymPy number (floats through their decimal form); ``ExponentParseError``
+    otherwise (a bool, NaN, inf, a name, anything else). Strings go through ``parse_exponent``
+    with ``symbols=False``: nothing is evaluated as Python."""
+    if isinstance(x, bool) or type(x).__name__ == "bool_":
+        raise ExponentParseError(f"{what}: expected a number, got the bool {x!r}")
+    if isinstance(x, str):
+        v = parse_exponent(x, what, symbols=False)
+    elif isinstance(x, numbers.Rational):
+        v = sp.Rational(x.numerator, x.denominator)
+    elif isinstance(x, numbers.Real):
+        if not math.isfinite(float(x)):
+            raise ExponentParseError(f"{what}: expected a finite number, got {x!r}")
+        v = sp.Rational(repr(float(x)))
+    elif isinstance(x, sp.Basic) and x.is_number:
+        v = x
+    else:
+        raise ExponentParseError(f"{what}: expected a number (e.g. 1, 0.5 or '1/2'), got "
+                                 f"{type(x).__name__} {x!r}")
+    if not (v.is_real and v.is_finite):
+        raise ExponentParseError(f"{what}: expected a finite real number, got {x!r}")
+    return v
 
 
 def _refuse(text, what, piece):

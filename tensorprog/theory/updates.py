@@ -30,6 +30,7 @@ import sympy as sp
 from ..errors import TheoryError, TraceError
 from ..graph.optimizers import GEOMETRIES, OPTIMIZERS, REFUSED, geometry_of
 from ..ops.core import ALIGNMENTS, Alignment
+from .parse import ExponentParseError, exact_number
 
 HALF = sp.Rational(1, 2)
 
@@ -108,14 +109,20 @@ def layer_alignments(alignment: Any, L: int) -> tuple:
         hid = (alignment.dw_z0, alignment.w0_dz_hidden, alignment.dw_dz)
         return (hid,) * L + ((alignment.dw_z0, alignment.w0_dz_readout, alignment.dw_dz),)
     try:
-        triples = tuple(tuple(sp.nsimplify(v) for v in t) for t in alignment)
-    except (TypeError, sp.SympifyError):
-        triples = ()
-    if len(triples) != L + 1 or any(len(t) != 3 for t in triples):
+        rows = [tuple(t) for t in alignment]
+    except TypeError:
+        rows = []
+    if isinstance(alignment, (str, bytes)) or len(rows) != L + 1 or any(len(t) != 3 for t in rows):
         raise TheoryError(f"per-layer alignment needs L+1 = {L + 1} triples (alpha_l, omega_l, "
                           f"u_l), input layer first; got {alignment!r}")
+    try:  # never sympify / nsimplify user values: they would evaluate strings as Python
+        triples = tuple(tuple(exact_number(v, f"alignment of layer {l}") for v in t)
+                        for l, t in enumerate(rows, 1))
+    except ExponentParseError as err:
+        raise TheoryError(f"{err}; each alignment value is a number in [1/2, 1] "
+                          "(Everett et al. 2024, arXiv 2407.05872, §3)") from None
     for l, (al, om, u) in enumerate(triples, 1):
-        if not all(v.is_number and HALF <= v <= 1 for v in (al, om, u)) or u > al:
+        if not all(HALF <= v <= 1 for v in (al, om, u)) or u > al:
             raise TheoryError(f"alignment of layer {l} {(al, om, u)}: each value must be a "
                               "number in [1/2, 1] (Everett et al. 2024) and u_l <= alpha_l")
     return triples

@@ -42,7 +42,8 @@ from ..errors import TransferError
 
 __all__ = ["BUILTIN_HPARAMS", "SCHEDULES", "WIDTH_TRANSFERABLE", "NOT_WIDTH_TRANSFERABLE",
            "schedule_factor", "route_hparams", "default_scale", "TrialPoint", "HPFactory",
-           "HPOptimizer", "HPData", "describe_point", "check_values"]
+           "HPOptimizer", "HPData", "describe_point", "check_values", "check_value",
+           "check_base"]
 
 BUILTIN_HPARAMS: tuple[str, ...] = ("lr", "init_scale", "output_mult", "schedule", "warmup",
                                     "weight_decay")
@@ -266,6 +267,31 @@ class HPData:
         return repr(self.data)
 
 
+def check_value(name: str, v, label: str = "", where: str = "") -> None:
+    """One value of a built-in hyperparameter, checked (user hyperparameters are the user's):
+    ``lr``, ``init_scale``, ``output_mult`` finite and > 0; ``weight_decay`` finite and >= 0;
+    ``warmup`` a whole number of steps >= 0; ``schedule`` one of ``SCHEDULES``. ``label`` names
+    the value in the message (default ``name``), ``where`` says where it came from."""
+    label = label or name
+    at = f" ({where})" if where else ""
+    if name == "schedule":
+        if not isinstance(v, str) or v not in SCHEDULES:
+            who = f"{label}: " if label != name else ""
+            raise TransferError(f"{who}unknown schedule {v!r}{at}; choose one of: "
+                                f"{', '.join(SCHEDULES)}")
+        return
+    if name not in ("lr", "init_scale", "output_mult", "warmup", "weight_decay"):
+        return
+    number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if name in ("lr", "init_scale", "output_mult") and not (number and v > 0):
+        raise TransferError(f"{label} must be positive and finite{at}; got {v!r}")
+    if name == "weight_decay" and not (number and v >= 0):
+        raise TransferError(f"{label} must be >= 0 and finite{at}; got {v!r}")
+    if name == "warmup" and not (number and v >= 0 and float(v).is_integer()):
+        raise TransferError(f"{label} must be a whole number of steps >= 0{at}; got {v!r} "
+                            "(it is never rounded)")
+
+
 def check_values(name: str, values) -> tuple:
     """The swept values of one hyperparameter, checked."""
     vals = tuple(values) if not isinstance(values, (str, bytes)) else None
@@ -274,16 +300,21 @@ def check_values(name: str, values) -> tuple:
                             f"got {values!r}")
     if len(set(vals)) != len(vals):
         raise TransferError(f"hyperparameter {name!r} has repeated values: {list(vals)!r}")
-    if name == "schedule":
-        for v in vals:
-            schedule_factor(v, 0, 1)
-    elif name in ("lr", "init_scale", "output_mult"):
-        if any(not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0) for v in vals):
-            raise TransferError(f"{name} values must be positive and finite; got {list(vals)}")
-    elif name in ("warmup", "weight_decay"):
-        if any(not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0) for v in vals):
-            raise TransferError(f"{name} values must be >= 0 and finite; got {list(vals)}")
+    for v in vals:
+        check_value(name, v, f"{name} values", f"in {list(vals)!r}")
     return vals
+
+
+def check_base(base) -> dict:
+    """``base`` = {name: value} of the hyperparameters held fixed, checked like swept values."""
+    if base is None:
+        return {}
+    if not isinstance(base, dict):
+        raise TransferError(f"base must be a dict name -> value (e.g. base={{'lr': 3e-3}}); got "
+                            f"{type(base).__name__} {base!r}")
+    for k, v in base.items():
+        check_value(k, v, f"base[{k!r}]")  # the label: base['lr'] must be ...
+    return dict(base)
 
 
 def pick(d: dict, keys) -> dict[str, Any]:

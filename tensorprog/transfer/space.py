@@ -11,12 +11,14 @@ resumed search first replays the stored trials into the study, then asks for new
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import TransferError
+from .hparams import check_value
 
 __all__ = ["LogUniform", "Uniform", "IntUniform", "Choice", "check_space", "RandomSampler",
            "TPESampler", "make_sampler", "SAMPLERS"]
@@ -75,8 +77,18 @@ class Choice:
         return self.options[0]
 
 
+def _bound(name, d, v, integer: bool):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise TransferError(f"space[{name!r}]: {type(d).__name__} needs finite numbers lo < hi; "
+                            f"got {d!r}")
+    if integer and not float(v).is_integer():
+        raise TransferError(f"space[{name!r}]: IntUniform needs whole-number bounds (they are "
+                            f"never rounded); got {d!r}")
+
+
 def check_space(space) -> dict:
-    """The space with lists turned into ``Choice``; ``TransferError`` for anything malformed."""
+    """The space with lists turned into ``Choice``; ``TransferError`` for anything malformed,
+    including values a built-in hyperparameter cannot take (``hparams.check_value``)."""
     if not isinstance(space, dict) or not space:
         raise TransferError("tune needs space = {name: LogUniform(lo, hi) | Uniform(lo, hi) | "
                             f"IntUniform(lo, hi) | Choice([...]) or [options]}}; got {space!r}")
@@ -85,18 +97,31 @@ def check_space(space) -> dict:
         if isinstance(d, (list, tuple)):
             d = Choice(tuple(d))
         if isinstance(d, Choice):
-            if len(d.options) < 1:
-                raise TransferError(f"space[{name!r}] has no options")
+            if isinstance(d.options, (str, bytes)) or not isinstance(d.options, (list, tuple)):
+                raise TransferError(f"space[{name!r}]: Choice takes a list of options, e.g. "
+                                    f"Choice(['cosine', 'linear']); got {d.options!r}")
+            if len(d.options) < 2:
+                raise TransferError(f"space[{name!r}] has {len(d.options)} option(s) "
+                                    f"{list(d.options)!r}: nothing to search. Fix it in "
+                                    f"base={{{name!r}: ...}}, or give two or more options")
+            if len(set(map(repr, d.options))) != len(d.options):
+                raise TransferError(f"space[{name!r}] has repeated options {list(d.options)!r}")
+            for v in d.options:
+                check_value(name, v, f"each option of space[{name!r}]")
             out[name] = Choice(tuple(d.options))
             continue
         if not isinstance(d, (LogUniform, Uniform, IntUniform)):
             raise TransferError(f"space[{name!r}] must be LogUniform, Uniform, IntUniform, Choice "
                                 f"or a list of options; got {d!r}")
-        if not (math.isfinite(d.lo) and math.isfinite(d.hi) and d.lo < d.hi):
+        for v in (d.lo, d.hi):
+            _bound(name, d, v, isinstance(d, IntUniform))
+        if not d.lo < d.hi:
             raise TransferError(f"space[{name!r}]: need finite lo < hi; got {d!r}")
         if isinstance(d, LogUniform) and d.lo <= 0:
             raise TransferError(f"space[{name!r}]: LogUniform needs lo > 0; got {d!r}")
-        out[name] = d
+        for v in (d.lo, d.hi):
+            check_value(name, v, f"{name} (a bound of space[{name!r}] = {d!r})")
+        out[name] = type(d)(int(d.lo), int(d.hi)) if isinstance(d, IntUniform) else d
     return out
 
 

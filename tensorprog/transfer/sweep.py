@@ -18,10 +18,10 @@ import torch
 import torch.nn as nn
 
 from ..errors import TransferError
-from ..validate import check_widths
+from ..validate import as_int, check_widths
 from .backends import BACKENDS, TrialConfig, TrialResult, run_local, run_ray, run_trial
-from .hparams import (HPData, HPFactory, HPOptimizer, TrialPoint, check_values, default_scale,
-                      describe_point, route_hparams)
+from .hparams import (HPData, HPFactory, HPOptimizer, TrialPoint, check_base, check_values,
+                      default_scale, describe_point, route_hparams)
 from .result import HPSweeps, Sweep
 from .tasks import default_forward, default_optimizer
 
@@ -208,9 +208,22 @@ def sweep(factory: Callable[[int], nn.Module], widths: Sequence[int], lrs: Seque
     if along != "width" and along in (hparams or {}):
         raise TransferError(f"{along!r} is both swept as a hyperparameter and the scale dimension")
     seeds = _check_sizes(seeds, "seeds", int, 1, "to train anything")
+    warmup = as_int(warmup, "warmup", TransferError)
     if warmup < 0:
-        raise TransferError("warmup must be >= 0 and threads >= 1")
-    base = dict(base or {})
+        raise TransferError(f"warmup must be a whole number of steps >= 0; got {warmup!r}")
+    base = check_base(base)
+    if lrs is not None and "lr" in base:
+        raise TransferError(f"lrs sweeps the learning rate, so base['lr']={base['lr']!r} would be "
+                            "ignored; drop it from base (or sweep hparams={'lr': [...], ...} with "
+                            "base={'lr': ...} for the other hyperparameters' runs)")
+    if along == "width" and width is not None:
+        raise TransferError(f"width={width!r} is the fixed width of a sweep along another dimension "
+                            "(along='depth', ...); a sweep along width takes its widths from "
+                            "widths=... : drop width= or pass along=")
+    unknown = sorted(set(scales or {}) - set(grid))
+    if unknown:
+        raise TransferError(f"scales names {unknown}, which are not swept (swept: {sorted(grid)}); "
+                            "scales={name: 'log' | 'linear' | 'categorical'} is for swept names")
     if warmup:
         base.setdefault("warmup", int(warmup))
     if "lr" not in base and set(grid) != {"lr"}:

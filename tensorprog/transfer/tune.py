@@ -49,12 +49,14 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import TransferError
-from .hparams import NOT_WIDTH_TRANSFERABLE, WIDTH_TRANSFERABLE, TrialPoint, describe_point
+from ..validate import as_int
+from .hparams import (NOT_WIDTH_TRANSFERABLE, WIDTH_TRANSFERABLE, TrialPoint, check_base,
+                      describe_point)
 from .space import SAMPLERS, check_space, make_sampler
 from .sweep import make_trial_config, run_trials
 from .tune_result import TuneResult
 
-__all__ = ["tune", "transferability", "read_store"]
+__all__ = ["tune", "transferability", "read_store", "check_store_path"]
 
 PHASES = ("proxy", "transfer", "direct", "direct_eval")
 
@@ -73,13 +75,51 @@ def transferability(names) -> dict[str, str]:
     return out
 
 
+#: keys (and their types) of a stored trial record, as ``tune`` writes them
+RECORD_KEYS = {"phase": str, "index": int, "width": int, "seed": int, "hp": dict}
+
+
+def check_store_path(path) -> None:
+    """A store path ``tune`` can write: a str / PathLike of a file (existing or new) in an existing
+    folder. Checked before any training, so a typo costs nothing."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise TransferError(f"store must be a file path (str), e.g. store='tune.jsonl'; got {path!r}")
+    if os.path.isdir(path):
+        raise TransferError(f"store={str(path)!r} is a folder; pass a file path inside it, e.g. "
+                            f"{os.path.join(str(path), 'tune.jsonl')!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise TransferError(f"store={str(path)!r}: the folder {folder!r} does not exist; create it "
+                            "(a typo here would start a fresh search instead of resuming)")
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        raise TransferError(f"store={str(path)!r} cannot be read and written; fix its permissions "
+                            "or pass another path")
+
+
+def _check_record(path: str, n: int, rec) -> None:
+    ok = isinstance(rec, dict) and all(isinstance(rec.get(k), t) and not isinstance(rec.get(k), bool)
+                                       for k, t in RECORD_KEYS.items())
+    ok = ok and rec["phase"] in PHASES and ("loss" in rec) and (
+        rec["loss"] is None or isinstance(rec["loss"], (int, float)))
+    if not ok:
+        raise TransferError(f"{path}: line {n + 1} is not a tune trial record (it needs "
+                            f"{', '.join(RECORD_KEYS)} and loss; got {str(rec)[:200]}); the file was "
+                            "edited or written by something else: delete it or pass another store")
+
+
 def read_store(path: str, signature: dict | None = None) -> list[dict]:
     """Trial records of a JSON-lines store (a half-written last line is dropped). With
-    ``signature``: ``TransferError`` when the file was written by a search with other settings."""
+    ``signature``: ``TransferError`` when the file was written by a search with other settings;
+    a record without its keys (``RECORD_KEYS``, loss) is a ``TransferError`` too."""
     if not os.path.exists(path):
         return []
-    with open(path) as fh:
-        lines = fh.read().split("\n")
+    if os.path.isdir(path):
+        raise TransferError(f"store={path!r} is a folder, not a tune store file")
+    try:
+        with open(path) as fh:
+            lines = fh.read().split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TransferError(f"{path}: cannot read it as a tune store ({type(e).__name__}: {e})") from None
     records = []
     for n, line in enumerate(lines):
         if not line.strip():
@@ -93,12 +133,14 @@ def read_store(path: str, signature: dict | None = None) -> list[dict]:
     if not records:
         return []
     head = records[0]
-    if "tensorprog_tune" not in head:
+    if not isinstance(head, dict) or "tensorprog_tune" not in head:
         raise TransferError(f"{path} is not a tune store (no header line); pass another store path")
     if signature is not None and head.get("signature") != _jsonable(signature):
         raise TransferError(
             f"{path} holds trials of a different search (stored settings "
             f"{head.get('signature')}, now {_jsonable(signature)}); delete it or pass another store")
+    for n, rec in enumerate(records[1:], 1):
+        _check_record(path, n, rec)
     return records[1:]
 
 
@@ -182,9 +224,16 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
     per search. ``seed``: the sampler's seed and the training seed of search trials.
     ``final_seeds``: seeds of the final target runs (two or more give the noise of the comparison).
     ``direct_seed``: the direct search's sampler seed (default ``seed``: paired candidates).
+    ``store``: a JSON-lines file in an existing folder (``check_store_path``, before training);
+    Ctrl-C stops the trials and keeps every finished one there for the next call to resume.
     """
     space = check_space(space)
-    base = dict(base or {})
+    base = check_base(base)
+    seed = as_int(seed, "seed", TransferError)
+    if direct_seed is not None:
+        direct_seed = as_int(direct_seed, "direct_seed", TransferError)
+    if store is not None:
+        check_store_path(store)
     if sampler not in SAMPLERS:
         raise TransferError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
     if check_mup not in ("refuse", "warn", "off"):
@@ -195,7 +244,9 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
     if proxy_width >= target_width:
         raise TransferError(f"proxy_width ({proxy_width}) must be smaller than target_width "
                             f"({target_width}): the point is to tune the small model")
-    final_seeds = tuple(int(s) for s in final_seeds)
+    if isinstance(final_seeds, (str, bytes)) or not hasattr(final_seeds, "__iter__"):
+        raise TransferError(f"final_seeds must be a sequence of ints, e.g. (0, 1); got {final_seeds!r}")
+    final_seeds = tuple(as_int(s, "each of final_seeds", TransferError) for s in final_seeds)
     if not final_seeds or len(set(final_seeds)) != len(final_seeds):
         raise TransferError(f"final_seeds must be distinct and non-empty; got {final_seeds}")
     if "lr" not in space and "lr" not in base:
@@ -225,8 +276,6 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
     if store and os.path.exists(store):
         _drop_partial_line(store)
     if store and not os.path.exists(store):
-        d = os.path.dirname(os.path.abspath(store))
-        os.makedirs(d, exist_ok=True)
         _append(store, {"tensorprog_tune": 1, "signature": _jsonable(signature)})
     elif store and not records and os.path.getsize(store) == 0:
         _append(store, {"tensorprog_tune": 1, "signature": _jsonable(signature)})
@@ -292,13 +341,22 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
         have = {r["seed"] for r in records if r["phase"] == phase and r["hp"] == _jsonable(hp)}
         run(phase, [(0, target_width, hp, s) for s in final_seeds if s not in have and s not in skip])
 
-    search("proxy", proxy_width, seed)
-    best_proxy = _best(records, "proxy", budget)
-    finals("transfer", best_proxy["hp"])
-    if direct:
-        search("direct", target_width, seed if direct_seed is None else int(direct_seed))
-        best_direct = _best(records, "direct", budget)
-        finals("direct_eval", best_direct["hp"], skip=(seed,))
+    try:
+        search("proxy", proxy_width, seed)
+        best_proxy = _best(records, "proxy", budget)
+        finals("transfer", best_proxy["hp"])
+        if direct:
+            search("direct", target_width, seed if direct_seed is None else int(direct_seed))
+            best_direct = _best(records, "direct", budget)
+            finals("direct_eval", best_direct["hp"], skip=(seed,))
+    except KeyboardInterrupt:  # Ctrl-C: the trials are stopped (run_trials); say what is kept
+        kept = (f"the {len(records)} finished trials are in {store}: run the same tune(...) call "
+                "again to resume from them" if store else
+                f"{len(records)} trials had finished; pass store='tune.jsonl' to keep trials "
+                "across an interruption")
+        print(f"[tensorprog tune{' ' + name if name else ''}] interrupted: trials stopped; {kept}",
+              file=sys.stderr, flush=True)
+        raise
     return TuneResult.build(records, budget=budget, proxy_width=proxy_width,
                             target_width=target_width, steps=steps, seed=seed,
                             final_seeds=final_seeds, space=signature["space"], base=base,

@@ -167,11 +167,24 @@ def apply_mup(
     if weight_decay_scaling not in ("mup", "constant"):
         raise TensorprogError(f"weight_decay_scaling must be 'mup' or 'constant', got {weight_decay_scaling!r}.")
     base_width = check_base_width(base_width)
+    from ..predict.depth import check_depth_options
+    base_depth = check_depth_options(base_depth, depth_family, TensorprogError)
     ws = tuple(check_widths(widths)) if widths is not None else (base_width, 2 * base_width, 4 * base_width)
     if isinstance(optimizer_cls, type) and optimizer_kwargs.get("adjust_lr_fn") is not None:
         optimizer_cls = functools.partial(optimizer_cls, adjust_lr_fn=optimizer_kwargs.pop("adjust_lr_fn"))
     if isinstance(optimizer_cls, str):
         optimizer_class(optimizer_cls)  # a name: the rules follow it; the optimizer cannot be built
+    if eps_scaling == "mup" and not isinstance(optimizer_cls, dict):
+        try:
+            sgd_like = optimizer_class(getattr(optimizer_cls, "func", optimizer_cls)) == "sgd"
+        except Exception:  # noqa: BLE001 - a callable choosing per parameter: checked by the rules
+            sgd_like = False
+        if sgd_like:
+            raise TensorprogError(
+                "eps_scaling='mup' scales Adam's eps like the muP gradient (TP5 arXiv "
+                "2203.03466 App. B; Everett et al. 2024 §4), but "
+                f"{getattr(optimizer_cls, '__name__', optimizer_cls)!r} steps by the gradient and "
+                "has no eps: drop eps_scaling, or use an Adam-like optimizer_cls.")
     dplan = None
     if base_depth is None:
         width_factory = factory

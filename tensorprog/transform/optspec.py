@@ -68,7 +68,19 @@ def spec_of(opt) -> OptSpec:
         raise TensorprogError(f"not an optimizer class, partial or name: {opt!r}")
     geo = geometry_of(opt)
     hyper = {k: kwargs[k] for k in ("adjust_lr_fn",) if k in kwargs}
+    if hyper.get("adjust_lr_fn") is not None:
+        from ..theory.updates import ADJUST_LR_FNS
+        if geo.name != "orthogonalised" or hyper["adjust_lr_fn"] not in ADJUST_LR_FNS:
+            raise TensorprogError(
+                f"adjust_lr_fn={hyper['adjust_lr_fn']!r} for {opt.__name__}: it is Muon's option "
+                f"and takes one of {', '.join(ADJUST_LR_FNS)} (CLI: --optimizer "
+                "muon:match_rms_adamw); the rules would otherwise assume another step size.")
     return OptSpec(opt, kwargs, Step(geo.name, opt.__name__, hyper))
+
+
+#: keys of an optimizer dict besides parameter names: the roles of ``graph.uses.role`` and
+#: "default" (everything not named otherwise)
+ROLE_KEYS = ("input", "hidden", "output", "vector", "scalar", "unknown", "default")
 
 
 def selector(optimizer) -> Callable[[str, str], OptSpec]:
@@ -101,6 +113,15 @@ def selector(optimizer) -> Callable[[str, str], OptSpec]:
 def assign(optimizer, params: dict) -> tuple[str, dict[str, OptSpec]]:
     """("sgd" | "adam", {param name: OptSpec}) for the traced ``params`` (name -> TracedParam)."""
     pick = selector(optimizer)
+    if isinstance(optimizer, dict):
+        known = set(params) | set(ROLE_KEYS) | {p.role for p in params.values()}
+        unknown = sorted(k for k in optimizer if k not in known)
+        if unknown:
+            names = sorted(params)
+            raise TensorprogError(
+                f"optimizer dict key(s) {unknown} name no parameter and no role, so they would be "
+                f"ignored: keys are a role ({', '.join(ROLE_KEYS)}), a parameter name "
+                f"({', '.join(names[:8])}{', ...' if len(names) > 8 else ''}) or 'default'.")
     owners = {n: pick(n, p.role) for n, p in params.items()}
     kinds = {s.step.adam_like for s in owners.values()}
     if len(kinds) > 1:

@@ -412,6 +412,8 @@ def rules(
 
     _check_convention(convention)
     base = check_base_width(base_width) if base_width is not None else None
+    from ..predict.depth import check_depth_options
+    base_depth = check_depth_options(base_depth, depth_family, TensorprogError)
     if not isinstance(factory, WidthGraph):
         check_widths(widths)  # before the (slow) trace
     graph = factory if isinstance(factory, WidthGraph) else trace(
