@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import sympy as sp
 from sympy.logic.boolalg import BooleanAtom
 
-from ..errors import TensorprogError, TheoryError
+from ..errors import TheoryError
 from ..graph.optimizers import GEOMETRIES
 from .updates import (SHIFT, alignment_name, layer_alignments, optimizer_classes,
                       optimizer_geometry, update_exponents)
