@@ -74,92 +74,14 @@ from ..validate import check_base_width, check_widths
 from ..rng import preserves_rng
 from .hooks import HookRule, OpRule, derive_hooks, derive_ops, explicit_problem
 from .optspec import spec_to_dict
+from .conventions import (CONVENTION_NAMES, CONVENTIONS, FAN_IN, FAN_OUT, KINDS, TABLES,  # noqa: F401
+                          WIDTH_MULT, check_convention, convention_table, fan_power, kind_of,
+                          width_exp)
 
 __all__ = ["rules", "Rules", "ParamRule", "UseRule", "HookRule", "OpRule", "CONVENTIONS", "KINDS",
            "FAN_IN", "FAN_OUT", "WIDTH_MULT", "convention_table", "CONVENTION_NAMES"]
 
-FAN_IN, FAN_OUT, WIDTH_MULT = sp.symbols("fan_in fan_out width_mult", positive=True)
-_N = sp.Symbol("n", positive=True)  # the width, for exponents
 ZERO = sp.Integer(0)
-HALF = sp.Rational(1, 2)
-
-KINDS = ("input-like", "hidden", "output-like", "scalar-like")
-CONVENTIONS = ("table3", "table8", "table9", "unit")
-CONVENTION_NAMES = {
-    "table3": "TP5 Table 3 (init and learning rate only)",
-    "table8": "TP5 Table 8 (the mup package: readout multiplier 1/fan_in)",
-    "table9": "TP5 Table 9 (TP4's form: input multiplier sqrt(fan_out), readout 1/sqrt(fan_in))",
-    "unit": "unit init with multipliers (u-muP's form, muP's learning rates)",
-}
-_ONE = sp.Integer(1)
-
-
-def _table3():
-    return {
-        #              init var          multiplier  SGD LR          Adam LR
-        "input-like": (1 / FAN_IN, _ONE, FAN_OUT, _ONE),
-        "hidden": (1 / FAN_IN, _ONE, FAN_OUT / FAN_IN, 1 / FAN_IN),
-        "output-like": (1 / FAN_IN**2, _ONE, 1 / FAN_IN, 1 / FAN_IN),
-        "scalar-like": (_ONE, _ONE, _ONE, _ONE),
-    }
-
-
-def _tables():
-    t3 = _table3()
-    t8 = dict(t3, **{"output-like": (_ONE, 1 / FAN_IN, FAN_IN, _ONE)})
-    t9 = dict(t3, **{
-        "input-like": (1 / FAN_OUT, sp.sqrt(FAN_OUT), _ONE, 1 / sp.sqrt(FAN_OUT)),
-        "output-like": (1 / FAN_IN, 1 / sp.sqrt(FAN_IN), _ONE, 1 / sp.sqrt(FAN_IN)),
-    })
-    unit = {}
-    for kind, (var, mult, sgd, adam) in t3.items():  # Lemma J.1 with t = Table 3's init std
-        t = sp.sqrt(var)
-        unit[kind] = (_ONE, sp.simplify(mult * t), sp.simplify(sgd / t**2), sp.simplify(adam / t))
-    return {"table3": t3, "table8": t8, "table9": t9, "unit": unit}
-
-
-_TABLES = _tables()
-
-
-def convention_table(convention: str) -> dict[str, dict[str, sp.Expr]]:
-    """{kind: {"init_var", "multiplier", "lr_sgd", "lr_adam"}} of a convention (SymPy in
-    FAN_IN / FAN_OUT)."""
-    _check_convention(convention)
-    return {k: dict(zip(("init_var", "multiplier", "lr_sgd", "lr_adam"), v))
-            for k, v in _TABLES[convention].items()}
-
-
-def _check_convention(convention):
-    if convention not in CONVENTIONS:
-        raise TensorprogError(f"unknown convention {convention!r}; choose one of: "
-                              f"{', '.join(CONVENTIONS)} ({'; '.join(f'{k}: {v}' for k, v in CONVENTION_NAMES.items())}).")
-
-
-def _exp(expr, ai, ao):
-    """Width exponent of a monomial in FAN_IN, FAN_OUT, WIDTH_MULT given fan exponents."""
-    e = sp.sympify(expr).subs({FAN_IN: _N**ai, FAN_OUT: _N**ao, WIDTH_MULT: _N})
-    e = sp.powsimp(sp.expand_power_base(e, force=True), force=True)
-    _, k = e.as_coeff_exponent(_N)
-    return sp.nsimplify(k)
-
-
-def _pretty(e, ai, ao):
-    """A width exponent as a power of the use's own fan_in (or fan_out, or width_mult)."""
-    e = sp.nsimplify(e)
-    if e == 0:
-        return _ONE
-    if ai:
-        return FAN_IN ** (e / ai)
-    if ao:
-        return FAN_OUT ** (e / ao)
-    return WIDTH_MULT**e
-
-
-def kind_of(ai, ao) -> str:
-    """input-like / hidden / output-like / scalar-like from fan-in and fan-out exponents."""
-    i, o = ai is None or ai > 0, ao is None or ao > 0
-    return {(False, True): "input-like", (True, True): "hidden", (True, False): "output-like",
-            (False, False): "scalar-like"}[(i, o)]
 
 
 # ----------------------------------------------------------------------------- records
@@ -410,7 +332,7 @@ def rules(
     arXiv 2505.01618 Table 1)."""
     from .optspec import assign
 
-    _check_convention(convention)
+    check_convention(convention)
     base = check_base_width(base_width) if base_width is not None else None
     from ..predict.depth import check_depth_options
     base_depth = check_depth_options(base_depth, depth_family, TensorprogError)
@@ -463,7 +385,7 @@ def align_learning_rates(r: Rules, alignment: Any) -> None:
         rule.lr_exp = sp.nsimplify(rule.lr_exp + shift)
         if rule.lr_adam_exp is not None:
             rule.lr_adam_exp = sp.nsimplify(rule.lr_adam_exp + shift)
-        rule.lr = sp.simplify(rule.lr * _pretty(shift, f, rule.fan_out_exp))
+        rule.lr = sp.simplify(rule.lr * fan_power(shift, f, rule.fan_out_exp))
         rule.notes.append(f"alignment {al.name}: dW z_0 sums its fan-in with exponent "
                           f"{al.dw_z0}, so the LR is n^{shift} larger than the table's "
                           "(Everett et al. 2024).")
@@ -503,7 +425,7 @@ def derive(graph: WidthGraph, optimizer: str, convention: str, base_width: int, 
 
 
 def _literal(convention, kind, optimizer):
-    var, mult, sgd, adam = _TABLES[convention][kind]
+    var, mult, sgd, adam = TABLES[convention][kind]
     return var, mult, (sgd if optimizer == "sgd" else adam)
 
 
@@ -536,7 +458,7 @@ def _param_rule(graph, p, optimizer, convention, fixed, step=None) -> ParamRule:
     for u in uses:
         var, mult, lr = _literal(convention, u.kind, optimizer)
         ai, ao = u.fan_in_exp, u.fan_out_exp
-        lit[u.node] = (var, mult, lr, _exp(mult, ai, ao), _exp(var, ai, ao) / 2, _exp(lr, ai, ao))
+        lit[u.node] = (var, mult, lr, width_exp(mult, ai, ao), width_exp(var, ai, ao) / 2, width_exp(lr, ai, ao))
 
     # std exponent s of the tensor: from a use that must keep its multiplier, else the anchor
     order = {"input-like": 0, "hidden": 1, "scalar-like": 2, "output-like": 3}
@@ -560,7 +482,7 @@ def _param_rule(graph, p, optimizer, convention, fixed, step=None) -> ParamRule:
         var, mult, lr, m, su, lu = lit[u.node]
         u.shift = sp.nsimplify(su - s)  # Lemma J.1: multiplier * t, std / t, LR / t^k
         u.mult_exp = sp.nsimplify(m + u.shift)
-        u.multiplier = sp.simplify(mult * _pretty(u.shift, u.fan_in_exp, u.fan_out_exp))
+        u.multiplier = sp.simplify(mult * fan_power(u.shift, u.fan_in_exp, u.fan_out_exp))
         l = sp.nsimplify(lu - k * u.shift)
         if lr_target is None:
             lr_target = l
@@ -572,7 +494,7 @@ def _param_rule(graph, p, optimizer, convention, fixed, step=None) -> ParamRule:
             return rule
     a = next(u for u in uses if u.node == anchor.node)
     var, mult, lr, m, su, lu = lit[a.node]
-    t = _pretty(a.shift, a.fan_in_exp, a.fan_out_exp)
+    t = fan_power(a.shift, a.fan_in_exp, a.fan_out_exp)
     rule.kind, rule.shift = a.kind, a.shift
     rule.multiplier = a.multiplier
     rule.init_var = sp.simplify(var / t**2)
@@ -640,7 +562,7 @@ def _geometry_lr(rule: ParamRule, p, step) -> None:
     if d == 0:
         return
     rule.lr_exp = sp.nsimplify(rule.lr_exp - d)
-    rule.lr = sp.simplify(rule.lr / _pretty(d, rule.fan_in_exp, rule.fan_out_exp))
+    rule.lr = sp.simplify(rule.lr / fan_power(d, rule.fan_in_exp, rule.fan_out_exp))
     why = ("its step's entries are lr * RMS(W) ~ n^" + str(d) if step.geometry == "parameter-scaled"
            else f"its orthogonalised step ({step.hyper.get('adjust_lr_fn') or 'original'} "
                 f"adjust_lr_fn) has entries ~ lr * n^{d}")
