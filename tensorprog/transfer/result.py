@@ -66,6 +66,15 @@ def _refine(xs: np.ndarray, ys: np.ndarray, i: int) -> float:
     return float(np.clip(-b / (2 * a), x3[0], x3[2]))
 
 
+def write_json(d: dict, path: str | None) -> str:
+    """``d`` as JSON text (``jsonio.dumps``), also written to ``path`` when given."""
+    text = dumps(d)
+    if path is not None:
+        with open(path, "w") as fh:
+            fh.write(text)
+    return text
+
+
 def from_nested(v, fill=math.inf) -> np.ndarray:
     """Nested lists of numbers -> float array; ``None`` (files written before the
     ``{"nonfinite": ...}`` encoding) -> ``fill``."""
@@ -318,11 +327,7 @@ class Sweep(JSONMixin):
     def to_json(self, path: str | None = None, histories: bool = True) -> str:
         """JSON text (written to ``path`` when given); ``from_json`` reads it back into an equal
         ``Sweep`` (``histories=False``: without the per-step losses)."""
-        text = dumps(self.to_dict(histories=histories))
-        if path is not None:
-            with open(path, "w") as fh:
-                fh.write(text)
-        return text
+        return write_json(self.to_dict(histories=histories), path)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Sweep":
@@ -427,11 +432,7 @@ class HPSweeps(dict):
 
     def to_json(self, path: str | None = None, histories: bool = True) -> str:
         """JSON text (written to ``path`` when given), encoded as ``Sweep.to_json``."""
-        text = dumps(self.to_dict(histories=histories))
-        if path is not None:
-            with open(path, "w") as fh:
-                fh.write(text)
-        return text
+        return write_json(self.to_dict(histories=histories), path)
 
     @classmethod
     def from_json(cls, source: str) -> "HPSweeps":
