@@ -62,10 +62,17 @@ def in_op_table(target) -> bool:
     return lookup({"op": short_op(target), "tags": tags}) is not None
 
 
+#: ops left whole although PyTorch decomposes them: weight norm's g v / ||v|| decomposed reads
+#: as a weight whose entries grow (predicted n^1/2 after one Adam step, measured n^-1/2: the
+#: engine does not know v / ||v|| has unit rows), so it stays undetermined by name
+#: (benchmarks/UNSEEN_MODELS_FINDINGS.md)
+KEEP_OPAQUE = ("_weight_norm", "_weight_norm_interface")
+
+
 def decompose_unknown(program, known, rounds: int = 3):
     """``program`` with every ATen op the op table does not know (``known(op) -> False``) and
     PyTorch's export decomposition table can write in smaller ATen ops (the fused recurrent
-    cells ``gru`` / ``lstm`` / ``rnn_tanh``, ``_weight_norm``, ``mv``, ``vdot``...) replaced by that
+    cells ``gru`` / ``lstm`` / ``rnn_tanh``, ``mv``, ``vdot``...; not ``KEEP_OPAQUE``) replaced by that
     decomposition (repeated while a decomposition leaves such ops), so the engine sizes ops it
     knows instead of reporting one opaque call undetermined. A decomposition computes the same
     function (and gradient); ``check`` runs the same decomposed program. A decomposition that
@@ -74,7 +81,8 @@ def decompose_unknown(program, known, rounds: int = 3):
     the model's. Other programs come back unchanged."""
     if not isinstance(program, torch.export.ExportedProgram):
         return program
-    table = torch.export.default_decompositions()
+    table = {op: fn for op, fn in torch.export.default_decompositions().items()
+             if op.name().split("::")[-1].split(".")[0] not in KEEP_OPAQUE}
     for _ in range(rounds):
         wanted = {n.target: table[n.target] for n in program.graph.nodes
                   if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
