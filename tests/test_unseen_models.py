@@ -109,3 +109,56 @@ def test_lstm_with_mup_learning_rates_is_mup():
 
     rep = analyze(Model, WIDTHS, example_inputs=IDS, make_optimizer=opt)
     assert rep.parametrization == "muP", rep.notes
+
+
+class LoRA(nn.Module):
+    """Frozen W0 x + B A x (Hu et al. 2021, arXiv 2106.09685), A (r x n) and B (n x r) trained,
+    in muP by hand (TP5 Table 3): A is output-like (fan-in n: init 1/n, Adam LR 1/n), B is
+    input-like (zero init, LR 1); the readout is multiplied by base/n."""
+
+    def __init__(self, n, r=4):
+        super().__init__()
+        self.inp, self.base, self.head = nn.Linear(8, n), nn.Linear(n, n), nn.Linear(n, 4)
+        self.inp.requires_grad_(False)
+        self.base.requires_grad_(False)
+        self.A = nn.Parameter(torch.randn(r, n) / n)
+        self.B = nn.Parameter(torch.zeros(n, r))
+        self.n = n
+
+    def forward(self, x):
+        h = F.relu(self.inp(x))
+        h = F.relu(self.base(h) + (h @ self.A.t()) @ self.B.t())
+        return self.head(h * (WIDTHS[0] / self.n))
+
+
+def test_lora_in_mup_learns_features_through_its_second_step():
+    """A x ~ n^-1/2 at init (CLT of 1/n entries), Theta(1) once A moves (Adam: dA x ~ n * lr/n);
+    A moves at step 2 (B = 0 before), so after two steps the branch B A x has changed by
+    dB_1 dA_2 x = Theta(lr^2) in width: muP, feature learning. The measurement: that change
+    does not fall with the width (lr 0.1, so the lr^2 term beats dB A_0 x ~ lr n^-1/2 at these
+    widths; at lr 1e-2 the crossover is n ~ 1e4, FUZZ_FINDINGS class C)."""
+    base, lr = WIDTHS[0], 0.1
+
+    def opt(m):
+        return torch.optim.Adam([{"params": [m.A], "lr": lr * base / m.n},
+                                 {"params": [m.B, m.head.weight, m.head.bias], "lr": lr}])
+
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(2))
+    changes = []
+    for n in (64, 1024):
+        torch.manual_seed(0)
+        m = LoRA(n)
+        o = opt(m)
+        h0 = F.relu(m.inp(x))
+        before = ((h0 @ m.A.t()) @ m.B.t()).detach()
+        for _ in range(2):
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            o.step()
+        changes.append(((h0 @ m.A.t()) @ m.B.t() - before).abs().mean().item())
+    assert changes[1] > 0.25 * changes[0]  # n^-1/2 would give 0.25 over a 16x width ratio
+
+    rep = analyze(LoRA, WIDTHS, example_inputs=(x,), make_optimizer=opt)
+    assert rep.params["A"].role == "output" and rep.params["B"].role == "input"
+    assert rep.r == 0 and rep.regime == "feature learning"
+    assert rep.parametrization == "muP", rep.notes

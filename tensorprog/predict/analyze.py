@@ -23,7 +23,7 @@ from ..errors import TensorprogError, TraceError
 from ..exponents import fmt
 from ..graph.trace import trace
 from ..graph.uses import chain_end, is_view
-from ..ops import lookup
+from .features import own_update, zero_data
 from .attention import attention_verdicts
 from .classes import CLASSES, INF, direction_exp, expected, init_ok  # noqa: F401 (re-exported)
 from .fixes import mup_fixes
@@ -261,7 +261,7 @@ def _verdict(graph: WidthGraph, prop: Propagation, opt: str) -> Report:
                 # r_l as TP4 Def 3.2 defines it: the second step, the first whose update sees
                 # the readout's own change in the backward pass (later steps of an unstable
                 # model only compound).
-                own = prop.steps[min(2, len(prop.steps) - 1)][u.node].terms.get("dW z0", NEG)
+                own = own_update(graph, prop, u.node)
                 shift = init[feat].x - init[u.node].x if init[u.node].x not in (NEG, INF) else ZERO
                 uv.r = -(own + shift) if own != NEG else INF
                 r_layers.append(uv.r)
@@ -398,27 +398,12 @@ def _check_feature(graph, prop, feat, layer, p, problems):
     """Features must be Theta(1) at init (TP4 Thm 3.3: a_l + b_l fixed) and stay O(1)."""
     x = prop.steps[0][feat].x
     mod = graph.node(layer)["module"] or graph.node(feat)["module"]
-    if p.init_exp != "zero" and x != 0 and not _zero_data(graph, prop, layer):
+    if p.init_exp != "zero" and x != 0 and not zero_data(graph, prop, layer):
         problems.append(Problem(feat, mod, "output blows up" if x > 0 else "output vanishes",
                                 "at init", x))
     grown = _first_growth(prop, feat)
     if grown:
         problems.append(Problem(feat, mod, "output blows up", f"after step {grown[0]}", grown[1]))
-
-
-def _zero_data(graph, prop, layer) -> bool:
-    """Whether the layer's data operand is exactly zero at init (an RNN's first step multiplies
-    its zero initial state, h0 = 0): its output is then its bias alone, not a feature whose
-    scale the layer's init sets, and the same weight's later uses are judged instead."""
-    a = graph.node(layer)
-    spec = lookup(a)
-    pos = spec.data_pos(a, None) if spec is not None and spec.data_pos else None
-    args = a.get("args") or ()
-    if pos is None or not pos.isdigit() or int(pos) >= len(args):
-        return False
-    arg = args[int(pos)]
-    name = arg[1:] if isinstance(arg, str) and arg.startswith("%") else None
-    return name in prop.steps[0] and prop.steps[0][name].x == NEG
 
 
 def _constants(graph):
