@@ -256,7 +256,8 @@ def _verdict(graph: WidthGraph, prop: Propagation, opt: str) -> Report:
             U = _U(p, u, opt)
             uv = UseVerdict(node=u.node, op=u.op, role=u.role, fan_in_exp=p.dims_exp(u.fan_in),
                             fan_out_exp=p.dims_exp(u.fan_out), mult_exp=u.mult_exp, A=A, U=U)
-            if u.kind == "matrix" and u.role in ("input", "hidden"):
+            if u.kind == "matrix" and u.role in ("input", "hidden") \
+                    and not zero_data(graph, prop, u.node, always=True):
                 feat = chain_end(graph, u.node)
                 # r_l as TP4 Def 3.2 defines it: the second step, the first whose update sees
                 # the readout's own change in the backward pass (later steps of an unstable

@@ -18,12 +18,15 @@ def data_input(graph, layer):
     return arg[1:] if isinstance(arg, str) and arg.startswith("%") else None
 
 
-def zero_data(graph, prop, layer) -> bool:
+def zero_data(graph, prop, layer, always: bool = False) -> bool:
     """Whether the layer's data operand is exactly zero at init (an RNN's first step multiplies
     its zero initial state, h0 = 0): its output is then its bias alone, not a feature whose
-    scale the layer's init sets, and the same weight's later uses are judged instead."""
+    scale the layer's init sets, and the same weight's later uses are judged instead.
+    always: zero at every step too (no change either: the use carries no feature, no r_l)."""
     name = data_input(graph, layer)
-    return name in prop.steps[0] and prop.steps[0][name].x == NEG
+    if name not in prop.steps[0] or prop.steps[0][name].x != NEG:
+        return False
+    return not always or all(s[name].dx == NEG for s in prop.steps if name in s)
 
 
 def own_update(graph, prop, layer):
