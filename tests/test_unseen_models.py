@@ -9,6 +9,8 @@ each test pins one engine fix against a closed form or a measurement made inside
 * Fused recurrent cells (``aten.gru`` / ``aten.lstm``) and ``_weight_norm`` are decomposed into
   ATen ops the engine sizes; PyTorch's default GRU init U(+-1/sqrt(hidden)) is fan_in^-1/2 and
   one global Adam LR is SP (TP5, arXiv 2203.03466, Table 3).
+* A LoRA B behind A x (vanishing at init, Theta(1) once A moves) learns features through
+  dW dz: LoRA in muP by hand is muP, feature learning (measured in the test).
 """
 import sympy as sp
 import torch
