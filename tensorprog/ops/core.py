@@ -227,6 +227,8 @@ class OpSpec:
     zero_sum: {input index: fn(op, ndim) -> dims} along which that input's gradient sums to zero.
     attention: contracts two activations into logits (q k^T): its scale is judged as TP5's 1/d.
     bias_pos: the position of a bias added inside the op (its gradient sums the output rows).
+    bias_dim: the output dim the bias runs along (-1: the last, linear / addmm; 1: the channels
+        of a convolution, whose other dims all sum into the bias gradient).
     contract_pos: the positions of the two operands an attention-like op contracts.
     scale_arg: the numeric argument that scales that product (baddbmm's alpha).
     positive: its output is never negative (exp, softplus, relu, norms): the sign an exp of a
@@ -247,6 +249,7 @@ class OpSpec:
     zero_sum: dict = field(default_factory=dict)
     attention: bool = False
     bias_pos: str | None = None
+    bias_dim: int = -1
     contract_pos: tuple = ()
     scale_arg: str | None = None
     positive: bool = False

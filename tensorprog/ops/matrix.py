@@ -276,7 +276,7 @@ register(OpSpec(("addmm",), _matrix_fwd, _matrix_bwd, use=_addmm_use, data_pos=_
 register(OpSpec(("mm", "bmm", "matmul"), _matrix_fwd, _matrix_bwd, use=_mm_use,
                 data_pos=_other_operand, attention=True, contract_pos=("0", "1")))
 register(OpSpec(CONVS, _matrix_fwd, _matrix_bwd, use=_conv_use, data_pos=_fixed("0"),
-                new_source=True))
+                bias_pos="2", bias_dim=1, new_source=True))
 # ----------------------------------------------------------------------------- grouped and batched
 
 

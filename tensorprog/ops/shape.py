@@ -216,8 +216,24 @@ def _const_fwd(op: Op):
     return ZERO, NEG, {}
 
 
-register(OpSpec(("arange", "zeros", "ones", "full", "empty", "zeros_like", "ones_like", "full_like",
-                 "empty_like", "new_ones", "new_zeros", "new_full", "new_empty", "scalar_tensor",
+#: position of the fill value of the ``full`` family
+FILL_POS = {"full": 1, "full_like": 1, "new_full": 2}
+
+
+def _filled_fwd(op: Op):
+    """A tensor of zeros is exactly zero (size n^-oo), not a Theta(1) constant: an accumulator
+    ``zeros_like(x)`` or an RNN's initial state ``h0 = zeros(...)`` adds nothing. ``full`` with a
+    fill value of 0 likewise; any other fill value is a Theta(1) constant."""
+    if op.op in FILL_POS:
+        fill = op.arg(FILL_POS[op.op], op.arg("fill_value"))
+        return (NEG if isinstance(fill, (int, float)) and fill == 0 else ZERO), NEG, {}
+    return NEG, NEG, {}
+
+
+register(OpSpec(("zeros", "zeros_like", "new_zeros", "full", "full_like", "new_full"), _filled_fwd,
+                no_back))
+register(OpSpec(("arange", "ones", "empty", "ones_like",
+                 "empty_like", "new_ones", "new_empty", "scalar_tensor",
                  "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not",
                  "__and__", "__or__", "bitwise_and", "bitwise_or", "bitwise_not", "any", "all",
                  "isnan", "isinf", "isfinite", "diff", "argmax", "argmin", "randn_like", "rand_like",

@@ -23,6 +23,7 @@ from ..errors import TensorprogError, TraceError
 from ..exponents import fmt
 from ..graph.trace import trace
 from ..graph.uses import chain_end, is_view
+from .features import own_update, zero_data
 from .attention import attention_verdicts
 from .classes import CLASSES, INF, direction_exp, expected, init_ok  # noqa: F401 (re-exported)
 from .fixes import mup_fixes
@@ -261,12 +262,13 @@ def _verdict(graph: WidthGraph, prop: Propagation, opt: str) -> Report:
             U = _U(p, u, opt)
             uv = UseVerdict(node=u.node, op=u.op, role=u.role, fan_in_exp=p.dims_exp(u.fan_in),
                             fan_out_exp=p.dims_exp(u.fan_out), mult_exp=u.mult_exp, A=A, U=U)
-            if u.kind == "matrix" and u.role in ("input", "hidden"):
+            if u.kind == "matrix" and u.role in ("input", "hidden") \
+                    and not zero_data(graph, prop, u.node, always=True):
                 feat = chain_end(graph, u.node)
                 # r_l as TP4 Def 3.2 defines it: the second step, the first whose update sees
                 # the readout's own change in the backward pass (later steps of an unstable
                 # model only compound).
-                own = prop.steps[min(2, len(prop.steps) - 1)][u.node].terms.get("dW z0", NEG)
+                own = own_update(graph, prop, u.node)
                 shift = init[feat].x - init[u.node].x if init[u.node].x not in (NEG, INF) else ZERO
                 uv.r = -(own + shift) if own != NEG else INF
                 r_layers.append(uv.r)
@@ -403,7 +405,7 @@ def _check_feature(graph, prop, feat, layer, p, problems):
     """Features must be Theta(1) at init (TP4 Thm 3.3: a_l + b_l fixed) and stay O(1)."""
     x = prop.steps[0][feat].x
     mod = graph.node(layer)["module"] or graph.node(feat)["module"]
-    if p.init_exp != "zero" and x != 0:
+    if p.init_exp != "zero" and x != 0 and not zero_data(graph, prop, layer):
         problems.append(Problem(feat, mod, "output blows up" if x > 0 else "output vanishes",
                                 "at init", x))
     grown = _first_growth(prop, feat)

@@ -431,12 +431,14 @@ def _zero_sum_input(graph, op: Op, spec, i, u, z_out):
         m = spec.dim_map(op.attrs["args"], shp_in, shp_out) if len(shp_in) else []
         return frozenset(o for o, tgt in enumerate(m) if len(tgt) == 1 and next(iter(tgt)) in z_out
                          and shp_in[o] == shp_out[next(iter(tgt))])
-    bias_pos = spec.bias_pos if spec is not None else None  # ops with a bias inside: linear, addmm
+    bias_pos = spec.bias_pos if spec is not None else None  # a bias inside: linear, addmm, conv
     data_pos = spec.data_pos(op.attrs, None) if bias_pos and spec.data_pos else None
-    if op.pos[i] == data_pos:
-        return frozenset(d for d in z_out if d < len(shp_in) - 1)  # rows pass through
-    if op.pos[i] == bias_pos:  # the bias gradient sums the rows
-        return None if any(d < len(shp_out) - 1 for d in z_out) else frozenset()
+    bias_dim = spec.bias_dim % len(shp_out) if bias_pos and len(shp_out) else None
+    if op.pos[i] == data_pos:  # rows pass through (a conv's spatial dims mix: only its batch)
+        rows = range(len(shp_in) - 1) if spec.bias_dim == -1 else (0,)
+        return frozenset(d for d in z_out if d in rows)
+    if op.pos[i] == bias_pos:  # the bias gradient sums every other output dim
+        return None if any(d != bias_dim for d in z_out) else frozenset()
     if op.op in ("add", "sub"):  # right-aligned broadcasting
         off = len(shp_out) - len(shp_in)
         broadcast = {d for d in range(len(shp_out)) if d < off or shp_in[d - off] != shp_out[d]}
