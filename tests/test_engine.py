@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tensorprog import theory
+from tensorprog.errors import TensorprogError
 from tensorprog.predict.analyze import analyze
 from tensorprog.ops import lookup
 from tensorprog.predict.engine import propagate
@@ -203,5 +204,5 @@ def test_bad_optimizer_and_alignment():
     g = trace(lambda n: ABCMLP(n, [0, 0], [0, R(1, 2)]), (32, 64), example_inputs=(torch.randn(2, 8),))
     with pytest.raises(ValueError, match="optimizer"):
         analyze(g, optimizer="newton")
-    with pytest.raises(ValueError, match="alignment"):
+    with pytest.raises(TensorprogError, match="alignment"):  # refused before anything runs
         analyze(g, alignment="sideways")
