@@ -50,7 +50,14 @@ def test_tune_compares_transfer_with_direct_tuning():
     np.testing.assert_allclose(r.transfer_loss[0], s["init_scale"].losses[1, 0].mean(), rtol=1e-6)
     direct = [t for t in r.trials if t["phase"] == "direct"]
     assert r.best_direct == min(direct, key=lambda t: t["loss"])["hp"]
-    assert r.direct_losses[0] == min(t["loss"] for t in direct)
+    # the direct side is measured on fresh seeds only: the winning search trial (seed 0) is out;
+    # seed 1 of the winning setting equals an independent sweep run of it
+    assert list(r.direct_losses) == [1]
+    hd = r.best_direct
+    s = sweep(MLP, (16, 64), hparams={"init_scale": [hd["init_scale"], 2 * hd["init_scale"]]},
+              base={"lr": hd["lr"]}, seeds=(1,), steps=8, data=DATA,
+              make_optimizer=zoo_optimizer("adam"), backend="serial", progress=False)
+    assert r.direct_losses[1] == pytest.approx(float(s["init_scale"].losses[1, 0, 0]), rel=1e-6)
     # best-so-far curve: non-increasing, ends at the direct search's cost
     curve = r.curve()
     assert [c for c, _ in curve] == [k * _params(64) * 8 for k in range(1, 5)]
@@ -186,3 +193,21 @@ def test_direct_seed_draws_independent_candidates():
 def own_space():
     from tensorprog.transfer.space import check_space
     return check_space(SPACE)
+
+
+def test_direct_loss_leaves_out_the_selected_search_trial():
+    """Hand-made records: the winning direct search trial (seed 0) has a lucky 1.0, its re-runs
+    at seeds 1 and 2 have 2.0 and 3.0; the direct loss is their mean 2.5 +- 0.5, not 2.0."""
+    hp_a, hp_b = {"lr": 0.01}, {"lr": 0.02}
+    rec = lambda phase, i, w, s, hp, loss: {"phase": phase, "index": i, "width": w,  # noqa: E731
+                                           "seed": s, "hp": hp, "loss": loss, "compute": w}
+    records = [rec("proxy", 0, 16, 0, hp_a, 1.5), rec("proxy", 1, 16, 0, hp_b, 1.6),
+               rec("transfer", 0, 64, 1, hp_a, 2.2), rec("transfer", 0, 64, 2, hp_a, 2.4),
+               rec("direct", 0, 64, 0, hp_b, 1.0), rec("direct", 1, 64, 0, hp_a, 1.8),
+               rec("direct_eval", 0, 64, 1, hp_b, 2.0), rec("direct_eval", 0, 64, 2, hp_b, 3.0)]
+    r = TuneResult.build(records, budget=2, proxy_width=16, target_width=64, steps=1, seed=0,
+                         final_seeds=(0, 1, 2), space={}, base={}, sampler="random", notes={},
+                         mup="", name="", meta={})
+    assert r.best_direct == hp_b and r.direct_losses == {1: 2.0, 2: 3.0}
+    assert r.direct_loss == pytest.approx((2.5, 0.5))
+    assert r.transfer_loss == pytest.approx((2.3, 0.1))

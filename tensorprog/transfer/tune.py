@@ -14,7 +14,10 @@ processes, Ray):
    proposes the same candidates at both widths, so the two agree exactly when the ranking of
    the candidates survives the change of width), or its own ``direct_seed`` (independent
    candidates, as TP5 Figure 5's separate searches); 4. ``direct_eval``: its best setting at the
-   other ``final_seeds``.
+   other ``final_seeds``. The direct side's loss is measured on those seeds only: the search
+   trial of the winning setting was chosen as the minimum of ``budget`` noisy losses, so its own
+   loss is biased low (it would flatter direct tuning). Final seeds other than ``seed`` (the
+   default, ``(1,)``) give both sides fresh runs.
 
 Compute is counted in **parameter-steps**: trainable parameters of the trained model times
 training steps. Every trial sees batches of the same size, so training FLOPs are a fixed multiple
@@ -167,7 +170,7 @@ def _mup_check(factory_cfg, make_opt_cfg, point: dict, width: int, data, check_m
 
 def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int, budget: int,
          steps: int, data, sampler: str = "random", seed: int = 0, base: dict | None = None,
-         final_seeds: Sequence[int] = (0,), direct: bool = True, direct_seed: int | None = None,
+         final_seeds: Sequence[int] = (1,), direct: bool = True, direct_seed: int | None = None,
          store: str | None = None,
          check_mup: str = "refuse", make_optimizer: Callable | None = None,
          loss: Callable | None = None, forward: Callable | None = None,
@@ -180,7 +183,8 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
     over any hyperparameters ``sweep`` accepts (built-in or routed to factory / make_optimizer /
     data); ``base``: fixed values of the others (``lr`` must be in one of them). ``budget``: trials
     per search. ``seed``: the sampler's seed and the training seed of search trials.
-    ``final_seeds``: seeds of the final target runs (two or more give the noise of the comparison).
+    ``final_seeds``: seeds of the final target runs (two or more give the noise of the comparison;
+    the search seed, if among them, does not count on the direct side: module docs).
     ``direct_seed``: the direct search's sampler seed (default ``seed``: paired candidates).
     """
     space = check_space(space)

@@ -47,7 +47,8 @@ class TuneResult:
     ``trials``: every trial record {phase, index, width, seed, hp, loss (None = diverged),
     compute (parameter-steps), seconds}. ``best_proxy`` / ``best_direct``: the winning settings.
     ``transfer_losses`` / ``direct_losses``: {seed: final training loss at the target width} of
-    those settings. ``compute``: parameter-steps of the proxy search, of one target run, of the
+    those settings; ``direct_losses`` leaves out the search seed, whose trial of the winning
+    setting was picked for its low loss (the minimum of ``budget`` noisy losses is biased low). ``compute``: parameter-steps of the proxy search, of one target run, of the
     direct search; ``compute_ratio`` = (proxy search + one target run) / direct search.
     """
 
@@ -89,12 +90,10 @@ class TuneResult:
                    "target_run": int(next(r["compute"] for r in records if r["phase"] == "transfer"))}
         bd, direct = best("direct"), {}
         if bd is not None:
-            for s in final_seeds:
-                if s == seed:
-                    direct[s] = _loss(bd)
-                else:
-                    direct.update({r["seed"]: _loss(r) for r in records if r["phase"] == "direct_eval"
-                                   and r["hp"] == bd["hp"] and r["seed"] == s})
+            # not the search seed: that trial is the minimum over the search (selected on its own
+            # noise, so biased low); its seed cannot be re-drawn, so the comparison leaves it out
+            direct = {r["seed"]: _loss(r) for r in records if r["phase"] == "direct_eval"
+                      and r["hp"] == bd["hp"] and r["seed"] in final_seeds and r["seed"] != seed}
             compute["direct_search"] = int(sum(r["compute"] for r in rows("direct")))
         return cls(trials=list(records), budget=budget, proxy_width=proxy_width,
                    target_width=target_width, steps=steps, best_proxy=dict(bp["hp"]),
@@ -178,7 +177,7 @@ class TuneResult:
                       f"compute ratio muTransfer / direct: {self.compute_ratio:.3f}; "
                       + {True: "losses within the noise (2 standard errors)",
                          False: "muTransfer's loss is worse beyond the noise",
-                         None: "noise unknown (give two or more final_seeds)"}[self.within_noise]]
+                         None: "noise unknown (give two or more final_seeds besides the search seed)"}[self.within_noise]]
         return "\n".join(lines)
 
     def __str__(self) -> str:
