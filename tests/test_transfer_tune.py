@@ -211,3 +211,16 @@ def test_direct_loss_leaves_out_the_selected_search_trial():
     assert r.best_direct == hp_b and r.direct_losses == {1: 2.0, 2: 3.0}
     assert r.direct_loss == pytest.approx((2.5, 0.5))
     assert r.transfer_loss == pytest.approx((2.3, 0.1))
+
+
+def test_from_dict_derives_the_comparison_from_the_stored_trials():
+    """A stored result whose summary still counts the winning search trial (as files written
+    before the fix did) reads back with it left out; an edited trial loss moves the summary."""
+    r = tune(MLP, SPACE, final_seeds=(0, 1), **{**KW, "budget": 2})
+    d = json.loads(r.to_json())
+    d["direct_losses"]["0"] = -1.0                      # an old file's biased entry
+    back = TuneResult.from_dict(d)
+    assert back.direct_losses == r.direct_losses and 0 not in back.direct_losses
+    evals = [t for t in d["trials"] if t["phase"] == "direct_eval"]
+    evals[0]["loss"] = 123.0
+    assert TuneResult.from_dict(d).direct_losses[evals[0]["seed"]] == 123.0

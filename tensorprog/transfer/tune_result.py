@@ -205,10 +205,21 @@ class TuneResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TuneResult":
+        """Inverse of ``to_dict``. The comparison (best settings, target losses, compute) is
+        derived again from the stored trials, so a file written by an older version reads back
+        with today's rules (the direct side's search seed left out since this version)."""
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         for k in ("transfer_losses", "direct_losses"):
             d[k] = {int(s): (math.inf if v is None else v) for s, v in d.get(k, {}).items()}
-        return cls(**d)
+        search = [t for t in d.get("trials", ()) if t.get("phase") == "proxy"]
+        if not search or any(t.get("compute") is None for t in d["trials"]):
+            return cls(**d)
+        seeds = sorted(set(d["transfer_losses"]) | set(d["direct_losses"]))
+        return cls.build(d["trials"], budget=d["budget"], proxy_width=d["proxy_width"],
+                         target_width=d["target_width"], steps=d["steps"], seed=search[0]["seed"],
+                         final_seeds=tuple(seeds), space=d.get("space", {}), base=d.get("base", {}),
+                         sampler=d.get("sampler", "random"), notes=d.get("notes", {}),
+                         mup=d.get("mup", ""), name=d.get("name", ""), meta=d.get("meta", {}))
 
     def plot(self, path: str | None = None, *, ax=None):
         """TP5 Figure 5 style: best target loss so far against compute for direct tuning (a step
