@@ -15,8 +15,11 @@ inits, several seeds, and reports the drift of the parabola-refined argmin per w
 with two uncertainties: the least-squares standard error over widths, and the spread over seeds
 (bootstrap: seeds resampled with replacement, the grid averaged, refined and fitted again).
 
+``--hps lr output_mult --readouts zero --tag transfer_zero_readout`` sweeps the other two
+(grids of ``benchmarks/transfer.py --mode hparams``) for the zero-readout model.
+
 Run: ``python benchmarks/transfer_init_scale.py`` (about 10 minutes on 2 cores). Writes
-``benchmarks/out/transfer_init_scale.{json,png}`` and copies the figure and JSON to
+``benchmarks/out/<tag>.{json,png}`` (tag ``transfer_init_scale``) and copies the figure and JSON to
 ``benchmarks/figures/`` and ``benchmarks/results/``.
 """
 from __future__ import annotations
@@ -37,6 +40,9 @@ from tensorprog.transfer import Sweep, plot_hp_panels, sweep, teacher_student_da
 HERE = os.path.dirname(os.path.abspath(__file__))
 READOUTS = {"muP, readout init ~ 1/width (Table 3)": False,
             "muP, zero readout init (App. D.2)": True}
+#: --hps other than init_scale: the grids of benchmarks/transfer.py --mode hparams
+OTHER_GRIDS = {"lr": [2.0 ** k for k in range(-14, -3)],
+               "output_mult": [2.0 ** k for k in range(-4, 4)]}
 
 
 def seed_bootstrap(s: Sweep, draws: int = 400, rng_seed: int = 0) -> tuple[float, float]:
@@ -68,6 +74,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
+    ap.add_argument("--hps", nargs="+", default=["init_scale"],
+                    choices=["init_scale", *OTHER_GRIDS], help="what to sweep (one at a time)")
+    ap.add_argument("--readouts", nargs="+", default=["table3", "zero"], choices=["table3", "zero"])
+    ap.add_argument("--tag", default="transfer_init_scale", help="output file name")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
 
@@ -78,17 +88,21 @@ def main(argv=None) -> int:
     data = teacher_student_data(batch_size=64)
     t0 = time.perf_counter()
     rows, report = {}, {}
-    for label, zero in READOUTS.items():
+    chosen = {label: zero for label, zero in READOUTS.items()
+              if ("zero" if zero else "table3") in args.readouts}
+    for (label, zero), hp in ((r, hp) for r in chosen.items() for hp in args.hps):
         factory = functools.partial(zoo.MLP, param="mup", depth=3, base_width=64,
                                     readout_zero_init=zero)
-        res = sweep(factory, args.widths, hparams={"init_scale": grid}, base={"lr": base_lr},
+        values = grid if hp == "init_scale" else OTHER_GRIDS[hp]
+        res = sweep(factory, args.widths, hparams={hp: values},
+                    base={} if hp == "lr" else {"lr": base_lr},
                     steps=args.steps, data=data, seeds=args.seeds,
                     make_optimizer=zoo_optimizer("adam"), workers=args.workers,
                     progress=not args.quiet, name=label)
-        s = res["init_scale"]
-        rows[label] = {"init_scale": s}
+        s = res[hp]
+        rows.setdefault(label, {})[hp] = s
         boot = seed_bootstrap(s)
-        report[label] = {
+        report.setdefault(label, {})[hp] = {
             "refined_best_log2": [float(np.log2(v)) for v in s.refined_best_value],
             "drift_grid": [s.drift, s.drift_err],
             "drift_refined": [s.drift_refined, s.drift_refined_err],
@@ -96,20 +110,20 @@ def main(argv=None) -> int:
             "drift_per_seed": per_seed(s),
             "sweep": s.to_dict(histories=False),
         }
-        print(f"{label}: refined best log2 init scale per width "
-              f"{[round(v, 2) for v in report[label]['refined_best_log2']]}; {s.summary()}; "
+        print(f"{label}: refined best log2 {hp} per width "
+              f"{[round(v, 2) for v in report[label][hp]['refined_best_log2']]}; {s.summary()}; "
               f"seed bootstrap {boot[0]:+.2f} +- {boot[1]:.2f}; per seed "
-              f"{[round(d, 2) for d in report[label]['drift_per_seed']]}", flush=True)
+              f"{[round(d, 2) for d in report[label][hp]['drift_per_seed']]}", flush=True)
     wall = time.perf_counter() - t0
     os.makedirs(args.out, exist_ok=True)
-    png = os.path.join(args.out, "transfer_init_scale.png")
+    png = os.path.join(args.out, args.tag + ".png")
     plot_hp_panels(rows, png)
-    path = os.path.join(args.out, "transfer_init_scale.json")
+    path = os.path.join(args.out, args.tag + ".json")
     with open(path, "w") as fh:
         json.dump({"config": {**vars(args), "base_lr": base_lr, "grid": grid}, "wall_s": round(wall, 1),
                    "rows": report}, fh, indent=1, default=str)
-    shutil.copyfile(png, os.path.join(HERE, "figures", "transfer_init_scale.png"))
-    shutil.copyfile(path, os.path.join(HERE, "results", "transfer_init_scale.json"))
+    shutil.copyfile(png, os.path.join(HERE, "figures", args.tag + ".png"))
+    shutil.copyfile(path, os.path.join(HERE, "results", args.tag + ".json"))
     print(f"wall time {wall:.0f} s; {png}")
     return 0
 
