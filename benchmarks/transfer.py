@@ -184,7 +184,8 @@ def run_tune(args, device) -> dict:
                               final_seeds=args.final_seeds, store=store, backend=args.backend,
                               workers=args.workers, progress=not args.quiet, device=device,
                               check_mup="warn" if label == "SP" else "refuse", name=label,
-                              sampler=args.sampler, direct_seed=args.direct_seed)
+                              sampler=args.sampler, direct_seed=args.direct_seed,
+                              proxy_seeds=args.proxy_seeds)
         print(f"\n{results[label]}\n", flush=True)
     return results
 
@@ -199,6 +200,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=int, default=16, help="--mode tune: trials per search")
     ap.add_argument("--final-seeds", type=int, nargs="+", default=[1, 2, 3],
                     help="--mode tune: seeds of the target runs (the searches train with seed 0)")
+    ap.add_argument("--proxy-seeds", type=int, nargs="+",
+                    help="--mode tune: train every proxy setting at these seeds and rank the "
+                    "settings by their mean (default: the search seed 0 only)")
     ap.add_argument("--side", choices=("both", "SP", "muP"), default="both",
                     help="--mode tune: tune SP, muP or both")
     ap.add_argument("--sampler", choices=("random", "tpe"), default="random")

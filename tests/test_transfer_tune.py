@@ -224,3 +224,22 @@ def test_from_dict_derives_the_comparison_from_the_stored_trials():
     evals = [t for t in d["trials"] if t["phase"] == "direct_eval"]
     evals[0]["loss"] = 123.0
     assert TuneResult.from_dict(d).direct_losses[evals[0]["seed"]] == 123.0
+
+
+def test_proxy_seeds_average_each_setting_over_its_seeds():
+    """Each proxy setting trains at every proxy seed; its loss is their mean (computed here from
+    the trial records), the winner is the setting with the lowest mean, the proxy's compute
+    counts every seed, and the direct search still trains once per setting."""
+    r = tune(MLP, SPACE, proxy_seeds=(0, 5), final_seeds=(1,), **KW)
+    proxy = [t for t in r.trials if t["phase"] == "proxy"]
+    assert sorted((t["index"], t["seed"]) for t in proxy) == [(n, s) for n in range(4) for s in (0, 5)]
+    means = {n: np.mean([t["loss"] for t in proxy if t["index"] == n]) for n in range(4)}
+    best = min(means, key=means.get)
+    assert r.best_proxy == next(t["hp"] for t in proxy if t["index"] == best)
+    assert r.compute["proxy_search"] == 2 * 4 * _params(16) * 8
+    assert len([t for t in r.trials if t["phase"] == "direct"]) == 4
+    assert r.curve("proxy")[-1] == (2 * 4 * _params(16) * 8, pytest.approx(min(means.values())))
+    with pytest.raises(TransferError, match="proxy_seeds"):
+        tune(MLP, SPACE, proxy_seeds=(0, 0), **KW)
+    with pytest.raises(TransferError, match="random"):
+        tune(MLP, SPACE, proxy_seeds=(0, 1), sampler="tpe", **KW)

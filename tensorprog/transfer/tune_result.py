@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import TransferError
 from .hparams import describe_point
 
-__all__ = ["TuneResult"]
+__all__ = ["TuneResult", "settings_of"]
 
 
 def _loss(rec: dict) -> float:
@@ -28,6 +28,25 @@ def _clean(obj):
     if isinstance(obj, list):
         return [_clean(v) for v in obj]
     return obj
+
+
+def settings_of(records, phase: str, budget: int) -> list[dict]:
+    """The search settings of ``phase`` in index order, each trained at one or more seeds:
+    [{"index", "hp", "loss" (mean over its seeds; None if any diverged), "seeds", "compute"
+    (summed over its seeds)}]."""
+    by: dict[int, list] = {}
+    for r in records:
+        if r["phase"] == phase and r["index"] < budget:
+            by.setdefault(r["index"], []).append(r)
+    out = []
+    for n in sorted(by):
+        rs = by[n]
+        losses = [r["loss"] for r in rs]
+        out.append({"index": n, "hp": rs[0]["hp"], "width": rs[0]["width"],
+                    "loss": None if any(v is None for v in losses) else float(np.mean(losses)),
+                    "seeds": sorted(r["seed"] for r in rs),
+                    "compute": int(sum(r["compute"] for r in rs))})
+    return out
 
 
 def _mean_err(values) -> tuple[float, float]:
@@ -74,8 +93,7 @@ class TuneResult:
     def build(cls, records, *, budget, proxy_width, target_width, steps, seed, final_seeds, space,
               base, sampler, notes, mup, name, meta) -> "TuneResult":
         def rows(phase):
-            return sorted((r for r in records if r["phase"] == phase and r["index"] < budget),
-                          key=lambda r: r["index"])
+            return settings_of(records, phase, budget)
 
         def best(phase):
             finite = [r for r in rows(phase) if r["loss"] is not None]
@@ -132,8 +150,7 @@ class TuneResult:
     def curve(self, phase: str = "direct") -> list[tuple[int, float]]:
         """[(cumulative parameter-steps, best loss so far)] over the search trials in index order."""
         out, spent, best = [], 0, math.inf
-        for r in sorted((r for r in self.trials if r["phase"] == phase and r["index"] < self.budget),
-                        key=lambda r: r["index"]):
+        for r in settings_of(self.trials, phase, self.budget):
             spent += r["compute"]
             best = min(best, _loss(r))
             out.append((spent, best))
@@ -142,7 +159,7 @@ class TuneResult:
     # ---- output
     def table(self, phase: str = "proxy", top: int | None = 10) -> str:
         """The trials of ``phase`` ranked by loss (diverged last)."""
-        rows = sorted((r for r in self.trials if r["phase"] == phase),
+        rows = sorted(settings_of(self.trials, phase, self.budget),
                       key=lambda r: (_loss(r), r["index"]))
         if top:
             rows = rows[:top]
@@ -214,6 +231,7 @@ class TuneResult:
         search = [t for t in d.get("trials", ()) if t.get("phase") == "proxy"]
         if not search or any(t.get("compute") is None for t in d["trials"]):
             return cls(**d)
+        search = [t for t in d["trials"] if t.get("phase") == "direct"] or search
         seeds = sorted(set(d["transfer_losses"]) | set(d["direct_losses"]))
         return cls.build(d["trials"], budget=d["budget"], proxy_width=d["proxy_width"],
                          target_width=d["target_width"], steps=d["steps"], seed=search[0]["seed"],
