@@ -206,8 +206,9 @@ def main(argv=None) -> int:
     ap.add_argument("--side", choices=("both", "SP", "muP"), default="both",
                     help="--mode tune: tune SP, muP or both")
     ap.add_argument("--sampler", choices=("random", "tpe"), default="random")
-    ap.add_argument("--direct-seed", type=int, default=1,
-                    help="--mode tune: sampler seed of the direct search (the proxy's is 0)")
+    ap.add_argument("--direct-seed", type=lambda v: None if v == "paired" else int(v), default=1,
+                    help="--mode tune: sampler seed of the direct search (the proxy's is 0); "
+                    "'paired': the proxy's candidates")
     ap.add_argument("--gpu", action="store_true", help="CUDA, widths up to 4096 (see module docs)")
     ap.add_argument("--widths", type=int, nargs="+")
     ap.add_argument("--lr-log2", type=float, nargs=2, metavar=("LO", "HI"),
