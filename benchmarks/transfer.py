@@ -123,10 +123,11 @@ def sides(args):
         if args.mup == "auto":
             print(f"tensorprog.transform.mup.apply_mup not importable ({why}); muP side = zoo.GPT(param='mup')",
                   file=sys.stderr)
-        mup = ("muP (zoo GPT, Table 3)",
+        zero = dict(readout_zero_init=True, query_zero_init=True) if args.zero_init else {}
+        mup = ("muP (zoo GPT, Table 3" + (", zero readout + query)" if zero else ")"),
                functools.partial(zoo.GPT, param="mup", base_width=args.base_width,
                                  block_size=args.block, n_layer=args.n_layer, n_head=args.n_head,
-                                 vocab_size=64),
+                                 vocab_size=64, **zero),
                zoo_optimizer("adam"))
     return [sp, mup]
 
@@ -224,6 +225,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", choices=("local", "serial", "ray"),
                     help="default: local on CPU, serial with --gpu")
     ap.add_argument("--mup", choices=("auto", "apply_mup", "zoo"), default="auto")
+    ap.add_argument("--zero-init", action="store_true",
+                    help="with --mup zoo: the muP GPT's readout and query start at zero (TP5 App. D.2)")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     ap.add_argument("--figures", default=os.path.join(HERE, "figures"),
                     help="where the docs-ready copy of the figure goes ('' = none)")
