@@ -35,8 +35,8 @@ Modes (``--mode``):
 * ``tune``: TP5 Figure 5: ``transfer.tune`` with ``--budget`` random-search trials over lr,
   output multiplier and init scale at the proxy width (64), the best setting copied to the target
   width (512), against the same search at the target (its own candidates: ``--direct-seed``);
-  target losses over ``--final-seeds``
-  seeds and compute in parameter-steps. muP, and SP (``check_mup='warn'``) for contrast. Trials
+  target losses over ``--final-seeds`` (default 1 2 3: fresh seeds, not the searches' seed 0)
+  and compute in parameter-steps. muP, and SP (``check_mup='warn'``) for contrast. Trials
   are stored in ``benchmarks/out/transfer_tune_<model>_<side>.jsonl`` as they finish: a killed
   run resumes where it stopped; delete them to start over (other settings are refused).
 
@@ -59,8 +59,8 @@ import time
 import torch
 
 from tensorprog import zoo
-from tensorprog.transfer import (LogUniform, Sweep, plot_hp_panels, plot_sweeps, stdlib_text_data,
-                                 sweep, teacher_student_data, tune, zoo_optimizer)
+from tensorprog.transfer import (LogUniform, Sweep, TuneResult, plot_hp_panels, plot_sweeps,
+                                 stdlib_text_data, sweep, teacher_student_data, tune, zoo_optimizer)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -123,10 +123,11 @@ def sides(args):
         if args.mup == "auto":
             print(f"tensorprog.transform.mup.apply_mup not importable ({why}); muP side = zoo.GPT(param='mup')",
                   file=sys.stderr)
-        mup = ("muP (zoo GPT, Table 3)",
+        zero = dict(readout_zero_init=True, query_zero_init=True) if args.zero_init else {}
+        mup = ("muP (zoo GPT, Table 3" + (", zero readout + query)" if zero else ")"),
                functools.partial(zoo.GPT, param="mup", base_width=args.base_width,
                                  block_size=args.block, n_layer=args.n_layer, n_head=args.n_head,
-                                 vocab_size=64),
+                                 vocab_size=64, **zero),
                zoo_optimizer("adam"))
     return [sp, mup]
 
@@ -175,13 +176,17 @@ def run_tune(args, device) -> dict:
              "init_scale": LogUniform(2.0 ** -2, 2.0 ** 2)}
     results = {}
     for label, f, m in sides_:
-        store = os.path.join(args.out, f"transfer_tune_{args.model}_{label.split()[0]}.jsonl")
+        if args.side != "both" and label.split()[0] != args.side:
+            continue
+        store = os.path.join(args.out, f"{args.tag or 'transfer_tune_' + args.model}_"
+                                       f"{label.split()[0]}.jsonl")
         results[label] = tune(f, space, proxy_width=args.widths[0], target_width=args.widths[-1],
                               budget=args.budget, steps=args.steps, data=data, make_optimizer=m,
                               final_seeds=args.final_seeds, store=store, backend=args.backend,
                               workers=args.workers, progress=not args.quiet, device=device,
                               check_mup="warn" if label == "SP" else "refuse", name=label,
-                              sampler=args.sampler, direct_seed=args.direct_seed)
+                              sampler=args.sampler, direct_seed=args.direct_seed,
+                              proxy_seeds=args.proxy_seeds)
         print(f"\n{results[label]}\n", flush=True)
     return results
 
@@ -194,10 +199,17 @@ def main(argv=None) -> int:
     ap.add_argument("--hps", nargs="+", default=["lr", "output_mult", "init_scale"],
                     choices=["lr", *HP_GRIDS], help="--mode hparams: what to sweep")
     ap.add_argument("--budget", type=int, default=16, help="--mode tune: trials per search")
-    ap.add_argument("--final-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--final-seeds", type=int, nargs="+", default=[1, 2, 3],
+                    help="--mode tune: seeds of the target runs (the searches train with seed 0)")
+    ap.add_argument("--proxy-seeds", type=int, nargs="+",
+                    help="--mode tune: train every proxy setting at these seeds and rank the "
+                    "settings by their mean (default: the search seed 0 only)")
+    ap.add_argument("--side", choices=("both", "SP", "muP"), default="both",
+                    help="--mode tune: tune SP, muP or both")
     ap.add_argument("--sampler", choices=("random", "tpe"), default="random")
-    ap.add_argument("--direct-seed", type=int, default=1,
-                    help="--mode tune: sampler seed of the direct search (the proxy's is 0)")
+    ap.add_argument("--direct-seed", type=lambda v: None if v == "paired" else int(v), default=1,
+                    help="--mode tune: sampler seed of the direct search (the proxy's is 0); "
+                    "'paired': the proxy's candidates")
     ap.add_argument("--gpu", action="store_true", help="CUDA, widths up to 4096 (see module docs)")
     ap.add_argument("--widths", type=int, nargs="+")
     ap.add_argument("--lr-log2", type=float, nargs=2, metavar=("LO", "HI"),
@@ -213,9 +225,15 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", choices=("local", "serial", "ray"),
                     help="default: local on CPU, serial with --gpu")
     ap.add_argument("--mup", choices=("auto", "apply_mup", "zoo"), default="auto")
+    ap.add_argument("--zero-init", action="store_true",
+                    help="with --mup zoo: the muP GPT's readout and query start at zero (TP5 App. D.2)")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     ap.add_argument("--figures", default=os.path.join(HERE, "figures"),
                     help="where the docs-ready copy of the figure goes ('' = none)")
+    ap.add_argument("--tag", help="--mode hparams / tune: output file name (default "
+                    "transfer[_gpu]_<mode>[_<model>])")
+    ap.add_argument("--replot", metavar="JSON", help="--mode tune: redraw the figure (and print "
+                    "the summary) of a stored result instead of running")
     ap.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     args = ap.parse_args(argv)
 
@@ -280,7 +298,7 @@ def main_workflow(args, defaults) -> int:
     """--mode hparams / tune: run, write JSON and the figure, print the summary."""
     lo, hi = args.lr_log2
     lrs = [2.0 ** k for k in range(int(lo), int(hi) + 1)]
-    tag = f"{defaults['tag']}_{args.mode}" + ("" if args.model == "mlp" else f"_{args.model}")
+    tag = args.tag or (f"{defaults['tag']}_{args.mode}" + ("" if args.model == "mlp" else f"_{args.model}"))
     os.makedirs(args.out, exist_ok=True)
     png = os.path.join(args.out, tag + ".png")
     print(f"muTransfer benchmark ({args.mode}): {args.model}, widths {args.widths}, {args.steps} "
@@ -299,7 +317,13 @@ def main_workflow(args, defaults) -> int:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        results = run_tune(args, defaults["device"])
+        if args.replot:
+            with open(args.replot) as fh:
+                stored = json.load(fh)
+            results = {k: TuneResult.from_dict(v) for k, v in stored.items()
+                       if k not in ("config", "wall_s")}
+        else:
+            results = run_tune(args, defaults["device"])
         fig = Figure(figsize=(5.6 * len(results), 4.4))
         FigureCanvasAgg(fig)
         for ax, r in zip(fig.subplots(1, len(results), squeeze=False)[0], results.values()):
@@ -308,9 +332,10 @@ def main_workflow(args, defaults) -> int:
         payload = {label: r.to_dict() for label, r in results.items()}
         summary = [f"{label}:\n{r.summary()}" for label, r in results.items()]
     wall = time.perf_counter() - t0
-    with open(os.path.join(args.out, tag + ".json"), "w") as fh:
-        json.dump({"config": vars(args), "wall_s": round(wall, 1), **payload}, fh, indent=1,
-                  default=str)
+    if not (args.mode == "tune" and args.replot):
+        with open(os.path.join(args.out, tag + ".json"), "w") as fh:
+            json.dump({"config": vars(args), "wall_s": round(wall, 1), **payload}, fh, indent=1,
+                      default=str)
     if args.figures:
         os.makedirs(args.figures, exist_ok=True)
         shutil.copyfile(png, os.path.join(args.figures, tag + ".png"))

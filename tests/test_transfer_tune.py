@@ -50,7 +50,14 @@ def test_tune_compares_transfer_with_direct_tuning():
     np.testing.assert_allclose(r.transfer_loss[0], s["init_scale"].losses[1, 0].mean(), rtol=1e-6)
     direct = [t for t in r.trials if t["phase"] == "direct"]
     assert r.best_direct == min(direct, key=lambda t: t["loss"])["hp"]
-    assert r.direct_losses[0] == min(t["loss"] for t in direct)
+    # the direct side is measured on fresh seeds only: the winning search trial (seed 0) is out;
+    # seed 1 of the winning setting equals an independent sweep run of it
+    assert list(r.direct_losses) == [1]
+    hd = r.best_direct
+    s = sweep(MLP, (16, 64), hparams={"init_scale": [hd["init_scale"], 2 * hd["init_scale"]]},
+              base={"lr": hd["lr"]}, seeds=(1,), steps=8, data=DATA,
+              make_optimizer=zoo_optimizer("adam"), backend="serial", progress=False)
+    assert r.direct_losses[1] == pytest.approx(float(s["init_scale"].losses[1, 0, 0]), rel=1e-6)
     # best-so-far curve: non-increasing, ends at the direct search's cost
     curve = r.curve()
     assert [c for c, _ in curve] == [k * _params(64) * 8 for k in range(1, 5)]
@@ -186,3 +193,53 @@ def test_direct_seed_draws_independent_candidates():
 def own_space():
     from tensorprog.transfer.space import check_space
     return check_space(SPACE)
+
+
+def test_direct_loss_leaves_out_the_selected_search_trial():
+    """Hand-made records: the winning direct search trial (seed 0) has a lucky 1.0, its re-runs
+    at seeds 1 and 2 have 2.0 and 3.0; the direct loss is their mean 2.5 +- 0.5, not 2.0."""
+    hp_a, hp_b = {"lr": 0.01}, {"lr": 0.02}
+    rec = lambda phase, i, w, s, hp, loss: {"phase": phase, "index": i, "width": w,  # noqa: E731
+                                           "seed": s, "hp": hp, "loss": loss, "compute": w}
+    records = [rec("proxy", 0, 16, 0, hp_a, 1.5), rec("proxy", 1, 16, 0, hp_b, 1.6),
+               rec("transfer", 0, 64, 1, hp_a, 2.2), rec("transfer", 0, 64, 2, hp_a, 2.4),
+               rec("direct", 0, 64, 0, hp_b, 1.0), rec("direct", 1, 64, 0, hp_a, 1.8),
+               rec("direct_eval", 0, 64, 1, hp_b, 2.0), rec("direct_eval", 0, 64, 2, hp_b, 3.0)]
+    r = TuneResult.build(records, budget=2, proxy_width=16, target_width=64, steps=1, seed=0,
+                         final_seeds=(0, 1, 2), space={}, base={}, sampler="random", notes={},
+                         mup="", name="", meta={})
+    assert r.best_direct == hp_b and r.direct_losses == {1: 2.0, 2: 3.0}
+    assert r.direct_loss == pytest.approx((2.5, 0.5))
+    assert r.transfer_loss == pytest.approx((2.3, 0.1))
+
+
+def test_from_dict_derives_the_comparison_from_the_stored_trials():
+    """A stored result whose summary still counts the winning search trial (as files written
+    before the fix did) reads back with it left out; an edited trial loss moves the summary."""
+    r = tune(MLP, SPACE, final_seeds=(0, 1), **{**KW, "budget": 2})
+    d = json.loads(r.to_json())
+    d["direct_losses"]["0"] = -1.0                      # an old file's biased entry
+    back = TuneResult.from_dict(d)
+    assert back.direct_losses == r.direct_losses and 0 not in back.direct_losses
+    evals = [t for t in d["trials"] if t["phase"] == "direct_eval"]
+    evals[0]["loss"] = 123.0
+    assert TuneResult.from_dict(d).direct_losses[evals[0]["seed"]] == 123.0
+
+
+def test_proxy_seeds_average_each_setting_over_its_seeds():
+    """Each proxy setting trains at every proxy seed; its loss is their mean (computed here from
+    the trial records), the winner is the setting with the lowest mean, the proxy's compute
+    counts every seed, and the direct search still trains once per setting."""
+    r = tune(MLP, SPACE, proxy_seeds=(0, 5), final_seeds=(1,), **KW)
+    proxy = [t for t in r.trials if t["phase"] == "proxy"]
+    assert sorted((t["index"], t["seed"]) for t in proxy) == [(n, s) for n in range(4) for s in (0, 5)]
+    means = {n: np.mean([t["loss"] for t in proxy if t["index"] == n]) for n in range(4)}
+    best = min(means, key=means.get)
+    assert r.best_proxy == next(t["hp"] for t in proxy if t["index"] == best)
+    assert r.compute["proxy_search"] == 2 * 4 * _params(16) * 8
+    assert len([t for t in r.trials if t["phase"] == "direct"]) == 4
+    assert r.curve("proxy")[-1] == (2 * 4 * _params(16) * 8, pytest.approx(min(means.values())))
+    with pytest.raises(TransferError, match="proxy_seeds"):
+        tune(MLP, SPACE, proxy_seeds=(0, 0), **KW)
+    with pytest.raises(TransferError, match="random"):
+        tune(MLP, SPACE, proxy_seeds=(0, 1), sampler="tpe", **KW)

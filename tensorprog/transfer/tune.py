@@ -6,7 +6,8 @@ Phases, each a set of trials run through ``run_trials`` (the sweep backends: ser
 processes, Ray):
 
 1. ``proxy``: ``budget`` settings drawn from ``space`` (random search or Optuna's TPE), each
-   trained at ``proxy_width``; the best (lowest final training loss) is the tuned setting.
+   trained at ``proxy_width`` (at every one of ``proxy_seeds``, averaged); the best (lowest final
+   training loss) is the tuned setting.
 2. ``transfer``: that setting, copied unchanged, trained at ``target_width`` for every seed in
    ``final_seeds``: muTransfer's result.
 3. ``direct`` (``direct=True``): the same search, same budget, at ``target_width``; with the
@@ -14,7 +15,10 @@ processes, Ray):
    proposes the same candidates at both widths, so the two agree exactly when the ranking of
    the candidates survives the change of width), or its own ``direct_seed`` (independent
    candidates, as TP5 Figure 5's separate searches); 4. ``direct_eval``: its best setting at the
-   other ``final_seeds``.
+   other ``final_seeds``. The direct side's loss is measured on those seeds only: the search
+   trial of the winning setting was chosen as the minimum of ``budget`` noisy losses, so its own
+   loss is biased low (it would flatter direct tuning). Final seeds other than ``seed`` (the
+   default, ``(1,)``) give both sides fresh runs.
 
 Compute is counted in **parameter-steps**: trainable parameters of the trained model times
 training steps. Every trial sees batches of the same size, so training FLOPs are a fixed multiple
@@ -54,7 +58,7 @@ from .hparams import (NOT_WIDTH_TRANSFERABLE, WIDTH_TRANSFERABLE, TrialPoint, ch
                       describe_point)
 from .space import SAMPLERS, check_space, make_sampler
 from .sweep import make_trial_config, run_trials
-from .tune_result import TuneResult
+from .tune_result import TuneResult, settings_of
 
 __all__ = ["tune", "transferability", "read_store", "check_store_path"]
 
@@ -209,7 +213,8 @@ def _mup_check(factory_cfg, make_opt_cfg, point: dict, width: int, data, check_m
 
 def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int, budget: int,
          steps: int, data, sampler: str = "random", seed: int = 0, base: dict | None = None,
-         final_seeds: Sequence[int] = (0,), direct: bool = True, direct_seed: int | None = None,
+         final_seeds: Sequence[int] = (1,), direct: bool = True, direct_seed: int | None = None,
+         proxy_seeds: Sequence[int] | None = None,
          store: str | None = None,
          check_mup: str = "refuse", make_optimizer: Callable | None = None,
          loss: Callable | None = None, forward: Callable | None = None,
@@ -222,10 +227,15 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
     over any hyperparameters ``sweep`` accepts (built-in or routed to factory / make_optimizer /
     data); ``base``: fixed values of the others (``lr`` must be in one of them). ``budget``: trials
     per search. ``seed``: the sampler's seed and the training seed of search trials.
-    ``final_seeds``: seeds of the final target runs (two or more give the noise of the comparison).
+    ``final_seeds``: seeds of the final target runs (two or more give the noise of the comparison;
+    the search seed, if among them, does not count on the direct side: module docs).
     ``direct_seed``: the direct search's sampler seed (default ``seed``: paired candidates).
     ``store``: a JSON-lines file in an existing folder (``check_store_path``, before training);
     Ctrl-C stops the trials and keeps every finished one there for the next call to resume.
+    ``proxy_seeds``: training seeds of every proxy trial (default ``(seed,)``); a setting's proxy
+    loss is the mean over them (diverged if any seed diverged). The proxy is cheap, and one seed
+    per setting lets a setting that was lucky on that seed win the search; the extra seeds count
+    in the proxy's compute. Pick them apart from ``final_seeds``.
     """
     space = check_space(space)
     base = check_base(base)
@@ -247,6 +257,17 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
     if isinstance(final_seeds, (str, bytes)) or not hasattr(final_seeds, "__iter__"):
         raise TransferError(f"final_seeds must be a sequence of ints, e.g. (0, 1); got {final_seeds!r}")
     final_seeds = tuple(as_int(s, "each of final_seeds", TransferError) for s in final_seeds)
+    if proxy_seeds is not None and (isinstance(proxy_seeds, (str, bytes)) or
+                                    not hasattr(proxy_seeds, "__iter__")):
+        raise TransferError(f"proxy_seeds must be a sequence of ints, e.g. (0, 1, 2); got {proxy_seeds!r}")
+    proxy_seeds = (seed,) if proxy_seeds is None else \
+        tuple(as_int(s, "each of proxy_seeds", TransferError) for s in proxy_seeds)
+    if not proxy_seeds or len(set(proxy_seeds)) != len(proxy_seeds):
+        raise TransferError(f"proxy_seeds must be distinct and non-empty; got {proxy_seeds}")
+    if len(proxy_seeds) > 1 and sampler != "random":
+        raise TransferError("several proxy_seeds need sampler='random' (a model-based sampler "
+                            "would be told a setting's loss before all its seeds ran); pass one "
+                            "seed or use random search")
     if not final_seeds or len(set(final_seeds)) != len(final_seeds):
         raise TransferError(f"final_seeds must be distinct and non-empty; got {final_seeds}")
     if "lr" not in space and "lr" not in base:
@@ -263,6 +284,8 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
                  "proxy_width": proxy_width, "target_width": target_width, "steps": steps,
                  "average_last": cfg.average_last, "sampler": sampler, "seed": seed,
                  "final_seeds": list(final_seeds), "direct": direct, "direct_seed": direct_seed}
+    if proxy_seeds != (int(seed),):
+        signature["proxy_seeds"] = list(proxy_seeds)
     notes = transferability(space)
     centre = {**base, **{k: d.centre() for k, d in space.items()}}
     mup = _mup_check(cfg.factory, cfg.make_optimizer, centre, proxy_width,
@@ -318,22 +341,28 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
         records.extend(new)
         return new
 
-    def search(phase: str, width: int, sampler_seed: int) -> None:
+    def search(phase: str, width: int, sampler_seed: int, seeds: tuple) -> None:
         smp = make_sampler(sampler, space, sampler_seed)
-        stored = {r["index"]: r for r in records if r["phase"] == phase}
+        have = {(r["index"], r["seed"]) for r in records if r["phase"] == phase}
+        stored = {r["index"]: r for r in settings_of(records, phase, budget)
+                  if all((r["index"], s) in have for s in seeds)}
         for n in sorted(stored):
             smp.replay(stored[n]["hp"], _loss(stored[n]))
+
+        def jobs_of(n, hp):
+            return [(n, width, hp, s) for s in seeds if (n, s) not in have]
+
         if sampler == "random":
-            jobs = [(n, width, smp.propose(n)[0], seed) for n in range(budget) if n not in stored]
-            run(phase, jobs)
+            run(phase, [j for n in range(budget) if n not in stored
+                        for j in jobs_of(n, smp.propose(n)[0])])
             return
         batch = max(1, workers or os.cpu_count() or 1) if backend != "serial" else 1
         free = [n for n in range(budget) if n not in stored]   # a killed batch may leave gaps
         while free:
             todo, free = free[:batch], free[batch:]
             asked = [smp.propose(n) for n in todo]
-            done = run(phase, [(n, width, p, seed) for n, (p, _) in zip(todo, asked)])
-            by_index = {r["index"]: r for r in done}
+            run(phase, [j for n, (p, _) in zip(todo, asked) for j in jobs_of(n, p)])
+            by_index = {r["index"]: r for r in settings_of(records, phase, budget)}
             for n, (_, handle) in zip(todo, asked):
                 smp.tell(handle, _loss(by_index[n]))
 
@@ -342,11 +371,12 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
         run(phase, [(0, target_width, hp, s) for s in final_seeds if s not in have and s not in skip])
 
     try:
-        search("proxy", proxy_width, seed)
+        search("proxy", proxy_width, seed, proxy_seeds)
         best_proxy = _best(records, "proxy", budget)
         finals("transfer", best_proxy["hp"])
         if direct:
-            search("direct", target_width, seed if direct_seed is None else int(direct_seed))
+            search("direct", target_width, seed if direct_seed is None else int(direct_seed),
+                   (seed,))
             best_direct = _best(records, "direct", budget)
             finals("direct_eval", best_direct["hp"], skip=(seed,))
     except KeyboardInterrupt:  # Ctrl-C: the trials are stopped (run_trials); say what is kept
@@ -370,7 +400,7 @@ def _loss(rec: dict) -> float:
 
 
 def _best(records: list[dict], phase: str, budget: int) -> dict:
-    rows = [r for r in records if r["phase"] == phase and r["index"] < budget]
+    rows = settings_of(records, phase, budget)
     finite = [r for r in rows if r["loss"] is not None]
     if not finite:
         raise TransferError(f"every {phase} trial diverged ({len(rows)} of them); narrow the space "

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import TransferError
 from .hparams import describe_point
 
-__all__ = ["TuneResult"]
+__all__ = ["TuneResult", "settings_of"]
 
 
 def _loss(rec: dict) -> float:
@@ -28,6 +28,25 @@ def _clean(obj):
     if isinstance(obj, list):
         return [_clean(v) for v in obj]
     return obj
+
+
+def settings_of(records, phase: str, budget: int) -> list[dict]:
+    """The search settings of ``phase`` in index order, each trained at one or more seeds:
+    [{"index", "hp", "loss" (mean over its seeds; None if any diverged), "seeds", "compute"
+    (summed over its seeds)}]."""
+    by: dict[int, list] = {}
+    for r in records:
+        if r["phase"] == phase and r["index"] < budget:
+            by.setdefault(r["index"], []).append(r)
+    out = []
+    for n in sorted(by):
+        rs = by[n]
+        losses = [r["loss"] for r in rs]
+        out.append({"index": n, "hp": rs[0]["hp"], "width": rs[0]["width"],
+                    "loss": None if any(v is None for v in losses) else float(np.mean(losses)),
+                    "seeds": sorted(r["seed"] for r in rs),
+                    "compute": int(sum(r["compute"] for r in rs))})
+    return out
 
 
 def _mean_err(values) -> tuple[float, float]:
@@ -47,7 +66,8 @@ class TuneResult:
     ``trials``: every trial record {phase, index, width, seed, hp, loss (None = diverged),
     compute (parameter-steps), seconds}. ``best_proxy`` / ``best_direct``: the winning settings.
     ``transfer_losses`` / ``direct_losses``: {seed: final training loss at the target width} of
-    those settings. ``compute``: parameter-steps of the proxy search, of one target run, of the
+    those settings; ``direct_losses`` leaves out the search seed, whose trial of the winning
+    setting was picked for its low loss (the minimum of ``budget`` noisy losses is biased low). ``compute``: parameter-steps of the proxy search, of one target run, of the
     direct search; ``compute_ratio`` = (proxy search + one target run) / direct search.
     """
 
@@ -73,8 +93,7 @@ class TuneResult:
     def build(cls, records, *, budget, proxy_width, target_width, steps, seed, final_seeds, space,
               base, sampler, notes, mup, name, meta) -> "TuneResult":
         def rows(phase):
-            return sorted((r for r in records if r["phase"] == phase and r["index"] < budget),
-                          key=lambda r: r["index"])
+            return settings_of(records, phase, budget)
 
         def best(phase):
             finite = [r for r in rows(phase) if r["loss"] is not None]
@@ -89,12 +108,10 @@ class TuneResult:
                    "target_run": int(next(r["compute"] for r in records if r["phase"] == "transfer"))}
         bd, direct = best("direct"), {}
         if bd is not None:
-            for s in final_seeds:
-                if s == seed:
-                    direct[s] = _loss(bd)
-                else:
-                    direct.update({r["seed"]: _loss(r) for r in records if r["phase"] == "direct_eval"
-                                   and r["hp"] == bd["hp"] and r["seed"] == s})
+            # not the search seed: that trial is the minimum over the search (selected on its own
+            # noise, so biased low); its seed cannot be re-drawn, so the comparison leaves it out
+            direct = {r["seed"]: _loss(r) for r in records if r["phase"] == "direct_eval"
+                      and r["hp"] == bd["hp"] and r["seed"] in final_seeds and r["seed"] != seed}
             compute["direct_search"] = int(sum(r["compute"] for r in rows("direct")))
         return cls(trials=list(records), budget=budget, proxy_width=proxy_width,
                    target_width=target_width, steps=steps, best_proxy=dict(bp["hp"]),
@@ -133,8 +150,7 @@ class TuneResult:
     def curve(self, phase: str = "direct") -> list[tuple[int, float]]:
         """[(cumulative parameter-steps, best loss so far)] over the search trials in index order."""
         out, spent, best = [], 0, math.inf
-        for r in sorted((r for r in self.trials if r["phase"] == phase and r["index"] < self.budget),
-                        key=lambda r: r["index"]):
+        for r in settings_of(self.trials, phase, self.budget):
             spent += r["compute"]
             best = min(best, _loss(r))
             out.append((spent, best))
@@ -143,7 +159,7 @@ class TuneResult:
     # ---- output
     def table(self, phase: str = "proxy", top: int | None = 10) -> str:
         """The trials of ``phase`` ranked by loss (diverged last)."""
-        rows = sorted((r for r in self.trials if r["phase"] == phase),
+        rows = sorted(settings_of(self.trials, phase, self.budget),
                       key=lambda r: (_loss(r), r["index"]))
         if top:
             rows = rows[:top]
@@ -178,7 +194,7 @@ class TuneResult:
                       f"compute ratio muTransfer / direct: {self.compute_ratio:.3f}; "
                       + {True: "losses within the noise (2 standard errors)",
                          False: "muTransfer's loss is worse beyond the noise",
-                         None: "noise unknown (give two or more final_seeds)"}[self.within_noise]]
+                         None: "noise unknown (give two or more final_seeds besides the search seed)"}[self.within_noise]]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -206,10 +222,22 @@ class TuneResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TuneResult":
+        """Inverse of ``to_dict``. The comparison (best settings, target losses, compute) is
+        derived again from the stored trials, so a file written by an older version reads back
+        with today's rules (the direct side's search seed left out since this version)."""
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         for k in ("transfer_losses", "direct_losses"):
             d[k] = {int(s): (math.inf if v is None else v) for s, v in d.get(k, {}).items()}
-        return cls(**d)
+        search = [t for t in d.get("trials", ()) if t.get("phase") == "proxy"]
+        if not search or any(t.get("compute") is None for t in d["trials"]):
+            return cls(**d)
+        search = [t for t in d["trials"] if t.get("phase") == "direct"] or search
+        seeds = sorted(set(d["transfer_losses"]) | set(d["direct_losses"]))
+        return cls.build(d["trials"], budget=d["budget"], proxy_width=d["proxy_width"],
+                         target_width=d["target_width"], steps=d["steps"], seed=search[0]["seed"],
+                         final_seeds=tuple(seeds), space=d.get("space", {}), base=d.get("base", {}),
+                         sampler=d.get("sampler", "random"), notes=d.get("notes", {}),
+                         mup=d.get("mup", ""), name=d.get("name", ""), meta=d.get("meta", {}))
 
     def plot(self, path: str | None = None, *, ax=None):
         """TP5 Figure 5 style: best target loss so far against compute for direct tuning (a step
