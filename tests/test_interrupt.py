@@ -139,3 +139,25 @@ def test_ctrl_c_during_a_local_check_saves_the_finished_widths(tmp_path):
     rep = CheckReport.from_json(str(path))
     assert rep == CheckReport.from_json(rep.to_json()) and rep.missing
     assert took < 10
+
+
+def test_sigterm_to_a_local_sweep_leaves_no_worker_behind(tmp_path):
+    # a scheduler's stop (SIGTERM to the main process only, not the group): the sweep exits and
+    # its pool workers go with it (by default SIGTERM ends the parent and orphans the workers)
+    proc, seen = start(["-c", SWEEP, str(tmp_path / "unused.json"), "3000"], " 1/20 ")
+    pgid = proc.pid
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(pgid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("still running 10 s after SIGTERM")
+    deadline = time.time() + 5
+    while group_members(pgid) and time.time() < deadline:
+        time.sleep(0.1)
+    left = group_members(pgid)
+    if left:
+        os.killpg(pgid, signal.SIGKILL)
+    assert not left, f"workers left after SIGTERM: {left}"
+    assert proc.returncode != 0

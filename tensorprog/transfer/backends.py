@@ -7,12 +7,14 @@ worker) and ``trial[0]`` its key. ``sweep`` and ``tune`` run ``run_trial``; ``ch
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
 import os
 import pickle
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -191,19 +193,45 @@ def run_local(cfg, trials, n_workers: int, collect, job: Callable = run_trial,
     pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=mp_context(),
                                initializer=worker_init, initargs=(pickle.dumps(cfg), job))
     try:
-        futures = [pool.submit(worker_trial, *trial) for trial in trials]
-        for fut in as_completed(futures):
-            try:
-                res = fut.result()
-            except BrokenProcessPool as e:
-                raise error(
-                    f"a worker process died ({e}); out of memory? Try fewer workers, or "
-                    "backend='serial' to see the error in this process") from None
-            collect(res)
+        with sigterm_kills_pool(pool):
+            futures = [pool.submit(worker_trial, *trial) for trial in trials]
+            for fut in as_completed(futures):
+                try:
+                    res = fut.result()
+                except BrokenProcessPool as e:
+                    raise error(
+                        f"a worker process died ({e}); out of memory? Try fewer workers, or "
+                        "backend='serial' to see the error in this process") from None
+                collect(res)
     except BaseException:
         stop_pool(pool)
         raise
     pool.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def sigterm_kills_pool(pool):
+    """While the pool runs, SIGTERM (a scheduler's or ``kill``'s stop) kills the pool's workers
+    and then this process (exit status 143), as SIGTERM's default action would, but without
+    leaving the workers orphaned and running. Only in the main thread, where Python runs signal
+    handlers; the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        for p in list((getattr(pool, "_processes", None) or {}).values()):
+            if p.is_alive():
+                p.kill()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def stop_pool(pool) -> None:
