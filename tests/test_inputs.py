@@ -174,3 +174,28 @@ def test_eager_forward_leaves_buffers_as_built():
     before = {k: b.clone() for k, b in model.named_buffers()}
     eager_forward(model, (torch.randn(5, 4),), {}, 8)
     assert all(torch.equal(b, before[k]) for k, b in model.named_buffers())
+
+
+class RescalesOnFirstForward(torch.nn.Module):
+    """Like HF's RWKV in eval mode: the first forward changes Python state (a flag) and with it
+    the program later forwards run."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.fc, self.out = torch.nn.Linear(8, n), torch.nn.Linear(n, 1)
+        self.rescaled = False
+
+    def forward(self, x):
+        h = self.fc(x)
+        if not self.rescaled:
+            self.rescaled = True
+        else:
+            h = h / 2
+        return self.out(torch.relu(h))
+
+
+def test_the_eager_forward_leaves_the_traced_model_as_built():
+    # the eager check runs on a copy: every width is exported from the model as its factory built it
+    from tensorprog.graph.trace import trace as trace_widths
+    g = trace_widths(RescalesOnFirstForward, (16, 32), example_inputs=(torch.randn(4, 8),))
+    assert set(g.widths) == {16, 32}

@@ -4,6 +4,7 @@ TraceErrors that say where in the user's code the trace failed."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 
 import torch
@@ -107,13 +108,24 @@ def eager_forward(model, args, kwargs, width) -> None:
     trusted. torch.export traces with fake tensors and can accept programs the eager model
     rejects (integer tokens fed to a Linear export fine but fail ``mat1 and mat2 must have the
     same dtype`` in eager mode); a verdict on a model that cannot run would be about nothing.
-    Buffers (BatchNorm running statistics) are restored afterwards, so the export sees the
-    model as built. One forward at the smallest width: cheap next to the exports."""
+    The forward runs on a copy, so the export sees the model as built: a forward may change the
+    model's Python state (HF's RWKV rescales its weights once in eval mode and sets a flag). A
+    model whose copy does not run (the mup package's ``infshape`` attributes are not copied) is
+    run in place, its buffers (BatchNorm running statistics) restored afterwards. One forward at
+    the smallest width: cheap next to the exports."""
+    try:
+        copied = copy.deepcopy(model)
+    except Exception:  # noqa: BLE001 - not copyable: run in place
+        copied = None
+    if copied is not None:
+        try:
+            _forward(copied, args, kwargs)
+            return
+        except Exception:  # noqa: BLE001 - the copy may lack state the original has: retry below
+            pass
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model(*args, **kwargs)
+        _forward(model, args, kwargs)
     except TraceError:
         raise
     except Exception as e:  # noqa: BLE001 - the model's own error, reported as the cause
@@ -129,6 +141,12 @@ def eager_forward(model, args, kwargs, width) -> None:
             for k, b in model.named_buffers():
                 if k in buffers and b.shape == buffers[k].shape:
                     b.copy_(buffers[k])
+
+
+def _forward(model, args, kwargs) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model(*args, **kwargs)
 
 
 def _input_shapes(args, kwargs) -> str:
