@@ -25,14 +25,6 @@ from tensorprog.zoo import example
 WIDTHS = (64, 128, 256, 512)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run_zoo(name, param, opt, widths=WIDTHS, steps=3, seeds=2, **kw):
     ex = example(name, param=param, optimizer=opt, **kw)
     return check(ex.factory, widths, example_inputs=ex.example_inputs,

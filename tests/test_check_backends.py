@@ -31,14 +31,6 @@ KW = dict(make_optimizer=EX.make_optimizer, loss=EX.loss, data=BATCHES, steps=2,
           device="cpu", progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def values(rep):
     """{(node, kind, step): (W, S) array} of a report's measurements."""
     return {(r.node, r.kind, r.step): np.array([r.values[w] for w in rep.widths])

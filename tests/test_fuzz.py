@@ -16,14 +16,6 @@ from tensorprog import check
 from tensorprog.zoo import fuzz
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_generator_is_deterministic_per_seed():
     for seed in range(20):
         a, b = fuzz.random_architecture(seed), fuzz.random_architecture(seed)

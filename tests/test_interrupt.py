@@ -78,15 +78,20 @@ def interrupt(proc, seen) -> tuple[float, str, str]:
         proc.communicate()
         pytest.fail("still running 10 s after Ctrl-C")
     took = time.time() - t0
-    # helpers (forkserver, resource tracker) leave as soon as their parent is gone
+    assert_group_gone(pgid, "Ctrl-C")
+    return took, out, "".join(seen) + err
+
+
+def assert_group_gone(pgid: int, after: str) -> None:
+    """No process of group ``pgid`` within 5 s (helpers such as the forkserver and the resource
+    tracker leave as soon as their parent is gone); kills what is left and fails."""
     deadline = time.time() + 5
     while group_members(pgid) and time.time() < deadline:
         time.sleep(0.1)
     left = group_members(pgid)
     if left:
         os.killpg(pgid, signal.SIGKILL)
-    assert not left, f"processes left after Ctrl-C: {left}"
-    return took, out, "".join(seen) + err
+    assert not left, f"processes left after {after}: {left}"
 
 
 def test_ctrl_c_stops_a_local_sweep_and_keeps_the_finished_trials(tmp_path):
@@ -153,11 +158,5 @@ def test_sigterm_to_a_local_sweep_leaves_no_worker_behind(tmp_path):
         os.killpg(pgid, signal.SIGKILL)
         proc.communicate()
         pytest.fail("still running 10 s after SIGTERM")
-    deadline = time.time() + 5
-    while group_members(pgid) and time.time() < deadline:
-        time.sleep(0.1)
-    left = group_members(pgid)
-    if left:
-        os.killpg(pgid, signal.SIGKILL)
-    assert not left, f"workers left after SIGTERM: {left}"
+    assert_group_gone(pgid, "SIGTERM")
     assert proc.returncode != 0
