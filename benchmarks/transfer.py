@@ -39,6 +39,12 @@ Modes (``--mode``):
   and compute in parameter-steps. muP, and SP (``check_mup='warn'``) for contrast. Trials
   are stored in ``benchmarks/out/transfer_tune_<model>_<side>.jsonl`` as they finish: a killed
   run resumes where it stopped; delete them to start over (other settings are refused).
+* ``along``: TP5 Figure 4: the learning-rate optimum of the muP GPT (zero readout and query, TP5
+  App. D.2) followed along other scale dimensions at one width (``--along-width``, default 128):
+  depth (``n_layer`` 1..8), batch size (8..64), sequence length (8..64) and training steps
+  (50..400), each doubled three times with the others at their defaults. Which optima stay and
+  which move is measured, not assumed: TP5 reports these transfers as empirical (its Table 1).
+  About 5 minutes on 2 cores.
 
 Each mode writes ``benchmarks/out/transfer_<mode>.{png,json}`` and copies the figure to
 ``benchmarks/figures/`` (the ``lr`` mode keeps its old names).
@@ -191,13 +197,41 @@ def run_tune(args, device) -> dict:
     return results
 
 
+ALONG_SIZES = {"n_layer": [1, 2, 4, 8], "batch_size": [8, 16, 32, 64], "seq_len": [8, 16, 32, 64],
+               "steps": [50, 100, 200, 400]}
+
+
+def run_along(args, lrs, device) -> dict:
+    """--mode along: {dimension: Sweep} of the muP GPT's lr along each of ``ALONG_SIZES``."""
+    longest = max(ALONG_SIZES["seq_len"])
+    gpt = functools.partial(zoo.GPT, param="mup", base_width=args.base_width, block_size=longest,
+                            n_layer=args.n_layer, n_head=args.n_head, vocab_size=64,
+                            readout_zero_init=True, query_zero_init=True)
+    data = stdlib_text_data(block_size=longest, batch_size=args.batch, vocab=64)
+    default_len = {"seq_len": args.block}          # the other sweeps train on --block tokens
+    out = {}
+    for dim, sizes in ALONG_SIZES.items():
+        if dim not in args.along:
+            continue
+        kw = {} if dim == "seq_len" else {"base": {"seq_len": default_len["seq_len"]}}
+        out[dim] = sweep(gpt, sizes, hparams={"lr": lrs}, along=dim, width=args.along_width,
+                         steps=args.steps, data=data, seeds=args.seeds, backend=args.backend,
+                         workers=args.workers, progress=not args.quiet, device=device,
+                         make_optimizer=zoo_optimizer("adam"),
+                         name=f"muP GPT width {args.along_width}", **kw)["lr"]
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=("lr", "hparams", "tune"), default="lr")
+    ap.add_argument("--mode", choices=("lr", "hparams", "tune", "along"), default="lr")
     ap.add_argument("--model", choices=("gpt", "mlp"),
                     help="default: gpt for --mode lr, mlp for hparams and tune")
     ap.add_argument("--hps", nargs="+", default=["lr", "output_mult", "init_scale"],
                     choices=["lr", *HP_GRIDS], help="--mode hparams: what to sweep")
+    ap.add_argument("--along", nargs="+", default=list(ALONG_SIZES), choices=list(ALONG_SIZES),
+                    help="--mode along: the scale dimensions to follow the lr along")
+    ap.add_argument("--along-width", type=int, default=128, help="--mode along: the model's width")
     ap.add_argument("--budget", type=int, default=16, help="--mode tune: trials per search")
     ap.add_argument("--final-seeds", type=int, nargs="+", default=[1, 2, 3],
                     help="--mode tune: seeds of the target runs (the searches train with seed 0)")
@@ -246,7 +280,7 @@ def main(argv=None) -> int:
     else:
         defaults = dict(widths=[64, 128, 256, 512], lr_log2=(-12, -5), steps=100, batch=16, block=32,
                         backend="local", device="cpu", tag="transfer")
-    args.model = args.model or ("gpt" if args.mode == "lr" else "mlp")
+    args.model = args.model or ("gpt" if args.mode in ("lr", "along") else "mlp")
     if args.model == "mlp" and not args.gpu:
         defaults.update(widths=[64, 128, 256, 512], lr_log2=(-14, -4), steps=150, batch=64)
     for key in ("widths", "lr_log2", "steps", "batch", "block", "backend"):
@@ -301,7 +335,9 @@ def main_workflow(args, defaults) -> int:
     tag = args.tag or (f"{defaults['tag']}_{args.mode}" + ("" if args.model == "mlp" else f"_{args.model}"))
     os.makedirs(args.out, exist_ok=True)
     png = os.path.join(args.out, tag + ".png")
-    print(f"muTransfer benchmark ({args.mode}): {args.model}, widths {args.widths}, {args.steps} "
+    sizes = (f"width {args.along_width}, along {', '.join(args.along)}" if args.mode == "along"
+             else f"widths {args.widths}")
+    print(f"muTransfer benchmark ({args.mode}): {args.model}, {sizes}, {args.steps} "
           f"steps, batch {args.batch}, seeds {args.seeds}, {args.backend} on {defaults['device']} "
           f"({os.cpu_count()} CPUs, torch {torch.__version__})", flush=True)
     t0 = time.perf_counter()
@@ -313,6 +349,11 @@ def main_workflow(args, defaults) -> int:
                             for label, row in out["rows"].items()}}
         summary = [f"  {label:16s} {hp:12s} [{s.verdict}] {s.summary()}"
                    for label, row in out["rows"].items() for hp, s in row.items()]
+    elif args.mode == "along":
+        out = run_along(args, lrs, defaults["device"])
+        plot_hp_panels({"muP GPT": out}, png)
+        payload = {"rows": {"muP GPT": {dim: s.to_dict() for dim, s in out.items()}}}
+        summary = [f"  lr along {dim:10s} [{s.verdict}] {s.summary()}" for dim, s in out.items()]
     else:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
