@@ -153,18 +153,18 @@ def readout_slices(r) -> list[ZeroSlice]:
 
 
 def attention_queries(graph) -> list[tuple[str, str]]:
-    """(attention node, its query operand node) of every traced attention call."""
+    """(attention node, argument position of its query) of every traced attention call."""
     from ..graph.uses import activation_contractions, feeds_softmax
     from ..ops import lookup
     from ..predict.engine import matrix_weight_positions
 
-    found = [(n, input_at(graph, n, "0")) for n in graph.order
+    found = [(n, "0") for n in graph.order
              if graph.node(n)["op"] == "scaled_dot_product_attention"]
     for n, _ in activation_contractions(graph, matrix_weight_positions(graph)):
         if feeds_softmax(graph, n):
             spec = lookup(graph.node(n))
             pos = spec.contract_pos[0] if spec.contract_pos else "0"
-            found.append((n, input_at(graph, n, pos)))
+            found.append((n, pos))
     return sorted(found, key=lambda x: graph.order.index(x[0]))
 
 
@@ -177,10 +177,11 @@ def query_slices(graph) -> tuple[list[ZeroSlice], list[str]]:
             "scaled_dot_product_attention, and no contraction of two activations feeding a "
             "softmax), so there is no query to zero. Drop 'query'.")
     out = []
-    for att, q in atts:
+    for att, qpos in atts:
+        q = input_at(graph, att, qpos)
         where = f"attention `{att}` in module `{graph.node(att)['module'] or '<top>'}`"
-        proj, chain, bias = _walk_back(graph, q, where)
-        per_width = {w: _replay(graph, proj, att, q, chain, w, where) for w in graph.widths}
+        proj, bias = _walk_back(graph, q, where)
+        per_width = {w: _replay(graph, proj, (att, qpos), q, w, where) for w in graph.widths}
         weight = _weight_of(graph, proj, where)
         use = next(u for u in graph.params[weight].uses if u.node == proj)
         others = [u.node for u in graph.params[weight].uses if u.node != proj]
@@ -197,19 +198,18 @@ def query_slices(graph) -> tuple[list[ZeroSlice], list[str]]:
 
 
 def _walk_back(graph, node, where):
-    """(projection node, index-only chain from it to ``node`` in order, its bias or None)."""
-    chain, cur = [], node
+    """(projection node, its bias or None): ``node`` followed back through ops that only move or scale entries."""
+    cur = node
     for _ in range(64):
         a = graph.node(cur)
         op = a["op"]
         if op in PROJECTIONS and _weight_of(graph, cur, where, strict=False):
             pos = PROJECTIONS[op]
             b = input_at(graph, cur, pos) if pos is not None else None
-            return cur, chain[::-1], (_param_name(graph, b) if b is not None else None)
+            return cur, (_param_name(graph, b) if b is not None else None)
         ins = [u for u in graph.inputs(cur) if not is_scalar_node(graph, u)]
         if a["kind"] == "call_function" and (op in MOVE_OPS or op in SAME_OPS or
                                              scale_exp(graph, cur) is not None) and len(ins) == 1:
-            chain.append(cur)
             cur = ins[0]
             continue
         raise TensorprogError(
@@ -241,7 +241,7 @@ def _param_name(graph, node):
     return graph.node(cur)["param"]
 
 
-def _replay(graph, proj, att, q, chain, width, where):
+def _replay(graph, proj, att, q, width, where):
     """(features, ranges of the query's features) at ``width``: every op downstream of the
     projection that only moves entries is re-run on its output features' indices; any other
     reader of a query feature is an error."""
@@ -251,7 +251,6 @@ def _replay(graph, proj, att, q, chain, width, where):
     feats = shape[-1]
     env = {proj: torch.arange(feats).expand(shape).contiguous()}
     readers = []  # (node, input, index tensor)
-    on_chain = set(chain) | {q}
     for n in graph.order[graph.order.index(proj) + 1:]:
         ins = graph.inputs(n)
         hit = [u for u in ins if u in env]
@@ -262,7 +261,8 @@ def _replay(graph, proj, att, q, chain, width, where):
         movable = a["kind"] == "call_function" and len(tensors) == 1 and (
             a["op"] in MOVE_OPS or a["op"] in SAME_OPS or scale_exp(graph, n) is not None)
         if not movable:
-            readers += [(n, u, env[u]) for u in hit]
+            readers += [(n, u, pos, env[u]) for u, _, pos in graph.nx.in_edges(n, data="pos")
+                        if u in env]
             continue
         if a["op"] in MOVE_OPS:
             env[n] = _run(fx.get(n), a["op"], env[hit[0]], width, where, n)
@@ -272,16 +272,15 @@ def _replay(graph, proj, att, q, chain, width, where):
         raise TensorprogError(f"zero_init=('query',): the query of {where} could not be replayed "
                               f"from its projection at width {width}; not supported.")
     qset = set(torch.unique(env[q]).tolist())
-    for n, u, t in readers:
-        if n == att and u == q:
+    for n, u, pos, t in readers:
+        if (n, pos) == att and u == q:
             continue
         shared = qset & set(torch.unique(t).tolist()) if isinstance(t, torch.Tensor) else qset
-        if shared and not (u in on_chain and isinstance(t, torch.Tensor)
-                           and shared == set(torch.unique(t).tolist())):
+        if shared:
             raise TensorprogError(
                 f"zero_init=('query',): {len(shared)} of the query features of {where} are also "
-                f"read by `{graph.node(n)['op']}` (node {n}), e.g. the key or the value: zeroing "
-                "them would change it too. Query zero-init is not supported for it.")
+                f"read by `{graph.node(n)['op']}` (node {n}, argument {pos}), e.g. the key or the "
+                "value: zeroing them would change it too. Query zero-init is not supported for it.")
     return feats, _ranges(sorted(qset))
 
 
