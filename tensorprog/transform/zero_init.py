@@ -134,9 +134,11 @@ def readout_slices(r) -> list[ZeroSlice]:
             continue
         if roles != ["output"]:
             raise TensorprogError(
-                f"zero_init=('readout',): {name} is the readout and also used as {p.role} (tied "
-                f"to {p.aliases or 'another use'}, e.g. tied embeddings): zeroing it would zero "
-                "that use too. Untie the readout (tie_word_embeddings=False), or drop 'readout'.")
+                f"zero_init=('readout',): {name} is the readout and is also used as "
+                f"{'+'.join(x for x in roles if x != 'output')} (role {p.role}; tied to "
+                f"{p.aliases or 'another use'}, e.g. tied embeddings): zeroing it would zero that "
+                "use too, e.g. the embedding. Untie the readout (HF: tie_word_embeddings=False), "
+                "or drop 'readout'.")
         out.append(ZeroSlice(name, "readout"))
         nodes |= {u.node for u in graph.params[name].uses}
     if not out:
@@ -198,7 +200,8 @@ def query_slices(graph) -> tuple[list[ZeroSlice], list[str]]:
 
 
 def _walk_back(graph, node, where):
-    """(projection node, its bias or None): ``node`` followed back through ops that only move or scale entries."""
+    """(projection node, its bias or None): ``node`` followed back through ops that only move
+    or scale entries."""
     cur = node
     for _ in range(64):
         a = graph.node(cur)
