@@ -89,6 +89,16 @@ def test_zoo_gpt_readout_and_query_start_at_zero_and_train():
     assert [line for line in text.splitlines() if line.strip().startswith("readout.weight")][0].split()[3:5] == ["0", "(exact)"]
 
 
+def test_deeper_than_traced_blocks_start_at_zero_too():
+    mf, _ = apply_mup(lambda n, d: GPT(n, param="sp", vocab_size=VOCAB, block_size=8, n_layer=d), BASE,
+                      example_inputs=TOKENS, widths=W[:2], base_depth=2, zero_init=("query",))
+    model = mf(2 * BASE, 4)  # blocks 2 and 3 were never traced
+    for block in model.blocks:
+        assert block.attn.query.weight.count_nonzero() == 0 and block.attn.query.bias.count_nonzero() == 0
+        assert block.attn.key.weight.count_nonzero() > 0
+    assert model.readout.weight.count_nonzero() > 0  # only what was asked
+
+
 def test_tied_readout_is_refused():
     with pytest.raises(TensorprogError, match=r"tok_emb\.weight is the readout and is also used as input .*tied.*would zero that use too"):
         apply_mup(lambda n: GPT(n, param="sp", vocab_size=VOCAB, block_size=8, tie=True), BASE,
@@ -105,6 +115,7 @@ class FusedAttention(nn.Module):
 
     def __init__(self, n, layout="blocks", share_qk=False, rope=False, n_head=2):
         super().__init__()
+        n_head = n // 16 if n_head == "grow" else n_head
         self.n, self.h, self.layout, self.share_qk, self.rope = n, n_head, layout, share_qk, rope
         self.emb = nn.Embedding(VOCAB, n)
         self.qkv = nn.Linear(n, 3 * n)
@@ -198,9 +209,53 @@ def test_query_without_attention():
 
 @pytest.mark.parametrize("kw,match", [
     ({"share_qk": True}, r"also read by `scaled_dot_product_attention`.*argument 1"),
+    ({"layout": "heads", "n_head": "grow"}, r"form \{32: 2, 64: 4\} index ranges at the traced widths"),
     ({"rope": True}, r"query of attention `scaled_dot_product_attention` .* comes from `mul`.*not supported"),
 ])
 def test_query_path_that_cannot_be_followed(kw, match):
     with pytest.raises(TensorprogError, match=match):
         apply_mup(lambda n: FusedAttention(n, **kw), BASE, example_inputs=TOKENS, widths=W[:2],
                   zero_init=("query",))
+
+
+# ============================================================================ generated code, CLI
+
+
+def test_to_pytorch_zero_init_matches_the_layout():
+    from tensorprog import rules
+
+    r = rules(lambda n: FusedAttention(n, "heads"), W, example_inputs=TOKENS, base_width=BASE)
+    assert "mup_zero_init_" not in r.to_pytorch()
+    ns: dict = {}
+    exec(r.to_pytorch(zero_init=("readout", "query")), ns)
+    width, d = 48, 24
+    torch.manual_seed(0)
+    model = FusedAttention(width, "heads")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ns["mup_zero_init_"](model, width)
+    q_rows = [r for h in range(2) for r in range(3 * h * d, 3 * h * d + d)]
+    other = [r for r in range(3 * width) if r not in q_rows]
+    for name in ("weight", "bias"):
+        p = getattr(model.qkv, name)
+        assert p[q_rows].count_nonzero() == 0 and torch.equal(p[other], before[f"qkv.{name}"][other])
+    assert model.out.weight.count_nonzero() == 0 and torch.equal(model.emb.weight, before["emb.weight"])
+    with pytest.raises(AssertionError, match="not whole"):  # width 47: d_head 23.5
+        ns["mup_zero_init_"](model, 47)
+
+
+def test_cli_rules_zero_init(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [sys.executable, "-m", "tensorprog", "rules", "--example", "gpt", "--param", "sp",
+           "--widths", "32", "64"]
+    out = subprocess.run(cmd + ["--pytorch", str(tmp_path / "r.py"), "--zero-init", "readout", "query"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    code = (tmp_path / "r.py").read_text()
+    assert "def mup_zero_init_" in code and "'readout.weight').zero_()" in code
+    assert "'blocks.1.attn.query.weight').narrow(0" in code and "key.weight" not in code.split("def mup_zero_init_")[1].split("def ")[0]
+    bad = subprocess.run(cmd + ["--zero-init", "readout"], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--pytorch" in bad.stderr

@@ -215,7 +215,8 @@ def apply_mup(
     def model_factory(width: int, depth: int | None = None, *, _zero: bool = True) -> nn.Module:
         model = _build(width, depth)
         if zplan is not None and _zero:
-            model.tensorprog_mup.zero_init = zplan.apply(model, width)
+            z = zplan if dplan is None else zplan.extended(model)  # deeper: new blocks too
+            model.tensorprog_mup.zero_init = z.apply(model, width)
         return model
 
     def _build(width, depth):

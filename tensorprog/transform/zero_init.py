@@ -24,6 +24,7 @@ vanish at every width, and the first update makes them Theta(1) as muP prescribe
 """
 from __future__ import annotations
 
+import dataclasses
 import operator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -87,6 +88,20 @@ class ZeroSlice:
 class ZeroInitPlan:
     slices: list[ZeroSlice]
     queries: list[str] = field(default_factory=list)  # attention nodes whose query is zeroed
+
+    def extended(self, model) -> "ZeroInitPlan":
+        """The plan for a deeper ``model`` (apply_mup's base_depth): a parameter the trace did
+        not see takes the slice of the first traced one with the same starred path (blocks.3.x
+        -> blocks.*.x), as ``transform/depth.extend_rules`` extends the rules."""
+        from ..graph.depth import star
+
+        planned = {s.param for s in self.slices}
+        first: dict = {}
+        for s in self.slices:
+            first.setdefault(star(s.param), s)
+        new = [dataclasses.replace(first[star(n)], param=n) for n, _ in model.named_parameters()
+               if n not in planned and star(n) in first]
+        return ZeroInitPlan(self.slices + new, self.queries)
 
     def apply(self, model, width: int) -> list[str]:
         """Zero the planned entries of ``model`` (built at ``width``); returns what was zeroed."""
@@ -327,7 +342,7 @@ def _affine(widths, per_width, weight, where):
     if len(counts) != 1:
         raise TensorprogError(
             f"zero_init=('query',): the query rows of {weight} ({where}) form "
-            f"{sorted(counts)} index ranges at the traced widths (e.g. per-head interleaved q/k/v "
+            f"{ {w: len(r) for w, (_, r) in per_width.items()} } index ranges at the traced widths (e.g. per-head interleaved q/k/v "
             "with a head count that grows): not one pattern that extends to other widths; query "
             "zero-init is not supported for it.")
 
@@ -403,3 +418,44 @@ def check_queries(build, inputs, width: int) -> None:
             f"zero_init=('query',): at width {width}, zeroing the traced query rows changed the "
             "key or value of the first scaled_dot_product_attention call. Query zero-init is not "
             "supported for this model.")
+
+
+# ----------------------------------------------------------------------------- generated code
+
+
+def to_source(r, which) -> list[str]:
+    """Lines of ``mup_zero_init_(model, width)`` for ``Rules.to_pytorch(zero_init=...)``: the
+    same entries ``apply_mup(zero_init=which)`` zeroes, each range end c0 + c1 * width."""
+    which = check_zero_init(which)
+    if not which:
+        return []
+    if r.graph is None:
+        raise TensorprogError("zero_init needs the traced graph: rules read back from JSON have "
+                              "none; derive them with tensorprog.rules(factory, ...).")
+    plan = zero_init_plan(r, which)
+    out = ["", "", "def mup_zero_init_(model, width):",
+           f'    """Start {" and ".join(which)} at exactly zero (TP5 arXiv 2203.03466 App. D.2); call',
+           '    it after mup_init_. A range end c0 + c1 * width must be a whole index."""',
+           "    from fractions import Fraction",
+           "",
+           "    def at(c0, c1):",
+           "        v = Fraction(c0) + Fraction(c1) * width",
+           "        assert v.denominator == 1, f'width {width}: index {v} is not whole'",
+           "        return int(v)",
+           "",
+           "    with torch.no_grad():"]
+    for s in plan.slices:
+        p = f"model.get_parameter({s.param!r})"
+        if s.dim is None:
+            out.append(f"        {p}.zero_()  # {s.why}")
+            continue
+        out.append(f"        # {s.why}: dim {s.dim} has {_text(s.size)} entries")
+        for (a0, a1), (b0, b1) in s.ranges:
+            start, stop = f"at('{a0}', '{a1}')", f"at('{b0}', '{b1}')"
+            out.append(f"        {p}.narrow({s.dim}, {start}, {stop} - {start}).zero_()")
+    return out
+
+
+def _text(c) -> str:
+    c0, c1 = c
+    return f"{c0} + {c1} * width" if c0 else f"{c1} * width"
