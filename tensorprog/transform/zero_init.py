@@ -6,8 +6,9 @@ with a random query the attention logits at init are ~ d_head^{-1/2} under the 1
 4.1); both are finite-width terms that make the best init scale drift with width. At zero they
 vanish at every width, and the first update makes them Theta(1) as muP prescribes.
 
-- "readout": every parameter whose traced role is output (the readout weight) and the bias added
-  by the same op. A readout tied to a parameter with another role (tied embeddings) is refused:
+- "readout": every parameter whose traced role is output (a matrix with width-sized fan-in and a
+  fixed fan-out: the readout weight, and any other such head, e.g. an MoE router) and the bias
+  added by the same op. A readout tied to a parameter with another role (tied embeddings) is refused:
   zeroing it would zero the embedding.
 - "query": for each traced attention call (``scaled_dot_product_attention``, or a contraction of
   two activations feeding a softmax: hand-written ``q @ k^T``), its query operand is followed back
@@ -32,6 +33,7 @@ from fractions import Fraction
 import torch
 
 from ..errors import TensorprogError
+from ..graph.params import get_param
 from ..graph.uses import input_at, is_param_view, is_scalar_node, scale_exp
 
 __all__ = ["ZERO_INIT_CHOICES", "check_zero_init", "ZeroSlice", "ZeroInitPlan", "zero_init_plan"]
@@ -207,6 +209,13 @@ def query_slices(graph) -> tuple[list[ZeroSlice], list[str]]:
                 f"zero_init=('query',): the query projection {weight} of {where} "
                 + ("is also used elsewhere (shared)" if others else "has no single output dim")
                 + "; query zero-init is not supported for it.")
+        for w, (feats, _) in per_width.items():
+            if graph.params[weight].shapes[w][use.fan_out[0]] != feats or (
+                    bias is not None and graph.params[bias].shapes[w] != (feats,)):
+                raise TensorprogError(
+                    f"zero_init=('query',): at width {w} the projection `{proj}` of {where} has "
+                    f"{feats} output features, but its weight {weight} (or bias {bias}) does not "
+                    "index them one to one; query zero-init is not supported for it.")
         ranges, size = _affine(graph.widths, per_width, weight, where)
         out.append(ZeroSlice(weight, f"query of {where}", use.fan_out[0], ranges, size))
         if bias is not None:
@@ -224,7 +233,13 @@ def _walk_back(graph, node, where):
         if op in PROJECTIONS and _weight_of(graph, cur, where, strict=False):
             pos = PROJECTIONS[op]
             b = input_at(graph, cur, pos) if pos is not None else None
-            return cur, (_param_name(graph, b) if b is not None else None)
+            bias = _param_name(graph, b) if b is not None else None
+            if b is not None and bias is None:
+                raise TensorprogError(
+                    f"zero_init=('query',): the query projection `{op}` (node {cur}) of {where} "
+                    "adds a tensor that is not a parameter (e.g. a residual): zeroing its weight "
+                    "would not zero the query; query zero-init is not supported for it.")
+            return cur, bias
         ins = [u for u in graph.inputs(cur) if not is_scalar_node(graph, u)]
         if a["kind"] == "call_function" and (op in MOVE_OPS or op in SAME_OPS or
                                              scale_exp(graph, cur) is not None) and len(ins) == 1:
@@ -364,11 +379,8 @@ def _affine(widths, per_width, weight, where):
 
 def _param(model, name):
     try:
-        return model.get_parameter(name)
-    except AttributeError:
-        ps = dict(model.named_parameters(remove_duplicate=False))
-        if name in ps:
-            return ps[name]
+        return get_param(model, name)
+    except KeyError:
         raise TensorprogError(f"zero_init: parameter {name!r} of the traced model is missing from "
                               "the model the factory built.") from None
 
