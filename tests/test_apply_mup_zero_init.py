@@ -111,10 +111,12 @@ def test_tied_readout_is_refused():
 class FusedAttention(nn.Module):
     """One attention layer with a fused Linear(n, 3n): rows per head [q_h | k_h | v_h] ("heads")
     or [q | k | v] ("blocks"). ``share_qk``: the key is the query (q and k both from the q rows).
-    ``rope``: q goes through a rotation-like elementwise product before the attention."""
+    ``rope``: q and k rotated as in RoFormer (arXiv 2104.09864): x cos + rotate_half(x) sin.
+    ``q_op``: a function applied to q before the attention (paths that cannot be followed)."""
 
-    def __init__(self, n, layout="blocks", share_qk=False, rope=False, n_head=2):
+    def __init__(self, n, layout="blocks", share_qk=False, rope=False, n_head=2, q_op=None):
         super().__init__()
+        self.q_op = q_op
         n_head = n // 16 if n_head == "grow" else n_head
         self.n, self.h, self.layout, self.share_qk, self.rope = n, n_head, layout, share_qk, rope
         self.emb = nn.Embedding(VOCAB, n)
@@ -134,15 +136,23 @@ class FusedAttention(nn.Module):
         if self.share_qk:
             k = q
         if self.rope:
-            q = q * torch.cos(torch.arange(d, dtype=q.dtype))
+            angle = torch.arange(T, dtype=q.dtype)[:, None] * torch.arange(d, dtype=q.dtype)[None]
+            cos, sin = torch.cos(angle), torch.sin(angle)
+
+            def rotate(t):
+                return t * cos + torch.cat((-t[..., d // 2:], t[..., :d // 2]), dim=-1) * sin
+            q, k = rotate(q), rotate(k)
+        if self.q_op is not None:
+            q = self.q_op(q)
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out(a.transpose(1, 2).reshape(B, T, n))
 
 
-@pytest.mark.parametrize("layout", ["blocks", "heads"])
-def test_fused_qkv_zeroes_only_the_query_rows(layout):
+@pytest.mark.parametrize("layout,rope", [("blocks", False), ("heads", False), ("blocks", True)])
+def test_fused_qkv_zeroes_only_the_query_rows(layout, rope):
     width = 48  # not a traced width: the rows extend from the traced ones (d = 24 per head)
-    (plain, _, _), (model, mf, of) = _pair(lambda n: FusedAttention(n, layout), ("readout", "query"), width)
+    (plain, _, _), (model, mf, of) = _pair(lambda n: FusedAttention(n, layout, rope=rope),
+                                           ("readout", "query"), width)
     d = width // 2
     q_rows = (list(range(0, width)) if layout == "blocks"
               else [r for h in range(2) for r in range(3 * h * d, 3 * h * d + d)])
@@ -210,7 +220,9 @@ def test_query_without_attention():
 @pytest.mark.parametrize("kw,match", [
     ({"share_qk": True}, r"also read by `scaled_dot_product_attention`.*argument 1"),
     ({"layout": "heads", "n_head": "grow"}, r"form \{32: 2, 64: 4\} index ranges at the traced widths"),
-    ({"rope": True}, r"query of attention `scaled_dot_product_attention` .* comes from `mul`.*not supported"),
+    ({"q_op": lambda q: q + 1.0}, r"query of attention `scaled_dot_product_attention` .* comes from `add`.*not supported"),
+    ({"q_op": lambda q: F.layer_norm(q, q.shape[-1:])}, r"comes from `layer_norm`.*not supported"),
+    ({"q_op": lambda q: q + torch.ones_like(q)}, r"comes from `ones_like`.*not supported"),
 ])
 def test_query_path_that_cannot_be_followed(kw, match):
     with pytest.raises(TensorprogError, match=match):

@@ -47,6 +47,10 @@ MOVE_OPS = {"view", "_unsafe_view", "reshape", "transpose", "permute", "t", "get
             "movedim", "view_as", "reshape_as", "_reshape_alias"}
 #: Ops that keep every entry where it is (identity on the indices; casts would corrupt them).
 SAME_OPS = {"contiguous", "clone", "alias", "to", "_to_copy", "detach", "lift_fresh_copy", "type_as"}
+#: Ops whose output is zero where every tensor input is (replayed as a union of features).
+ZERO_SUMS = {"add", "sub", "cat", "stack"}
+#: Ops that mix features into their output (a union of the features of their inputs).
+MIXING_OPS = ZERO_SUMS | {"mul", "div", "neg"}
 PROJECTIONS = {"linear": "2", "addmm": "0", "mm": None, "matmul": None}  # op -> bias position
 
 
@@ -223,34 +227,71 @@ def query_slices(graph) -> tuple[list[ZeroSlice], list[str]]:
     return out, [a for a, _ in atts]
 
 
+def _all_tensors(a) -> bool:
+    """Whether every summand of an add / sub / cat / stack is a tensor (not ``q + 1.0``)."""
+    first = a["args"][0] if a["args"] else None
+    terms = first if a["op"] in ("cat", "stack") else a["args"][:2]
+    return isinstance(terms, (list, tuple)) and all(isinstance(t, str) and t.startswith("%")
+                                                    for t in terms)
+
+
 def _walk_back(graph, node, where):
-    """(projection node, its bias or None): ``node`` followed back through ops that only move
-    or scale entries."""
-    cur = node
-    for _ in range(64):
-        a = graph.node(cur)
-        op = a["op"]
-        if op in PROJECTIONS and _weight_of(graph, cur, where, strict=False):
-            pos = PROJECTIONS[op]
-            b = input_at(graph, cur, pos) if pos is not None else None
-            bias = _param_name(graph, b) if b is not None else None
-            if b is not None and bias is None:
-                raise TensorprogError(
-                    f"zero_init=('query',): the query projection `{op}` (node {cur}) of {where} "
-                    "adds a tensor that is not a parameter (e.g. a residual): zeroing its weight "
-                    "would not zero the query; query zero-init is not supported for it.")
-            return cur, bias
-        ins = [u for u in graph.inputs(cur) if not is_scalar_node(graph, u)]
-        if a["kind"] == "call_function" and (op in MOVE_OPS or op in SAME_OPS or
-                                             scale_exp(graph, cur) is not None) and len(ins) == 1:
-            cur = ins[0]
-            continue
+    """(projection node, its bias or None): the one linear whose output features ``node`` is
+    zero without (``_zero_from``)."""
+    blocked: list = []
+    found = _zero_from(graph, node, {}, blocked)
+    if not found or len(found) != 1:
+        why = (f"comes from `{graph.node(blocked[0])['op']}` (node {blocked[0]}), which is not a "
+               "linear projection nor an op that moves, scales, rotates or adds entries"
+               if blocked and not found else "does not come from one linear projection")
         raise TensorprogError(
-            f"zero_init=('query',): the query of {where} comes from `{op}` (node {cur}), which "
-            "is not a linear projection nor an op that only moves, selects or scales entries; "
-            "query zero-init is not supported for it (zero the query projection by hand).")
-    raise TensorprogError(f"zero_init=('query',): the query of {where} is too far from a linear "
-                          "projection; query zero-init is not supported for it.")
+            f"zero_init=('query',): the query of {where} {why}; query zero-init is not "
+            "supported for it (zero the query projection by hand).")
+    cur = next(iter(found))
+    op = graph.node(cur)["op"]
+    pos = PROJECTIONS[op]
+    b = input_at(graph, cur, pos) if pos is not None else None
+    bias = _param_name(graph, b) if b is not None else None
+    if b is not None and bias is None:
+        raise TensorprogError(
+            f"zero_init=('query',): the query projection `{op}` (node {cur}) of {where} adds a "
+            "tensor that is not a parameter (e.g. a residual): zeroing its weight would not zero "
+            "the query; query zero-init is not supported for it.")
+    return cur, bias
+
+
+def _zero_from(graph, n, memo, blocked, depth=0):
+    """The projection nodes whose output features ``n`` is zero without, or None: followed back
+    through ops that move or scale entries (one input), add / sub / cat / stack (every input
+    must be zero), mul (one zero factor is enough: RoPE's q cos + rotate(q) sin) and div (its
+    numerator)."""
+    if n in memo:
+        return memo[n]
+    memo[n] = None  # a cycle cannot happen in a DAG; this also bounds the depth
+    a = graph.node(n)
+    op = a["op"]
+    ins = [u for u in graph.inputs(n) if not is_scalar_node(graph, u)]
+    out = None
+    if op in PROJECTIONS and _weight_of(graph, n, "", strict=False):
+        out = {n}
+    elif a["kind"] != "call_function" or depth > 64:
+        pass
+    elif len(ins) == 1 and (op in MOVE_OPS or op in SAME_OPS or op == "neg"
+                            or scale_exp(graph, n) is not None):
+        out = _zero_from(graph, ins[0], memo, blocked, depth + 1)
+    elif op in ZERO_SUMS and ins and _all_tensors(a):
+        parts = [_zero_from(graph, u, memo, blocked, depth + 1) for u in graph.inputs(n)]
+        out = set().union(*parts) if all(parts) else None
+    elif op == "mul" and ins:
+        parts = [_zero_from(graph, u, memo, blocked, depth + 1) for u in ins]
+        out = next((p for p in parts if p), None)
+    elif op == "div" and ins:
+        num = input_at(graph, n, "0")
+        out = _zero_from(graph, num, memo, blocked, depth + 1) if num in ins else None
+    if out is None:
+        blocked.append(n)
+    memo[n] = out
+    return out
 
 
 def _weight_of(graph, node, where, strict=True):
@@ -276,14 +317,15 @@ def _param_name(graph, node):
 
 def _replay(graph, proj, att, q, width, where):
     """(features, ranges of the query's features) at ``width``: every op downstream of the
-    projection that only moves entries is re-run on its output features' indices; any other
-    reader of a query feature is an error."""
+    projection that only moves entries is re-run on its output features' indices, and one that
+    mixes them (add, mul, cat...) carries the union of its inputs' features; any other reader
+    of a query feature is an error."""
     prog = graph.programs.get(width)
     fx = {n.name: n for n in prog.graph.nodes} if prog is not None else {}
     shape = graph.node(proj)["shapes"][width]
     feats = shape[-1]
-    env = {proj: torch.arange(feats).expand(shape).contiguous()}
-    readers = []  # (node, input, index tensor)
+    env = {proj: torch.arange(feats).expand(shape).contiguous()}  # index tensor, or a frozenset
+    readers = []  # (node, input, argument position, features)
     for n in graph.order[graph.order.index(proj) + 1:]:
         ins = graph.inputs(n)
         hit = [u for u in ins if u in env]
@@ -291,30 +333,41 @@ def _replay(graph, proj, att, q, width, where):
             continue
         a = graph.node(n)
         tensors = [u for u in ins if not is_scalar_node(graph, u)]
-        movable = a["kind"] == "call_function" and len(tensors) == 1 and (
+        call = a["kind"] == "call_function"
+        movable = call and len(tensors) == 1 and (
             a["op"] in MOVE_OPS or a["op"] in SAME_OPS or scale_exp(graph, n) is not None)
-        if not movable:
-            readers += [(n, u, pos, env[u]) for u, _, pos in graph.nx.in_edges(n, data="pos")
-                        if u in env]
-            continue
-        if a["op"] in MOVE_OPS:
+        if movable and a["op"] in MOVE_OPS and isinstance(env[hit[0]], (torch.Tensor, tuple, list)):
             env[n] = _run(fx.get(n), a["op"], env[hit[0]], width, where, n)
-        else:
+        elif movable:
             env[n] = env[hit[0]]
+        elif call and a["op"] in MIXING_OPS:
+            env[n] = frozenset().union(*(_features(env[u]) for u in hit))
+        else:
+            readers += [(n, u, pos, _features(env[u])) for u, _, pos in
+                        graph.nx.in_edges(n, data="pos") if u in env]
     if q not in env:
         raise TensorprogError(f"zero_init=('query',): the query of {where} could not be replayed "
                               f"from its projection at width {width}; not supported.")
-    qset = set(torch.unique(env[q]).tolist())
-    for n, u, pos, t in readers:
+    qset = _features(env[q])
+    for n, u, pos, fs in readers:
         if (n, pos) == att and u == q:
             continue
-        shared = qset & set(torch.unique(t).tolist()) if isinstance(t, torch.Tensor) else qset
+        shared = qset & fs
         if shared:
             raise TensorprogError(
                 f"zero_init=('query',): {len(shared)} of the query features of {where} are also "
                 f"read by `{graph.node(n)['op']}` (node {n}, argument {pos}), e.g. the key or the "
                 "value: zeroing them would change it too. Query zero-init is not supported for it.")
     return feats, _ranges(sorted(qset))
+
+
+def _features(v) -> frozenset:
+    """The projection features a replayed value holds."""
+    if isinstance(v, torch.Tensor):
+        return frozenset(torch.unique(v).tolist())
+    if isinstance(v, (tuple, list)):
+        return frozenset().union(*(_features(x) for x in v))
+    return v
 
 
 def _run(node, op, x, width, where, name):
