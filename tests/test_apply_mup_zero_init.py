@@ -190,6 +190,42 @@ def test_hf_gpt2_fused_c_attn():
     _trains(model, of, TOKENS, logits=lambda out: out.logits)
 
 
+class ExplicitAttention(nn.Module):
+    """Hand-written single-head attention softmax(q k^T / n) v from a fused Linear(n, 3n) [q|k|v]."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.emb, self.qkv, self.out = nn.Embedding(VOCAB, n), nn.Linear(n, 3 * n), nn.Linear(n, VOCAB)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        q, k, v = self.qkv(x).split(x.shape[-1], dim=-1)
+        return self.out(torch.softmax((q @ k.transpose(-2, -1)) / x.shape[-1], dim=-1) @ v)
+
+
+def test_explicit_q_at_k_attention():
+    (plain, _, _), (model, _, _) = _pair(ExplicitAttention, ("query",), 48)
+    for name in ("weight", "bias"):
+        z, p = getattr(model.qkv, name), getattr(plain.qkv, name)
+        assert z[:48].count_nonzero() == 0 and p[:48].count_nonzero() > 0
+        assert torch.equal(z[48:], p[48:])
+    _same_except(plain, model, {"qkv.weight", "qkv.bias"})
+
+
+def test_hf_llama_query_through_rope_and_gqa():
+    transformers = pytest.importorskip("transformers")
+
+    def factory(n):
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            hidden_size=n, intermediate_size=2 * n, num_hidden_layers=1, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=8, use_cache=False))
+
+    (plain, _, _), (model, _, _) = _pair(factory, ("readout", "query"), 96, widths=(32, 64))
+    att = model.model.layers[0].self_attn
+    assert att.q_proj.weight.count_nonzero() == 0 and model.lm_head.weight.count_nonzero() == 0
+    _same_except(plain, model, {"model.layers.0.self_attn.q_proj.weight", "lm_head.weight"})
+
+
 # ============================================================================ errors
 
 
