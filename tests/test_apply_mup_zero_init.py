@@ -252,6 +252,13 @@ def test_query_without_attention():
     assert m.b.weight.count_nonzero() == 0 and m.b.bias.count_nonzero() == 0
     assert m.a.weight.count_nonzero() > 0 and m.a.bias.count_nonzero() > 0
 
+    def frozen(n):
+        m = MLP(n)
+        m.b.weight.requires_grad_(False)
+        return m
+    with pytest.raises(TensorprogError, match=r"b\.weight is frozen.*stay zero"):
+        apply_mup(frozen, BASE, example_inputs=x, widths=W[:2], zero_init=("readout",))
+
 
 @pytest.mark.parametrize("kw,match", [
     ({"share_qk": True}, r"also read by `scaled_dot_product_attention`.*argument 1"),

@@ -12,16 +12,21 @@ vanish at every width, and the first update makes them Theta(1) as muP prescribe
   zeroing it would zero the embedding.
 - "query": for each traced attention call (``scaled_dot_product_attention``, or a contraction of
   two activations feeding a softmax: hand-written ``q @ k^T``), its query operand is followed back
-  through ops that only move, select or scale entries (view, transpose, split, getitem, slice,
-  scalar factors, casts) to the linear (``linear``, ``addmm``, ``mm``, ``matmul``) whose output it
-  is. Those ops are replayed, at every traced width, on a tensor holding each output feature's
-  index: the indices that reach the query are the query's rows of the weight (and its bias
-  entries). A fused projection (HF GPT-2's ``c_attn``: one ``Conv1D`` whose output is split into
-  q, k, v) thus zeroes the query's third only; the replay also finds every other reader of the
-  projection's output, and a feature read by the query and by anything else (the key, the value)
-  is refused. The query's features must form the same number of index ranges at every traced
+  to the one linear (``linear``, ``addmm``, ``mm``, ``matmul``) whose output features it is zero
+  without: through ops that move, select or scale entries (view, transpose, split, getitem,
+  slice, scalar factors, casts), products (one zero factor is enough: RoPE's q cos +
+  rotate(q) sin, RoFormer arXiv 2104.09864) and sums whose every term is zero. The ops downstream
+  of that linear are then replayed, at every traced width, on a tensor holding each output
+  feature's index (a mixing op carries the union of its inputs' features): the features that
+  reach the query are the query's rows of the weight (and its bias entries). A fused projection
+  (HF GPT-2's ``c_attn``: one ``Conv1D`` whose output is split into q, k, v) thus zeroes the
+  query's third only. Every other reader of a query feature (the key, the value, q + 1) is
+  refused. The query's features must form the same number of index ranges at every traced
   width, with ends affine in the width (checked on every traced width), so they extend to any
-  width. A path through any other op (RoPE, a norm on q) is refused, naming the attention call.
+  width. Any other path (a norm or a nonlinearity on q) is refused, naming the attention call.
+  With ``check`` (apply_mup's default), an eager forward at 2 x base_width confirms that every
+  sdpa query is exactly zero and the first call's key and value are unchanged.
+- Frozen parameters are refused (a frozen zero would stay zero).
 """
 from __future__ import annotations
 
@@ -160,6 +165,7 @@ def readout_slices(r) -> list[ZeroSlice]:
                 f"{p.aliases or 'another use'}, e.g. tied embeddings): zeroing it would zero that "
                 "use too, e.g. the embedding. Untie the readout (HF: tie_word_embeddings=False), "
                 "or drop 'readout'.")
+        _trainable(p.trainable, name, "readout")
         out.append(ZeroSlice(name, "readout"))
         nodes |= {u.node for u in graph.params[name].uses}
     if not out:
@@ -220,11 +226,19 @@ def query_slices(graph) -> tuple[list[ZeroSlice], list[str]]:
                     f"zero_init=('query',): at width {w} the projection `{proj}` of {where} has "
                     f"{feats} output features, but its weight {weight} (or bias {bias}) does not "
                     "index them one to one; query zero-init is not supported for it.")
+        _trainable(graph.params[weight].trainable, weight, "query")
         ranges, size = _affine(graph.widths, per_width, weight, where)
         out.append(ZeroSlice(weight, f"query of {where}", use.fan_out[0], ranges, size))
         if bias is not None:
             out.append(ZeroSlice(bias, f"query bias of {where}", 0, ranges, size))
     return out, [a for a, _ in atts]
+
+
+def _trainable(trainable, name, what):
+    if not trainable:
+        raise TensorprogError(f"zero_init=('{what}',): {name} is frozen (requires_grad=False): "
+                              "started at zero it would stay zero. Unfreeze it, or drop "
+                              f"'{what}'.")
 
 
 def _all_tensors(a) -> bool:
