@@ -82,9 +82,18 @@ def test_zoo_gpt_readout_and_query_start_at_zero_and_train():
     base = mf(BASE)
     assert base.readout.weight.count_nonzero() == 0 and base.blocks[0].attn.query.weight.count_nonzero() == 0
     _trains(model, of, TOKENS)
-    # the verdict is still muP with the zeroed weights read as exact zeros (b = oo)
+    # the verdict is still muP with the zeroed weights read as exact zeros (b = oo), and it is
+    # the verdict of the zoo's own muP GPT with readout_zero_init and query_zero_init (written
+    # independently of apply_mup); both see the key's first update only after the query's, past
+    # analyze's 3-step horizon (key r = oo there, so not every layer is maximal in either)
     rep = analyze(mf, W, example_inputs=TOKENS, make_optimizer=of)
     assert rep.parametrization == "muP" and rep.stable and rep.feature_learning, str(rep)
+    from tensorprog.zoo import example
+    ex = example("gpt", param="mup", widths=W, base_width=BASE, vocab_size=VOCAB, block_size=8,
+                 readout_zero_init=True, query_zero_init=True)
+    ref = analyze(ex.factory, W, example_inputs=TOKENS, make_optimizer=ex.make_optimizer)
+    flags = ("parametrization", "stable", "nontrivial", "feature_learning", "every_layer_maximal")
+    assert [getattr(rep, f) for f in flags] == [getattr(ref, f) for f in flags], (str(rep), str(ref))
     text = str(rep)
     assert [line for line in text.splitlines() if line.strip().startswith("readout.weight")][0].split()[3:5] == ["0", "(exact)"]
 
