@@ -95,7 +95,8 @@ def test_zoo_gpt_readout_and_query_start_at_zero_and_train():
     flags = ("parametrization", "stable", "nontrivial", "feature_learning", "every_layer_maximal")
     assert [getattr(rep, f) for f in flags] == [getattr(ref, f) for f in flags], (str(rep), str(ref))
     text = str(rep)
-    assert [line for line in text.splitlines() if line.strip().startswith("readout.weight")][0].split()[3:5] == ["0", "(exact)"]
+    row = next(line for line in text.splitlines() if line.strip().startswith("readout.weight"))
+    assert row.split()[3:5] == ["0", "(exact)"]
 
 
 def test_deeper_than_traced_blocks_start_at_zero_too():
@@ -109,7 +110,8 @@ def test_deeper_than_traced_blocks_start_at_zero_too():
 
 
 def test_tied_readout_is_refused():
-    with pytest.raises(TensorprogError, match=r"tok_emb\.weight is the readout and is also used as input .*tied.*would zero that use too"):
+    with pytest.raises(TensorprogError, match=r"tok_emb\.weight is the readout and is also used as "
+                                              r"input .*tied.*would zero that use too"):
         apply_mup(lambda n: GPT(n, param="sp", vocab_size=VOCAB, block_size=8, tie=True), BASE,
                   example_inputs=TOKENS, widths=W[:2], zero_init=("readout",))
 
@@ -272,7 +274,8 @@ def test_query_without_attention():
 @pytest.mark.parametrize("kw,match", [
     ({"share_qk": True}, r"also read by `scaled_dot_product_attention`.*argument 1"),
     ({"layout": "heads", "n_head": "grow"}, r"form \{32: 2, 64: 4\} index ranges at the traced widths"),
-    ({"q_op": lambda q: q + 1.0}, r"query of attention `scaled_dot_product_attention` .* comes from `add`.*not supported"),
+    ({"q_op": lambda q: q + 1.0},
+     r"query of attention `scaled_dot_product_attention` .* comes from `add`.*not supported"),
     ({"q_op": lambda q: F.layer_norm(q, q.shape[-1:])}, r"comes from `layer_norm`.*not supported"),
     ({"q_op": lambda q: q + torch.ones_like(q)}, r"comes from `ones_like`.*not supported"),
 ])
@@ -320,6 +323,8 @@ def test_cli_rules_zero_init(tmp_path):
     assert out.returncode == 0, out.stderr
     code = (tmp_path / "r.py").read_text()
     assert "def mup_zero_init_" in code and "'readout.weight').zero_()" in code
-    assert "'blocks.1.attn.query.weight').narrow(0" in code and "key.weight" not in code.split("def mup_zero_init_")[1].split("def ")[0]
-    bad = subprocess.run(cmd + ["--zero-init", "readout"], capture_output=True, text=True, env=env, timeout=300)
+    body = code.split("def mup_zero_init_")[1].split("\ndef ")[0]
+    assert "'blocks.1.attn.query.weight').narrow(0" in body and "key.weight" not in body
+    bad = subprocess.run(cmd + ["--zero-init", "readout"], capture_output=True, text=True, env=env,
+                         timeout=300)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--pytorch" in bad.stderr

@@ -424,7 +424,8 @@ def _affine(widths, per_width, weight, where):
     if len(counts) != 1:
         raise TensorprogError(
             f"zero_init=('query',): the query rows of {weight} ({where}) form "
-            f"{ {w: len(r) for w, (_, r) in per_width.items()} } index ranges at the traced widths (e.g. per-head interleaved q/k/v "
+            f"{ {w: len(r) for w, (_, r) in per_width.items()} } index ranges at the traced "
+            "widths (e.g. per-head interleaved q/k/v "
             "with a head count that grows): not one pattern that extends to other widths; query "
             "zero-init is not supported for it.")
 
