@@ -59,7 +59,7 @@ def parse_optimizer(text: str | None):
 
 def add_arguments(parser):
     """Arguments of ``tensorprog rules``: FILE.py:factory or --example NAME, --optimizer,
-    --convention, --base-width, --json, --pytorch, --eps-scaling."""
+    --convention, --base-width, --json, --pytorch, --eps-scaling, --zero-init."""
     common_arguments(parser)
     for action in parser._actions:
         if action.dest == "optimizer":
@@ -75,6 +75,9 @@ def add_arguments(parser):
     parser.add_argument("--eps-scaling", default="constant", choices=["constant", "mup"],
                         help="--pytorch code: keep Adam's eps (default) or scale it per parameter "
                         "like its muP gradient (as apply_mup(eps_scaling='mup'))")
+    parser.add_argument("--zero-init", nargs="+", default=(), choices=["readout", "query"],
+                        help="--pytorch code: also emit mup_zero_init_, starting the readout and/or "
+                        "the attention query at zero (TP5 App. D.2; as apply_mup(zero_init=...))")
     parser.add_argument("--device", default="cpu", help="cpu, or meta to trace without weights")
     return parser
 
@@ -85,6 +88,9 @@ def run(args) -> int:
 
     from ..transform.optspec import assign_kind
 
+    if getattr(args, "zero_init", None) and not getattr(args, "pytorch", None):
+        raise TensorprogError("--zero-init shapes the --pytorch code (mup_zero_init_): add "
+                              "--pytorch FILE (or '-'), or drop --zero-init.")
     optimizer = parse_optimizer(args.optimizer)
     args.optimizer = assign_kind(optimizer)  # the zoo builds its examples for "adam" / "sgd"
     t = load_target(args)
@@ -97,7 +103,8 @@ def run(args) -> int:
         r.to_json(args.json)
         print(f"wrote {args.json}", file=sys.stderr)
     if getattr(args, "pytorch", None):
-        code = r.to_pytorch(getattr(args, "eps_scaling", "constant"))
+        code = r.to_pytorch(getattr(args, "eps_scaling", "constant"),
+                            tuple(getattr(args, "zero_init", ()) or ()))
         if args.pytorch == "-":
             print(code)
         else:

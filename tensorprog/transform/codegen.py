@@ -136,10 +136,14 @@ def _optimizer_section(r, eps_scaling: str) -> list[str]:
     return out
 
 
-def to_pytorch(r, eps_scaling: str = "constant") -> str:
+def to_pytorch(r, eps_scaling: str = "constant", zero_init=()) -> str:
     """Python source of ``Rules.to_pytorch``. eps_scaling: "constant" (default) leaves Adam's
     eps to the optimizer; "mup" also emits ``EPS_EXP`` and gives every param group of an
-    Adam-family optimizer eps * m ** EPS_EXP[name], as ``apply_mup(eps_scaling="mup")`` does."""
+    Adam-family optimizer eps * m ** EPS_EXP[name], as ``apply_mup(eps_scaling="mup")`` does.
+    zero_init: also emit ``mup_zero_init_`` (as ``apply_mup(zero_init=...)``, zero_init.py)."""
+    from .zero_init import to_source
+
+    zero = to_source(r, zero_init)
     if eps_scaling not in ("constant", "mup"):
         raise TensorprogError(f"eps_scaling must be 'mup' or 'constant', got {eps_scaling!r}.")
     opt = r.optimizer
@@ -151,6 +155,7 @@ def to_pytorch(r, eps_scaling: str = "constant") -> str:
         "",
         "    model = factory(width)",
         "    mup_init_(model, width); mup_multipliers(model, width); mup_attention(model, width)",
+    ] + (["    mup_zero_init_(model, width)  # readout / query start at zero"] if zero else []) + [
         f"    opt = torch.optim.{'SGD' if opt == 'sgd' else 'AdamW'}(mup_param_groups(model, lr, width))",
         "    # or, with the optimizers the rules were derived for (OWNER; e.g. Muon + AdamW):",
         "    opts = mup_optimizers(model, lr, width)",
@@ -179,6 +184,7 @@ def to_pytorch(r, eps_scaling: str = "constant") -> str:
         body.append(f"        model.get_parameter({name!r}).mul_({_f(p.init_factor_exp)})  "
                     f"# {p.kind}: init var {expr_text(p.init_var)} (now RMS ~ {fmt(p.measured_init_exp)})")
     out += body or ["        pass"]
+    out += zero
     out += ["", "", "def mup_multipliers(model, width, base_width=BASE_WIDTH):",
             '    """Forward multipliers as hooks: input factor (the weight\'s contraction only) and',
             '    output factor of each module. Returns the hook handles."""',

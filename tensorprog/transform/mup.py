@@ -8,7 +8,7 @@
     opt = optimizer_factory(model)
 
 How (every factor is ``(width / base_width) ** e``, so exactly 1 at the base width, where the
-model is bit for bit the original):
+model is bit for bit the original unless ``zero_init`` zeroes the readout / query, TP5 App. D.2):
 
 1. **Trace once** at base_width, 2x and 4x (``tensorprog.rules``): every parameter's role, fans,
    init exponent, its uses, and the attention ops.
@@ -67,6 +67,7 @@ from ..validate import check_base_width, check_widths
 from ..rng import preserves_rng
 from ..transform.rules import Rules, rules as derive_rules
 from .attention_scale import AttentionScale
+from .zero_init import check_queries, check_zero_init, zero_init_plan
 
 __all__ = ["apply_mup", "MupState"]
 
@@ -84,6 +85,7 @@ class MupState:
     init_factor: dict[str, float] = field(default_factory=dict)
     hooks: list[str] = field(default_factory=list)  # module paths with multiplier hooks
     attention_factors: list[float] = field(default_factory=list)
+    zero_init: list[str] = field(default_factory=list)  # parameters (slices) started at zero
 
 
 # ----------------------------------------------------------------------------- hooks
@@ -137,6 +139,7 @@ def apply_mup(
     eps_scaling: str = "constant",
     base_depth: int | None = None,
     depth_family: str = "completep",
+    zero_init: tuple = (),
     **optimizer_kwargs,
 ):
     """(model_factory, optimizer_factory) that build ``factory``'s model in muP.
@@ -159,6 +162,10 @@ def apply_mup(
     depth factors of ``depth_family`` ("completep" or "depth_mup"; ``transform/depth.py``), for
     one optimizer or a hybrid (Muon + AdamW): a block that exists only deeper than base_depth
     goes to the optimizer of its block-0 counterpart.
+    zero_init: a tuple of "readout" and/or "query" (TP5 App. D.2): the readout (the weights
+    whose traced role is output, and their bias) and the query rows of each attention's
+    projection start at exactly zero, at every width (``transform/zero_init.py``). This breaks
+    the bit-for-bit equality with the original at the base width on purpose.
     """
     from ..theory.abc import optimizer_class
 
@@ -167,6 +174,7 @@ def apply_mup(
     if weight_decay_scaling not in ("mup", "constant"):
         raise TensorprogError(f"weight_decay_scaling must be 'mup' or 'constant', got {weight_decay_scaling!r}.")
     base_width = check_base_width(base_width)
+    zero_init = check_zero_init(zero_init)
     from ..predict.depth import check_depth_options
     base_depth = check_depth_options(base_depth, depth_family, TensorprogError)
     ws = tuple(check_widths(widths)) if widths is not None else (base_width, 2 * base_width, 4 * base_width)
@@ -195,6 +203,7 @@ def apply_mup(
                      convention=convention, base_width=base_width, progress=progress,
                      alignment=alignment)
     _refuse(r)
+    zplan = zero_init_plan(r, zero_init) if zero_init else None
     if base_depth is not None:  # r.optimizer: "adam" / "sgd", the class of every owner (a
         from .depth import depth_plan  # hybrid such as Muon + AdamW is one class, optspec.assign)
         dplan = depth_plan(factory, base_width, base_depth, depth_family, example_inputs,
@@ -203,7 +212,14 @@ def apply_mup(
     if eps_scaling == "mup":
         plan.eps = {n: _fl(p.eps_exp) for n, p in r.params.items() if p.eps_exp is not None}
 
-    def model_factory(width: int, depth: int | None = None) -> nn.Module:
+    def model_factory(width: int, depth: int | None = None, *, _zero: bool = True) -> nn.Module:
+        model = _build(width, depth)
+        if zplan is not None and _zero:
+            z = zplan if dplan is None else zplan.extended(model)  # deeper: new blocks too
+            model.tensorprog_mup.zero_init = z.apply(model, width)
+        return model
+
+    def _build(width, depth):
         if dplan is None:
             model = factory(width)
             plan.apply(model, width)
@@ -247,6 +263,11 @@ def apply_mup(
     model_factory.base_width = base_width
     if check:
         plan.check(model_factory, example_inputs, 2 * base_width)
+        if zplan is not None and zplan.queries:
+            from ..graph.trace import example_args
+            w = 2 * base_width
+            check_queries(lambda zero: model_factory(w, _zero=zero),
+                          lambda m: example_args(example_inputs, m, w, "cpu"), w)
     return model_factory, optimizer_factory
 
 

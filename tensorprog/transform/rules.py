@@ -283,12 +283,13 @@ class Rules(JSONMixin):
 
         return format_rules(self)
 
-    def to_pytorch(self, eps_scaling: str = "constant") -> str:
+    def to_pytorch(self, eps_scaling: str = "constant", zero_init=()) -> str:
         """Python source (``mup_init_``, ``mup_multipliers``, ``mup_attention``, ``mup_param_groups``;
-        factors 1 at the base width); eps_scaling="mup" scales Adam's eps as ``apply_mup`` does."""
+        factors 1 at the base width); eps_scaling="mup" scales Adam's eps as ``apply_mup`` does;
+        zero_init ("readout", "query") adds ``mup_zero_init_`` as ``apply_mup`` has it."""
         from .codegen import to_pytorch
 
-        return to_pytorch(self, eps_scaling)
+        return to_pytorch(self, eps_scaling, zero_init)
 
 
 # ----------------------------------------------------------------------------- derivation
