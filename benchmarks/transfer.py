@@ -80,8 +80,9 @@ class AppliedMuP:
     lr * (width / base)^(its muP exponent).
     """
 
-    def __init__(self, sp_factory, base_width: int, example_inputs: tuple):
+    def __init__(self, sp_factory, base_width: int, example_inputs: tuple, zero_init: tuple = ()):
         self.sp_factory = sp_factory
+        self.zero_init = zero_init
         self.base_width = base_width
         self.example_inputs = example_inputs
         self._built = None
@@ -95,7 +96,7 @@ class AppliedMuP:
 
             self._built = apply_mup(self.sp_factory, self.base_width,
                                     example_inputs=self.example_inputs,
-                                    optimizer_cls=torch.optim.Adam)
+                                    optimizer_cls=torch.optim.Adam, zero_init=self.zero_init)
         return self._built
 
     def factory(self, width: int):
@@ -123,8 +124,10 @@ def sides(args):
         sys.exit(f"--mup apply_mup: tensorprog.transform.mup.apply_mup is not importable ({why})")
     if args.mup != "zoo" and ok:
         inputs = (torch.randint(64, (2, args.block), generator=torch.Generator().manual_seed(0)),)
-        m = AppliedMuP(gpt, args.base_width, inputs)
-        mup = ("muP = apply_mup(SP GPT)", m.factory, m.make_optimizer)
+        zero = ("readout", "query") if args.zero_init else ()
+        m = AppliedMuP(gpt, args.base_width, inputs, zero)
+        mup = ("muP = apply_mup(SP GPT" + (", zero readout + query)" if zero else ")"),
+               m.factory, m.make_optimizer)
     else:
         if args.mup == "auto":
             print(f"tensorprog.transform.mup.apply_mup not importable ({why}); muP side = zoo.GPT(param='mup')",
@@ -260,7 +263,8 @@ def main(argv=None) -> int:
                     help="default: local on CPU, serial with --gpu")
     ap.add_argument("--mup", choices=("auto", "apply_mup", "zoo"), default="auto")
     ap.add_argument("--zero-init", action="store_true",
-                    help="with --mup zoo: the muP GPT's readout and query start at zero (TP5 App. D.2)")
+                    help="the muP GPT's readout and query start at zero (TP5 App. D.2; "
+                    "apply_mup(zero_init=...), or the zoo's with --mup zoo)")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     ap.add_argument("--figures", default=os.path.join(HERE, "figures"),
                     help="where the docs-ready copy of the figure goes ('' = none)")
