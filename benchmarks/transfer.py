@@ -195,7 +195,7 @@ def run_tune(args, device) -> dict:
                               workers=args.workers, progress=not args.quiet, device=device,
                               check_mup="warn" if label == "SP" else "refuse", name=label,
                               sampler=args.sampler, direct_seed=args.direct_seed,
-                              proxy_seeds=args.proxy_seeds)
+                              proxy_seeds=args.proxy_seeds, proxy_budget=args.proxy_budget)
         print(f"\n{results[label]}\n", flush=True)
     return results
 
@@ -236,6 +236,8 @@ def main(argv=None) -> int:
                     help="--mode along: the scale dimensions to follow the lr along")
     ap.add_argument("--along-width", type=int, default=128, help="--mode along: the model's width")
     ap.add_argument("--budget", type=int, default=16, help="--mode tune: trials per search")
+    ap.add_argument("--proxy-budget", type=int,
+                    help="--mode tune: trials of the proxy search (default --budget)")
     ap.add_argument("--final-seeds", type=int, nargs="+", default=[1, 2, 3],
                     help="--mode tune: seeds of the target runs (the searches train with seed 0)")
     ap.add_argument("--proxy-seeds", type=int, nargs="+",

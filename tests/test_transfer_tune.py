@@ -243,3 +243,27 @@ def test_proxy_seeds_average_each_setting_over_its_seeds():
         tune(MLP, SPACE, proxy_seeds=(0, 0), **KW)
     with pytest.raises(TransferError, match="random"):
         tune(MLP, SPACE, proxy_seeds=(0, 1), sampler="tpe", **KW)
+
+
+def test_proxy_budget_sizes_the_proxy_search_only(tmp_path):
+    """proxy_budget=6 with budget=2: six proxy settings (the random sampler's first six, drawn
+    here independently), two direct ones; compute counts six proxy trials (parameters of the
+    models built here x steps); the result, its JSON and a resumed store say the same."""
+    store = str(tmp_path / "t.jsonl")
+    kw = {**KW, "budget": 2, "final_seeds": (1,)}
+    r = tune(MLP, SPACE, proxy_budget=6, store=store, **kw)
+    proxy = sorted((t for t in r.trials if t["phase"] == "proxy"), key=lambda t: t["index"])
+    assert [t["hp"] for t in proxy] == [RandomSampler(own_space(), 0).propose(n)[0] for n in range(6)]
+    assert len([t for t in r.trials if t["phase"] == "direct"]) == 2
+    assert r.best_proxy == min(proxy, key=lambda t: t["loss"])["hp"]
+    assert r.compute["proxy_search"] == 6 * _params(16) * 8
+    assert r.compute["direct_search"] == 2 * _params(64) * 8
+    assert "(6 trials" in r.summary() and "(2 trials)" in r.summary()
+    back = TuneResult.from_dict(json.loads(r.to_json()))
+    assert back.budget_of("proxy") == 6 and back.compute == r.compute
+    again = tune(MLP, SPACE, proxy_budget=6, store=store, **kw)      # all stored: nothing re-run
+    assert len(again.trials) == len(r.trials) and again.best_proxy == r.best_proxy
+    with pytest.raises(TransferError, match="another|signature|differ"):
+        tune(MLP, SPACE, proxy_budget=5, store=store, **kw)
+    with pytest.raises(TransferError, match="proxy_budget"):
+        tune(MLP, SPACE, proxy_budget=0, **kw)

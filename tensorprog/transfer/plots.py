@@ -143,7 +143,9 @@ def plot_tune(result, path: str | None = None, *, ax=None):
     ax.set_xlabel("tuning compute (parameter-steps)")
     ax.set_ylabel(f"training loss at width {result.target_width}")
     ratio = result.compute_ratio
-    ax.set_title(f"{result.name or 'tune'}: {result.budget} trials each"
+    nb, pb = result.budget, result.budget_of("proxy")
+    trials = f"{nb} trials each" if pb == nb else f"{pb} proxy trials, {nb} direct"
+    ax.set_title(f"{result.name or 'tune'}: {trials}"
                  + (f"\ncompute ratio {ratio:.3f}" if math.isfinite(ratio) else ""), fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

@@ -214,7 +214,7 @@ def _mup_check(factory_cfg, make_opt_cfg, point: dict, width: int, data, check_m
 def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int, budget: int,
          steps: int, data, sampler: str = "random", seed: int = 0, base: dict | None = None,
          final_seeds: Sequence[int] = (1,), direct: bool = True, direct_seed: int | None = None,
-         proxy_seeds: Sequence[int] | None = None,
+         proxy_seeds: Sequence[int] | None = None, proxy_budget: int | None = None,
          store: str | None = None,
          check_mup: str = "refuse", make_optimizer: Callable | None = None,
          loss: Callable | None = None, forward: Callable | None = None,
@@ -236,6 +236,10 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
     loss is the mean over them (diverged if any seed diverged). The proxy is cheap, and one seed
     per setting lets a setting that was lucky on that seed win the search; the extra seeds count
     in the proxy's compute. Pick them apart from ``final_seeds``.
+    ``proxy_budget``: settings the proxy search tries (default ``budget``). A proxy trial costs
+    (proxy / target parameters) of a target trial, so a larger proxy search can still cost a
+    fraction of the direct one (TP5 Figure 5 plots each at its own compute); the summary states
+    both budgets and the compute ratio.
     """
     space = check_space(space)
     base = check_base(base)
@@ -248,7 +252,9 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
         raise TransferError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
     if check_mup not in ("refuse", "warn", "off"):
         raise TransferError(f"check_mup must be 'refuse', 'warn' or 'off'; got {check_mup!r}")
-    for what, v in (("proxy_width", proxy_width), ("target_width", target_width), ("budget", budget)):
+    proxy_budget = budget if proxy_budget is None else proxy_budget
+    for what, v in (("proxy_width", proxy_width), ("target_width", target_width), ("budget", budget),
+                    ("proxy_budget", proxy_budget)):
         if not isinstance(v, int) or v < 1:
             raise TransferError(f"{what} must be a positive int; got {v!r}")
     if proxy_width >= target_width:
@@ -286,6 +292,8 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
                  "final_seeds": list(final_seeds), "direct": direct, "direct_seed": direct_seed}
     if proxy_seeds != (int(seed),):
         signature["proxy_seeds"] = list(proxy_seeds)
+    if proxy_budget != budget:
+        signature["proxy_budget"] = proxy_budget
     notes = transferability(space)
     centre = {**base, **{k: d.centre() for k, d in space.items()}}
     mup = _mup_check(cfg.factory, cfg.make_optimizer, centre, proxy_width,
@@ -342,9 +350,10 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
         return new
 
     def search(phase: str, width: int, sampler_seed: int, seeds: tuple) -> None:
+        budget_here = proxy_budget if phase == "proxy" else budget
         smp = make_sampler(sampler, space, sampler_seed)
         have = {(r["index"], r["seed"]) for r in records if r["phase"] == phase}
-        stored = {r["index"]: r for r in settings_of(records, phase, budget)
+        stored = {r["index"]: r for r in settings_of(records, phase, budget_here)
                   if all((r["index"], s) in have for s in seeds)}
         for n in sorted(stored):
             smp.replay(stored[n]["hp"], _loss(stored[n]))
@@ -353,16 +362,16 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
             return [(n, width, hp, s) for s in seeds if (n, s) not in have]
 
         if sampler == "random":
-            run(phase, [j for n in range(budget) if n not in stored
+            run(phase, [j for n in range(budget_here) if n not in stored
                         for j in jobs_of(n, smp.propose(n)[0])])
             return
         batch = max(1, workers or os.cpu_count() or 1) if backend != "serial" else 1
-        free = [n for n in range(budget) if n not in stored]   # a killed batch may leave gaps
+        free = [n for n in range(budget_here) if n not in stored]   # a killed batch may leave gaps
         while free:
             todo, free = free[:batch], free[batch:]
             asked = [smp.propose(n) for n in todo]
             run(phase, [j for n, (p, _) in zip(todo, asked) for j in jobs_of(n, p)])
-            by_index = {r["index"]: r for r in settings_of(records, phase, budget)}
+            by_index = {r["index"]: r for r in settings_of(records, phase, budget_here)}
             for n, (_, handle) in zip(todo, asked):
                 smp.tell(handle, _loss(by_index[n]))
 
@@ -372,7 +381,7 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
 
     try:
         search("proxy", proxy_width, seed, proxy_seeds)
-        best_proxy = _best(records, "proxy", budget)
+        best_proxy = _best(records, "proxy", proxy_budget)
         finals("transfer", best_proxy["hp"])
         if direct:
             search("direct", target_width, seed if direct_seed is None else int(direct_seed),
@@ -391,6 +400,7 @@ def tune(factory: Callable, space: dict, *, proxy_width: int, target_width: int,
                             target_width=target_width, steps=steps, seed=seed,
                             final_seeds=final_seeds, space=signature["space"], base=base,
                             sampler=sampler, notes=notes, mup=mup, name=name,
+                            proxy_budget=proxy_budget if proxy_budget != budget else None,
                             meta={"resumed_trials": resumed, "backend": backend,
                                   "wall_s": round(time.perf_counter() - t_start, 2)})
 

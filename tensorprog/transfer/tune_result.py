@@ -67,8 +67,10 @@ class TuneResult:
     compute (parameter-steps), seconds}. ``best_proxy`` / ``best_direct``: the winning settings.
     ``transfer_losses`` / ``direct_losses``: {seed: final training loss at the target width} of
     those settings; ``direct_losses`` leaves out the search seed, whose trial of the winning
-    setting was picked for its low loss (the minimum of ``budget`` noisy losses is biased low). ``compute``: parameter-steps of the proxy search, of one target run, of the
-    direct search; ``compute_ratio`` = (proxy search + one target run) / direct search.
+    setting was picked for its low loss (the minimum of ``budget`` noisy losses is biased low).
+    ``compute``: parameter-steps of the proxy search, of one target run, of the direct search;
+    ``compute_ratio`` = (proxy search + one target run) / direct search. ``budget``: settings
+    tried by the direct search, and by the proxy's unless ``proxy_budget`` says otherwise.
     """
 
     trials: list
@@ -88,12 +90,17 @@ class TuneResult:
     mup: str = ""
     name: str = ""
     meta: dict = field(default_factory=dict)
+    proxy_budget: int | None = None
+
+    def budget_of(self, phase: str) -> int:
+        """Settings tried by the search of ``phase`` ("proxy" or "direct")."""
+        return self.proxy_budget or self.budget if phase == "proxy" else self.budget
 
     @classmethod
     def build(cls, records, *, budget, proxy_width, target_width, steps, seed, final_seeds, space,
-              base, sampler, notes, mup, name, meta) -> "TuneResult":
+              base, sampler, notes, mup, name, meta, proxy_budget=None) -> "TuneResult":
         def rows(phase):
-            return settings_of(records, phase, budget)
+            return settings_of(records, phase, proxy_budget or budget if phase == "proxy" else budget)
 
         def best(phase):
             finite = [r for r in rows(phase) if r["loss"] is not None]
@@ -117,7 +124,7 @@ class TuneResult:
                    target_width=target_width, steps=steps, best_proxy=dict(bp["hp"]),
                    transfer_losses=transfer, best_direct=None if bd is None else dict(bd["hp"]),
                    direct_losses=direct, compute=compute, space=space, base=base, sampler=sampler,
-                   notes=notes, mup=mup, name=name, meta=meta)
+                   notes=notes, mup=mup, name=name, meta=meta, proxy_budget=proxy_budget)
 
     # ---- the comparison
     @property
@@ -150,7 +157,7 @@ class TuneResult:
     def curve(self, phase: str = "direct") -> list[tuple[int, float]]:
         """[(cumulative parameter-steps, best loss so far)] over the search trials in index order."""
         out, spent, best = [], 0, math.inf
-        for r in settings_of(self.trials, phase, self.budget):
+        for r in settings_of(self.trials, phase, self.budget_of(phase)):
             spent += r["compute"]
             best = min(best, _loss(r))
             out.append((spent, best))
@@ -159,7 +166,7 @@ class TuneResult:
     # ---- output
     def table(self, phase: str = "proxy", top: int | None = 10) -> str:
         """The trials of ``phase`` ranked by loss (diverged last)."""
-        rows = sorted(settings_of(self.trials, phase, self.budget),
+        rows = sorted(settings_of(self.trials, phase, self.budget_of(phase)),
                       key=lambda r: (_loss(r), r["index"]))
         if top:
             rows = rows[:top]
@@ -180,14 +187,14 @@ class TuneResult:
     def summary(self) -> str:
         (mt, et), (md, ed) = self.transfer_loss, self.direct_loss
         c = self.compute
-        lines = [f"muTransfer: tuned at width {self.proxy_width} ({self.budget} trials, "
+        lines = [f"muTransfer: tuned at width {self.proxy_width} ({self.budget_of('proxy')} trials, "
                  f"{self.sampler}), copied to width {self.target_width}: "
                  f"{describe_point(self.best_proxy)}",
                  f"  target loss {mt:.4f} +- {et:.4f} over seeds {sorted(self.transfer_losses)}; "
                  f"cost {c['proxy_search'] + c['target_run']:.3g} parameter-steps (search "
                  f"{c['proxy_search']:.3g} + one target run {c['target_run']:.3g})"]
         if self.best_direct is not None:
-            lines += [f"direct: tuned at width {self.target_width} ({self.budget} trials): "
+            lines += [f"direct: tuned at width {self.target_width} ({self.budget_of('direct')} trials): "
                       f"{describe_point(self.best_direct)}",
                       f"  target loss {md:.4f} +- {ed:.4f} over seeds {sorted(self.direct_losses)}; "
                       f"cost {c['direct_search']:.3g} parameter-steps",
@@ -237,7 +244,8 @@ class TuneResult:
                          target_width=d["target_width"], steps=d["steps"], seed=search[0]["seed"],
                          final_seeds=tuple(seeds), space=d.get("space", {}), base=d.get("base", {}),
                          sampler=d.get("sampler", "random"), notes=d.get("notes", {}),
-                         mup=d.get("mup", ""), name=d.get("name", ""), meta=d.get("meta", {}))
+                         mup=d.get("mup", ""), name=d.get("name", ""), meta=d.get("meta", {}),
+                         proxy_budget=d.get("proxy_budget"))
 
     def plot(self, path: str | None = None, *, ax=None):
         """TP5 Figure 5 style: best target loss so far against compute for direct tuning (a step
