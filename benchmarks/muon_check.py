@@ -9,8 +9,11 @@ Model: input (AdamW), two hidden n x n layers (torch.optim.Muon, lr 0.02), a zer
 with a 64/n multiplier (AdamW): TP5 (arXiv 2203.03466) App. D.2 / Table 8's readout. Prediction
 (spectral condition, Yang, Simon, Bernstein 2023, arXiv 2310.17813): with a constant lr the
 second hidden layer's output change is flat in width for ``adjust_lr_fn="original"``
-(sqrt(max(1, A/B)) = 1 for a square matrix) and grows like n^{1/2} for "match_rms_adamw"
-(0.2 sqrt(max(A, B)) = 0.2 n^{1/2}). Prints, per adjust_lr_fn: refuted nodes (expected none),
+(sqrt(max(1, A/B)) = 1 for a square matrix) and grows for "match_rms_adamw"
+(0.2 sqrt(max(A, B)) = 0.2 n^{1/2}): like n^{1/2} in its first-order terms dW2 z1, W2 dz1, and
+like n^1 in dW2 dz1, the engine's prediction, which is second order in lr and overtakes only
+near n ~ 2e5 at lr 0.02 (benchmarks/muon_terms.py measures the terms; ``check`` confirms the
+growth and notes the slope ~1/2 as pre-asymptotic). Prints, per adjust_lr_fn: refuted nodes (expected none),
 the hidden change's status and slope over widths 64..2048, and the time against the same
 check to width 1024 in the same run.
 
@@ -77,7 +80,7 @@ def main(argv=None):
         s, refuted, h = run(adjust, (64, 128, 256, 512, 1024, 2048), args.steps, args.seeds, x)
         print(f"{adjust:16s} widths 64..2048: refuted {len(refuted)} "
               f"{[(r.node, r.kind, r.step) for r in refuted]}; hidden change {h.status}, "
-              f"slope {h.slope:+.3f} (predicted {h.predicted}); {s:.1f} s "
+              f"slope {h.slope:+.3f} (predicted {h.predicted}; {h.note or 'no note'}); {s:.1f} s "
               f"({s / base_s:.1f}x the check to 1024, {base_s:.1f} s)", flush=True)
 
 

@@ -37,9 +37,9 @@ class MLP(nn.Module):
         return self.out(h) * (64 / self.n)
 
 
-def hybrid(adjust, weight_decay=0.0):
+def hybrid(adjust, weight_decay=0.0, lr=0.02):
     def make(m):
-        return [torch.optim.Muon([m.h1.weight, m.h2.weight], lr=0.02, adjust_lr_fn=adjust,
+        return [torch.optim.Muon([m.h1.weight, m.h2.weight], lr=lr, adjust_lr_fn=adjust,
                                  weight_decay=weight_decay),
                 torch.optim.AdamW([m.inp.weight, m.out.weight], lr=1e-3, weight_decay=weight_decay)]
     return make

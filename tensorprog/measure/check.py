@@ -108,6 +108,10 @@ Then three documented second-pass rules (never a silent widening of the toleranc
   in t, x_t - x_0 ~ t (x_1 - x_0), while the engine predicts a higher exponent than at step 1
   (a term of higher order in the learning rate) gets a note saying the widths / learning rate
   are too small to see it.
+* second-order term (``second_order_notes``, a note only): a predicted growth carried by the
+  dW dz term alone (second order in the learning rate, e.g. Muon "match_rms_adamw"'s second
+  hidden layer: n^1 against n^1/2 for dW z0 and W0 dz), measured at the first-order exponent
+  and clearly below its own, gets a note saying it is pre-asymptotic.
 
 The report's verdict: "refuted" if any record is refuted, else "inconclusive" if any record is,
 else "confirmed". ``focus`` records (outputs of linear / conv / matmul / embedding / attention
@@ -134,7 +138,8 @@ from ..jsonio import JSONMixin
 from ..validate import check_steps
 from ..rng import preserves_rng
 from .judge import (NEG, Blowup, Record, Tolerance, assumption_step, compose,
-                    first_order_notes, judge, loss_grad_fits, non_finite_notes, outside_assumptions)
+                    first_order_notes, judge, loss_grad_fits, non_finite_notes, outside_assumptions,
+                    second_order_notes)
 from .data import FirstBatchOf, data_source
 from .distribute import CHECK_BACKENDS, MeasureSpec, measure_all, run_jobs
 from .memory import check_memory
@@ -442,6 +447,7 @@ def check(
                      f"({why}); disagreements there are reported as inconclusive.")
     compose(records, prop, tolerance)
     first_order_notes(records, prop)
+    second_order_notes(records, prop, graph, tolerance)
     non_finite_notes(records, blowups)
     for b in blowups[:5]:
         notes.append(f"non-finite values at width {b.width}, seed {b.seed}, step {b.step}, "

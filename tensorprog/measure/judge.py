@@ -3,7 +3,8 @@
 Every rule is documented in ``measure/check.py``'s module docstring ("Fits and uncertainty",
 "Status rules"). ``Tolerance`` holds the thresholds; ``Record`` is one prediction and its
 measurement; ``judge`` gives a record its first status; ``compose``, ``outside_assumptions``
-and ``first_order_notes`` are the three documented second passes.
+and ``first_order_notes`` are the three documented second passes (``second_order_notes`` and
+``non_finite_notes`` only add notes).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import sympy as sp
 from ..exponents import fmt
 
 __all__ = ["Tolerance", "Blowup", "Record", "judge", "fit", "compose", "first_order_notes",
-           "non_finite_notes",
+           "second_order_notes", "non_finite_notes",
            "assumption_step", "outside_assumptions", "loss_grad_fits", "first_blowup", "exp_str",
            "json_number", "NEG"]
 
@@ -374,6 +375,57 @@ def first_order_notes(records, prop):
                 f"width; the predicted {fmt(r.predicted)} (above step 1's "
                 f"{fmt(p1)}) is higher order in the learning rate and needs larger widths "
                 "or learning rates to show")
+
+
+def _contraction_terms(sizes, graph, node):
+    """The (dW z0, W0 dz, dW dz) exponents behind ``node``'s change: its own, or those of the
+    contraction it passes through unchanged (a chain of one-input ops with the same dx)."""
+    seen = set()
+    while node not in seen:
+        seen.add(node)
+        st = sizes.get(node)
+        if st is None:
+            return None
+        if st.terms:
+            return st.terms
+        ins = [u for u in graph.inputs(node) if u in sizes]
+        if len(ins) != 1 or sizes[ins[0]].dx != st.dx:
+            return None
+        node = ins[0]
+    return None
+
+
+def second_order_notes(records, prop, graph, tol: Tolerance):
+    """Explain a predicted growth whose exponent the slope did not reach, when only the dW dz
+    term carries it (a note only; the status stays judge's).
+
+    A contraction's change after training is dW z0 + W0 dz + dW dz (Everett et al. 2024, arXiv
+    2407.05872, §3). dW and dz each carry at least one power of the learning rate, so dW dz is of
+    higher order: with exponents e1 = max(dW z0, W0 dz) < e2 = dW dz the change is about
+    c lr n^e1 + c' lr^2 n^e2, and the second term overtakes the first only beyond
+    n ~ (c / (c' lr))^(1 / (e2 - e1)). Muon "match_rms_adamw" on two n x n layers: e1 = 1/2,
+    e2 = 1 for the second layer; at lr 0.02 the crossover lies near n ~ 2.6e5
+    (benchmarks/muon_terms.py). A growth the first pass did not refute, measured within
+    tol + 3 stderr of e1 and clearly below e2, is that pre-asymptotic regime, and says so."""
+    for r in records:
+        if (r.kind != "change" or r.slope is None or r.blowup or r.status == "refuted"
+                or not r.predicted > 0 or r.predicted == sp.oo):
+            continue
+        terms = _contraction_terms(prop.steps[r.step], graph, r.node)
+        if not terms or "dW dz" not in terms:
+            continue
+        first = max(terms.get("dW z0", NEG), terms.get("W0 dz", NEG))
+        if not (terms["dW dz"] == r.predicted and first < r.predicted and first != NEG):
+            continue
+        se = r.stderr or 0.0
+        if r.slope + 3 * se >= float(r.predicted) - tol.tol or abs(r.slope - float(first)) > tol.tol + 3 * se:
+            continue
+        note = (f"pre-asymptotic: the predicted {fmt(r.predicted)} comes from the dW dz term "
+                f"alone, a product of two changes (higher order in the learning rate); the "
+                f"terms dW z0, W0 dz give {fmt(first)}, which the slope {r.slope:+.2f} matches; "
+                f"the dW dz term overtakes them only at larger widths or learning rates")
+        generic = (r.note or "").startswith("growth confirmed, exponent not")
+        r.note = note if generic or not r.note else f"{r.note}; {note}"
 
 
 def _last(r: Record) -> float:
