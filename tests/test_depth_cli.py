@@ -199,3 +199,40 @@ def test_cli_analyze_depth_of_a_file_factory(cli, tmp_path):
     rc, out, err = cli("analyze", "net.py:factory", "--depth-form", "completep", "--depths", "2",
                        "4", cwd=tmp_path)
     assert_one_clear_line(rc, err, "--depth-form chooses a zoo depth example")
+
+
+# ----------------------------------------------------------------------------- rules --base-depth
+
+def test_cli_rules_base_depth_gives_the_depth_factors(tmp_path):
+    """Depth-muP (TP6, arXiv 2310.02244): alpha = 1/2, branch multiplier (L/L0)^-1/2, Adam LR
+    (L/L0)^(alpha - 1) = (L/L0)^-1/2 (alpha + gamma = 1) and eps (L/L0)^-alpha: at L = 4 L0 each
+    factor is 1/2."""
+    from tensorprog.transform.rules import Rules
+
+    js, py = tmp_path / "r.json", tmp_path / "r.py"
+    rc, stdout, err = tensorprog("rules", "--example", "mlp", "--param", "sp", "--widths", "64",
+                                 "128", "--base-depth", "4", "--family", "depth_mup",
+                                 "--json", str(js), "--pytorch", str(py))
+    assert rc == 0, err
+    assert "Depth-muP (base depth 4)" in stdout
+    d = json.loads(js.read_text())["depth"]
+    assert d == {"family": "depth_mup", "base_depth": 4, "optimizer": "adam"}
+    factors = Rules.from_json(str(js)).depth.at(16)
+    assert factors == pytest.approx({"branch_multiplier": 0.5, "lr": 0.5, "eps": 0.5})
+    assert "Depth-muP (base depth 4)" in py.read_text()  # the code says what it leaves out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--family", "depth_mup"], ["--family", "add --base-depth"]),
+    (["--base-depth", "0"], ["--base-depth must be a positive integer"]),
+    (["--base-depth", "2", "--family", "bogus"], None),  # argparse: exit 2, its own usage line
+])
+def test_cli_rules_bad_depth_options(cli, argv, words):
+    if words is None:
+        with pytest.raises(SystemExit) as e:
+            cli("rules", "--example", "mlp", *argv)
+        assert e.value.code == 2
+        return
+    rc, out, err = cli("rules", "--example", "mlp", *argv)
+    assert_one_clear_line(rc, err, *words)
+    assert not out  # refused before the trace

@@ -146,7 +146,12 @@ def to_pytorch(r, eps_scaling: str = "constant") -> str:
     ] + ([
         "    # Adam's eps scaled per parameter like its muP gradient (EPS_EXP; eps at the base width):",
         "    opt = torch.optim.AdamW(mup_param_groups(model, lr, width, eps=1e-8))",
-    ] if eps_scaling == "mup" else []) + [
+    ] if eps_scaling == "mup" else []) + ([
+        "",
+        "Depth: this code applies the width rules only. For a model with more blocks than the",
+        "base depth, also apply (apply_mup(..., base_depth=L0) does):",
+        f"{r.depth}.",
+    ] if r.depth is not None else []) + [
         '"""',
         "import math",
         "",
