@@ -29,7 +29,9 @@ model is bit for bit the original):
    n^d_exp; = sqrt(d_base / d_head) when the head dim grows with width): scale ~ 1/d_head (TP5
    Def 4.1). It is a per-thread ``TorchFunctionMode`` (``transform/attention_scale.py``): nothing
    process-wide is patched, so other models and threads are untouched, also after an exception.
-   torch.export (non-strict) runs the hooks, so ``analyze`` sees the scaled attention.
+   torch.export (non-strict) runs the hooks, so ``analyze`` sees the scaled attention, and
+   ``torch.compile`` gives the eager results (with graph breaks at each hooked sdpa call; see
+   ``attention_scale.py``).
    Explicit ``q @ k^T`` attention cannot be rescaled: ``apply_mup`` raises and names the module.
 5. **Optimizer**: ``optimizer_factory(model)`` puts every trainable parameter in a group with
    ``lr * (width/base)^lr_exp`` (Adam-like or SGD-like from ``optimizer_cls``, via
