@@ -346,11 +346,18 @@ def test_hybrid_plain_eps_is_refused_at_apply_mup():
 
 def test_coupled_and_decoupled_weight_decay_are_refused_together():
     # Adam's weight_decay is an L2 term in the gradient, Muon's a decoupled shrink
-    # (Loshchilov & Hutter 2019, arXiv 1711.05101): one plain number would mean two things
+    # (Loshchilov & Hutter 2019, arXiv 1711.05101): one plain number would mean two things;
+    # zero means no decay in both
+    mixed = {"hidden": torch.optim.Muon, "default": torch.optim.Adam}
+    mf, of = apply_mup(EX.factory, 64, example_inputs=EX.example_inputs, check=False, lr=1e-3,
+                       optimizer_cls=mixed, weight_decay=0.0)
     with pytest.raises(TensorprogError, match=r"weight_decay=0.1 .*L2.*decoupled"):
-        apply_mup(EX.factory, 64, example_inputs=EX.example_inputs, check=False, lr=1e-3,
-                  optimizer_cls={"hidden": torch.optim.Muon, "default": torch.optim.Adam},
-                  weight_decay=0.1)
+        of(mf(128), weight_decay=0.1)
+    # each value to its optimizer; every group's LR factor is 1 (Muon "original": hidden LR
+    # constant; Table 8: Adam's input / vector / readout LRs constant), so wd / 1
+    opts = of(mf(128), weight_decay={"Adam": 0.1, "Muon": 0.01})
+    assert {(type(o).__name__, g["weight_decay"]) for o in opts for g in o.param_groups} == \
+        {("Adam", 0.1), ("Muon", 0.01)}
 
 
 def test_one_optimizer_takes_every_kwarg_as_before():

@@ -51,9 +51,9 @@ model is bit for bit the original):
    ``Rules.to_pytorch()``'s OPTIMIZERS and of the generated ``mup_optimizers``' lr ("Muon",
    "AdamW"; a class works too): ``lr={"Muon": 0.02, "AdamW": 3e-4}, eps={"AdamW": 1e-8}``. One
    value goes to every optimizer whose signature takes it; a name two of them take with different
-   meanings (``eps``: Muon's Newton-Schulz eps against AdamW's denominator eps; ``weight_decay``:
-   Adam's L2 term against a decoupled decay) is refused, naming the dict to pass
-   (``optspec.route_kwargs``). Arguments fixed per class also go in a ``functools.partial``
+   meanings (``eps``: Muon's Newton-Schulz eps against AdamW's denominator eps; a nonzero
+   ``weight_decay``: Adam's L2 term against a decoupled decay) is refused, naming the dict to
+   pass (``optspec.route_kwargs``). Arguments fixed per class also go in a ``functools.partial``
    (``partial(torch.optim.Muon, momentum=0.9)``). Weight decay (``weight_decay_scaling``): "mup" (default)
    divides the group's weight_decay by the same factor, so the per-step decay lr * wd is constant
    in width, as the mup package's MuAdam / MuAdamW / MuSGD do; "constant" keeps weight_decay the

@@ -173,16 +173,19 @@ EPS_MEANING = {
 }
 
 
-def kwarg_meaning(spec: OptSpec, name: str) -> str:
-    """What keyword argument ``name`` does in ``spec``'s optimizer, where one name means different
-    things in different classes: ``eps`` follows the step's geometry (``EPS_MEANING``);
-    ``weight_decay`` is an L2 term added to the gradient (Adam, NAdam, RAdam, RMSprop...) or a
-    decoupled shrink of the weights (AdamW, Muon, Adafactor; Loshchilov & Hutter 2019, arXiv
-    1711.05101). Any other name: itself (the same meaning in every class)."""
+def kwarg_meaning(spec: OptSpec, name: str, value: Any = None) -> str:
+    """What keyword argument ``name`` (= ``value``) does in ``spec``'s optimizer, where one name
+    means different things in different classes: ``eps`` follows the step's geometry
+    (``EPS_MEANING``); a nonzero ``weight_decay`` is an L2 term added to the gradient (Adam,
+    NAdam, RAdam, RMSprop...) or a decoupled shrink of the weights (AdamW, Muon, Adafactor;
+    Loshchilov & Hutter 2019, arXiv 1711.05101). Any other name: itself (the same meaning in
+    every class)."""
     from ..graph.optimizers import DECOUPLED
 
     if name == "eps" and spec.step is not None:
         return EPS_MEANING.get(spec.step.geometry, f"eps of a {spec.step.geometry} step")
+    if name == "weight_decay" and value == 0:
+        return "no weight decay"
     if name == "weight_decay" and spec.cls is not None:
         decoupled = (spec.kwargs.get("decoupled_weight_decay")
                      or any(k.__name__ in DECOUPLED for k in spec.cls.__mro__))
@@ -243,7 +246,7 @@ def route_kwargs(specs: list[OptSpec], kwargs: dict) -> list[dict]:
         if not takers:
             raise TensorprogError(f"no optimizer takes {k!r} (optimizers: {names}): drop it, or fix "
                                   "a class's own arguments with functools.partial(cls, ...).")
-        meanings = {kwarg_meaning(specs[i], k): names[i] for i in takers}
+        meanings = {kwarg_meaning(specs[i], k, v): names[i] for i in takers}
         if len(meanings) > 1:
             what = "; ".join(f"{label}: {m}" for m, label in meanings.items())
             example = ", ".join(f"{names[i]!r}: ..." for i in takers)
