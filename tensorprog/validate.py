@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any
 
 from .errors import TensorprogError
 
 __all__ = ["as_int", "positive_int", "check_widths", "check_base_width", "check_steps",
-           "positive_number"]
+           "positive_number", "check_file_path"]
 
 
 def as_int(value: Any, what: str, error=TensorprogError) -> int:
@@ -105,3 +106,28 @@ def _iterable(x) -> bool:
     except TypeError:
         return False
     return True
+
+
+def check_file_path(path: Any, what: str, error=TensorprogError, *, example: str = "out.txt",
+                    read: bool = False, why: str = "") -> str:
+    """``path`` names a file an output can go to, checked before a run so that a typo costs
+    nothing: a str / PathLike, not a folder, in a folder that exists, and writable (``read``:
+    also readable, for a file read back such as ``tune``'s store): the file if it exists, else
+    its folder. ``what`` names it in the messages (``--json 'r.json'``, ``store='t.jsonl'``);
+    ``example``: a file name to suggest inside a folder; ``why``: why a missing folder matters.
+    Returns the path as a str."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise error(f"{what} must be a file path (str), e.g. {example!r}; got {path!r}")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise error(f"{what} is a directory; give a file name inside it, e.g. "
+                    f"{os.path.join(path, example)}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise error(f"{what}: the directory {folder!r} does not exist; create it first or write "
+                    f"elsewhere{' (' + why + ')' if why else ''}")
+    mode = os.W_OK | (os.R_OK if read else 0)
+    if not os.access(path, mode) if os.path.exists(path) else not os.access(folder, os.W_OK):
+        raise error(f"{what} is not {'readable and ' if read else ''}writable (permissions); fix "
+                    "them or write elsewhere")
+    return path

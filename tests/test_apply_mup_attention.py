@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -164,6 +165,22 @@ class Outer(Inner):
         return self.out(h + super().forward(h))
 
 
+def _without_attention_hooks(model, scale):
+    """A copy of ``model`` with apply_mup's attention hooks removed and ``scale(module)`` written
+    into the ``scale`` of every module that had them (it goes to sdpa as is)."""
+    by_hand = copy.deepcopy(model)
+    for m in by_hand.modules():
+        hooked = False
+        for hooks in (m._forward_pre_hooks, m._forward_hooks):
+            for k in [k for k, h in hooks.items() if isinstance(getattr(h, "__self__", None),
+                                                                AttentionScale)]:
+                del hooks[k]
+                hooked = True
+        if hooked:
+            m.scale = scale(m)
+    return by_hand
+
+
 def test_nested_attention_modules_scale_each_call_once():
     x = (torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0)),)
     mf, _ = apply_mup(Outer, BASE, example_inputs=x, widths=(BASE, 2 * BASE), lr=1e-3)
@@ -174,15 +191,92 @@ def test_nested_attention_modules_scale_each_call_once():
     with torch.no_grad():
         got = model(*x)
     # by hand: the same model with its attention hooks removed and the muP scale written in
-    by_hand = copy.deepcopy(model)
-    for m in by_hand.modules():
-        for hooks in (m._forward_pre_hooks, m._forward_hooks):
-            for k in [k for k, h in hooks.items() if isinstance(getattr(h, "__self__", None),
-                                                                AttentionScale)]:
-                del hooks[k]
     d_head = w // 2
-    by_hand.scale = by_hand.inner.scale = d_head ** -0.5 * math.sqrt(BASE / w)  # TP5 Def 4.1
+    by_hand = _without_attention_hooks(model, lambda m: d_head ** -0.5 * math.sqrt(BASE / w))
     with torch.no_grad():
         want = by_hand(*x)
     assert torch.allclose(got, want, rtol=1e-6, atol=1e-7)
     assert _stack_depth() == 0
+
+
+# ----------------------------------------------------------------------------- torch.compile
+
+def _compile_supported() -> bool:
+    try:
+        import torch._dynamo as dynamo
+
+        return hasattr(torch, "compile") and dynamo.is_dynamo_supported()
+    except Exception:  # noqa: BLE001 - any failure to import means: not on this platform
+        return False
+
+
+needs_compile = pytest.mark.skipif(not _compile_supported(),
+                                   reason="torch.compile is not supported on this platform")
+
+
+@needs_compile
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_compiled_mup_gpt_equals_the_eager_one_and_scales_attention_once(backend):
+    """torch.compile (inlining the hooks and the TorchFunctionMode) computes what the eager
+    model does, and that is the attention recomputed by hand with TP5 Def 4.1's scale
+    d_head^-1/2 (base / width)^1/2 (d_head grows with width) -- not the unscaled 1/sqrt(d_head),
+    not the factor twice."""
+    import torch._dynamo as dynamo
+
+    ex, mf = _gpt()
+    w = 2 * BASE
+    torch.manual_seed(0)
+    model = mf(w).eval()
+    x = ex.example_inputs(w)
+    mup_scale = _without_attention_hooks(model, lambda m: (w // m.n_head) ** -0.5 * math.sqrt(BASE / w))
+    unscaled = _without_attention_hooks(model, lambda m: None)
+    twice = _without_attention_hooks(model, lambda m: (w // m.n_head) ** -0.5 * BASE / w)
+    dynamo.reset()
+    compiled = torch.compile(model, backend=backend)
+    with torch.no_grad():
+        got, eager = compiled(*x), model(*x)
+        want = mup_scale(*x)
+        assert torch.equal(got, eager)
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-7)
+        for wrong in (unscaled(*x), twice(*x)):
+            assert not torch.allclose(got, wrong, rtol=1e-4, atol=1e-5)
+    assert _stack_depth() == 0
+
+
+@needs_compile
+def test_compiled_mup_gpt_trains_like_the_eager_one():
+    """One backward through the aot_eager-compiled model: every gradient equals eager's."""
+    ex, mf = _gpt()
+    w = 2 * BASE
+    torch.manual_seed(0)
+    model = mf(w)
+    x = ex.example_inputs(w)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    grads = []
+    for run in (compiled, model):
+        model.zero_grad()
+        run(*x).float().pow(2).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7), n
+
+
+@needs_compile
+def test_compiled_nested_attention_modules_scale_each_call_once():
+    """The nested case (an outer hooked module's mode passes the inner one's call through),
+    compiled: as the eager model and the hand-written scale. The guard on the graph breaks of
+    attention_scale.py: traced into the graph (a thread-local or per-mode flag instead of its
+    ContextVar, torch 2.13), both calls came out scaled twice."""
+    x = (torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0)),)
+    mf, _ = apply_mup(Outer, BASE, example_inputs=x, widths=(BASE, 2 * BASE), lr=1e-3)
+    w = 4 * BASE
+    torch.manual_seed(0)
+    model = mf(w)
+    by_hand = _without_attention_hooks(model, lambda m: (w // 2) ** -0.5 * math.sqrt(BASE / w))
+    torch._dynamo.reset()
+    with torch.no_grad():
+        got = torch.compile(model, backend="eager")(*x)
+        assert torch.allclose(got, by_hand(*x), rtol=1e-6, atol=1e-7)
+        assert torch.equal(got, model(*x))

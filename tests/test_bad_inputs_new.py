@@ -189,7 +189,7 @@ def test_tune_store_paths_are_checked_before_training(tmp_path):
     with pytest.raises(TransferError, match="does not exist; create it"):
         tune(**{**TUNE, "store": str(missing)})
     assert not (tmp_path / "no").exists()  # nothing created, nothing trained
-    with pytest.raises(TransferError, match="is a folder"):
+    with pytest.raises(TransferError, match="is a directory"):
         tune(**{**TUNE, "store": str(tmp_path)})
 
 

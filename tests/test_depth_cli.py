@@ -116,6 +116,36 @@ def test_depth_plot_has_one_series_per_measured_quantity(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_depth_plot_draws_both_terms_of_a_two_term_prediction():
+    """A block whose change is predicted as its own update L^-1 plus its input's change L^-1/2
+    (TP6 Depth-muP with Adam): both slopes are drawn through the first point, in the series'
+    colour, and the legend names both; the second term survives the JSON round trip."""
+    from tensorprog.measure.plots import depth_figure
+
+    two = _record("blocks.*.mlp", "change", sp.Rational(-3, 4), 0.15)
+    two.predicted, two.predicted_also = sp.Integer(-1), sp.Rational(-1, 2)
+    two = Record.from_dict(json.loads(json.dumps(two.to_dict())))
+    assert two.predicted_also == sp.Rational(-1, 2)
+    rep = DepthCheck(records=[_record("stream", "change", sp.Rational(1, 2), 1.3), two],
+                     depths=DEPTHS, width=16, steps=1, seeds=2)
+    ax = depth_figure(rep).axes[1]
+    measured = {ln.get_label().split(":")[0]: ln for ln in ax.get_lines()
+                if ln.get_marker() not in (None, "None", "")}
+    drawn = {}
+    for ln in ax.get_lines():
+        if ln.get_linestyle() in ("--", "-."):
+            x, y = (np.asarray(a, dtype=float) for a in ln.get_data())
+            drawn.setdefault(ln.get_color(), []).append(
+                (ln.get_linestyle(), round(float(np.polyfit(np.log(x), np.log(y), 1)[0]), 9),
+                 float(y[0])))
+    mlp = measured["blocks.*.mlp"]
+    first = float(mlp.get_ydata()[0])
+    assert sorted(drawn[mlp.get_color()]) == [("--", -1.0, pytest.approx(first)),
+                                              ("-.", -0.5, pytest.approx(first))]
+    assert [s for s, _, _ in drawn[measured["stream"].get_color()]] == ["--"]  # one term
+    assert "L^-1 (own update" in mlp.get_label() and "L^-1/2 (input's change" in mlp.get_label()
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 def test_cli_analyze_depth_names_the_family_and_writes_json(tmp_path):
@@ -142,6 +172,10 @@ def test_cli_check_depth_writes_plot_and_json(tmp_path):
     assert d["depths"] == [2, 4, 8]
     sizes = {r["node"]: r["predicted"] for r in d["records"] if r["kind"] == "size"}
     assert sizes == {"stream": "0", "blocks.*.linear": "-1/2"}
+    # the block's change has two terms (Adam: gamma = 1/2): its own update L^(-alpha-gamma) =
+    # L^-1, and its input's change, the stream's change relative to its size, L^0 x L^-alpha
+    block = next(r for r in d["records"] if r["kind"] == "change" and r["node"] != "stream")
+    assert (block["predicted"], block["predicted_also"]) == ("-1", "-1/2")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert rc == (1 if d["verdict"] == "refuted" else 0)
 
@@ -199,3 +233,40 @@ def test_cli_analyze_depth_of_a_file_factory(cli, tmp_path):
     rc, out, err = cli("analyze", "net.py:factory", "--depth-form", "completep", "--depths", "2",
                        "4", cwd=tmp_path)
     assert_one_clear_line(rc, err, "--depth-form chooses a zoo depth example")
+
+
+# ----------------------------------------------------------------------------- rules --base-depth
+
+def test_cli_rules_base_depth_gives_the_depth_factors(tmp_path):
+    """Depth-muP (TP6, arXiv 2310.02244): alpha = 1/2, branch multiplier (L/L0)^-1/2, Adam LR
+    (L/L0)^(alpha - 1) = (L/L0)^-1/2 (alpha + gamma = 1) and eps (L/L0)^-alpha: at L = 4 L0 each
+    factor is 1/2."""
+    from tensorprog.transform.rules import Rules
+
+    js, py = tmp_path / "r.json", tmp_path / "r.py"
+    rc, stdout, err = tensorprog("rules", "--example", "mlp", "--param", "sp", "--widths", "64",
+                                 "128", "--base-depth", "4", "--family", "depth_mup",
+                                 "--json", str(js), "--pytorch", str(py))
+    assert rc == 0, err
+    assert "Depth-muP (base depth 4)" in stdout
+    d = json.loads(js.read_text())["depth"]
+    assert d == {"family": "depth_mup", "base_depth": 4, "optimizer": "adam"}
+    factors = Rules.from_json(str(js)).depth.at(16)
+    assert factors == pytest.approx({"branch_multiplier": 0.5, "lr": 0.5, "eps": 0.5})
+    assert "Depth-muP (base depth 4)" in py.read_text()  # the code says what it leaves out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--family", "depth_mup"], ["--family", "add --base-depth"]),
+    (["--base-depth", "0"], ["--base-depth must be a positive integer"]),
+    (["--base-depth", "2", "--family", "bogus"], None),  # argparse: exit 2, its own usage line
+])
+def test_cli_rules_bad_depth_options(cli, argv, words):
+    if words is None:
+        with pytest.raises(SystemExit) as e:
+            cli("rules", "--example", "mlp", *argv)
+        assert e.value.code == 2
+        return
+    rc, out, err = cli("rules", "--example", "mlp", *argv)
+    assert_one_clear_line(rc, err, *words)
+    assert not out  # refused before the trace

@@ -4,7 +4,9 @@ the caller's random state survives a call (issue 11 item 1, "inputs coerced with
 Today's coercions these tests catch: ``widths="128"`` iterates as "1", "2", "8"; ``int(128.5)``
 truncates; ``True`` is an int; repeated widths are merged; ``base_width=0`` is accepted;
 ``analyze(steps=0)`` gives a verdict; ``trace`` reseeds torch's global generator."""
+import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -199,3 +201,38 @@ def test_the_eager_forward_leaves_the_traced_model_as_built():
     from tensorprog.graph.trace import trace as trace_widths
     g = trace_widths(RescalesOnFirstForward, (16, 32), example_inputs=(torch.randn(4, 8),))
     assert set(g.widths) == {16, 32}
+
+
+# ----------------------------------------------------------------------------- output paths
+
+def test_check_file_path_rules(tmp_path):
+    from tensorprog.validate import check_file_path
+
+    with pytest.raises(TensorprogError, match=r"is a directory; give a file name inside it, e\.g\. "
+                                              + re.escape(os.path.join(str(tmp_path), "t.jsonl"))):
+        check_file_path(tmp_path, "store", example="t.jsonl")
+    with pytest.raises(TensorprogError, match=r"does not exist; create it .*\(so it is\)"):
+        check_file_path(str(tmp_path / "no" / "x.json"), "--json", why="so it is")
+    with pytest.raises(TensorprogError, match="must be a file path"):
+        check_file_path(5, "store")
+    assert check_file_path(tmp_path / "new.json", "--json") == str(tmp_path / "new.json")
+
+
+def test_cli_outputs_and_the_tune_store_refuse_an_unwritable_folder(tmp_path, monkeypatch):
+    """One rule for both (``validate.check_file_path``): a new file needs a writable folder.
+    ``os.access`` is stubbed to deny writes into ``ro`` (a real read-only folder is writable by
+    root, which runs this suite on some machines)."""
+    from tensorprog.cli import build_parser
+    from tensorprog.cli.load import check_outputs
+    from tensorprog.transfer.tune import check_store_path
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: str(p) != str(ro) and real(p, mode, **kw))
+    with pytest.raises(TransferError, match="store=.* is not readable and writable"):
+        check_store_path(str(ro / "trials.jsonl"))
+    args = build_parser().parse_args(["rules", "--example", "mlp", "--json", str(ro / "r.json")])
+    with pytest.raises(TensorprogError, match="--json .* is not writable"):
+        check_outputs(args)
+    check_store_path(str(tmp_path / "trials.jsonl"))  # a writable folder is fine

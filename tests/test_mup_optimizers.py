@@ -10,6 +10,7 @@ TP5 Table 8 (Adam LRs: hidden 1/fan_in, input / vectors / Table-8 readout consta
 * Adafactor: entries lr * RMS(W); hidden RMS n^-1/2, so LR = Adam's 1/fan_in / n^-1/2 = n^-1/2.
 """
 import functools
+import inspect
 
 import pytest
 import sympy as sp
@@ -294,3 +295,72 @@ def test_generated_code_scales_eps_like_apply_mup(opt):
 def test_generated_code_eps_scaling_is_validated():
     with pytest.raises(TensorprogError, match="eps_scaling"):
         _rules(torch.optim.Adam).to_pytorch(eps_scaling="sometimes")
+
+
+# ----------------------------------------------------------------------------- per-optimizer kwargs
+
+MUON_EPS = inspect.signature(torch.optim.Muon).parameters["eps"].default  # Newton-Schulz eps
+
+
+@pytest.fixture(scope="module")
+def hybrid_labelled():
+    """Muon + AdamW with lr and eps keyed by class name, as the generated mup_optimizers takes."""
+    return apply_mup(EX.factory, 64, example_inputs=EX.example_inputs, optimizer_cls=HYBRID,
+                     lr={"Muon": 0.02, "AdamW": 1e-3}, eps={"AdamW": 1e-6}, check=False)
+
+
+def test_hybrid_kwargs_by_label_reach_only_their_optimizer(hybrid_labelled):
+    # Muon "original": hidden LR constant in width; AdamW: TP5 Table 8's constant input /
+    # readout / vector LRs; so at 4 x base every group keeps its optimizer's base lr. Muon's
+    # eps (its Newton-Schulz normaliser) stays torch's default, read from its signature.
+    mf, of = hybrid_labelled
+    opts = of(mf(256))
+    muon = next(o for o in opts if isinstance(o, torch.optim.Muon))
+    adamw = next(o for o in opts if isinstance(o, torch.optim.AdamW))
+    assert all(g["lr"] == pytest.approx(0.02) and g["eps"] == MUON_EPS for g in muon.param_groups)
+    assert all(g["lr"] == pytest.approx(1e-3) and g["eps"] == 1e-6 for g in adamw.param_groups)
+    # a class works as a key too, and an override replaces the constructor's value
+    opts = of(mf(128), eps={torch.optim.AdamW: 1e-7})
+    adamw = next(o for o in opts if isinstance(o, torch.optim.AdamW))
+    assert all(g["eps"] == 1e-7 for g in adamw.param_groups)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"eps": 1e-8}, r"eps=1e-08 would reach .*Muon.*Newton-Schulz.*eps=\{"),
+    ({"eps": {"Lion": 1e-8}}, r"'Lion' is not one of this model's optimizers.*'AdamW'"),
+    ({"betas": {"Muon": (0.9, 0.95)}}, "Muon takes no 'betas'"),
+    ({"nosuch": 1}, "no optimizer takes 'nosuch'"),
+])
+def test_hybrid_ambiguous_or_unknown_kwargs_are_refused(hybrid_labelled, kwargs, match):
+    mf, of = hybrid_labelled
+    with pytest.raises(TensorprogError, match=match):
+        of(mf(128), **kwargs)
+
+
+def test_hybrid_plain_eps_is_refused_at_apply_mup():
+    """A plain eps meant for AdamW used to reach Muon's Newton-Schulz eps as well."""
+    with pytest.raises(TensorprogError, match=r"AdamW.*denominator.*eps=\{"):
+        apply_mup(EX.factory, 64, example_inputs=EX.example_inputs, optimizer_cls=HYBRID,
+                  lr=1e-3, eps=1e-8, check=False)
+
+
+def test_coupled_and_decoupled_weight_decay_are_refused_together():
+    # Adam's weight_decay is an L2 term in the gradient, Muon's a decoupled shrink
+    # (Loshchilov & Hutter 2019, arXiv 1711.05101): one plain number would mean two things;
+    # zero means no decay in both
+    mixed = {"hidden": torch.optim.Muon, "default": torch.optim.Adam}
+    mf, of = apply_mup(EX.factory, 64, example_inputs=EX.example_inputs, check=False, lr=1e-3,
+                       optimizer_cls=mixed, weight_decay=0.0)
+    with pytest.raises(TensorprogError, match=r"weight_decay=0.1 .*L2.*decoupled"):
+        of(mf(128), weight_decay=0.1)
+    # each value to its optimizer; every group's LR factor is 1 (Muon "original": hidden LR
+    # constant; Table 8: Adam's input / vector / readout LRs constant), so wd / 1
+    opts = of(mf(128), weight_decay={"Adam": 0.1, "Muon": 0.01})
+    assert {(type(o).__name__, g["weight_decay"]) for o in opts for g in o.param_groups} == \
+        {("Adam", 0.1), ("Muon", 0.01)}
+
+
+def test_one_optimizer_takes_every_kwarg_as_before():
+    mf, of = apply_mup(EX.factory, 64, example_inputs=EX.example_inputs, check=False,
+                       optimizer_cls=torch.optim.AdamW, lr=1e-3, eps=1e-6)
+    assert all(g["eps"] == 1e-6 for g in of(mf(128)).param_groups)

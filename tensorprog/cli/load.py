@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import TensorprogError
+from ..validate import check_file_path
 
 __all__ = ["Target", "load_target", "load_file", "common_arguments", "check_outputs",
            "check_device", "write_check", "OUTPUT_FLAGS"]
@@ -97,22 +98,12 @@ def common_arguments(p: argparse.ArgumentParser):
 
 def check_outputs(args) -> None:
     """Every output path the command will write (--json, --plot, --dot, --pytorch; '-' is
-    stdout) can be written, checked before the run starts: not a directory, its directory
-    exists, and both are writable."""
+    stdout) can be written, checked before the run starts (``validate.check_file_path``)."""
     for dest in OUTPUT_FLAGS:
         path = getattr(args, dest, None)
         if not path or path == "-":
             continue
-        flag = f"--{dest}"
-        if os.path.isdir(path):
-            raise TensorprogError(f"{flag} {path!r} is a directory; give a file name inside it, "
-                                  f"e.g. {os.path.join(path, 'out.' + _EXT.get(dest, 'txt'))}")
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise TensorprogError(f"{flag} {path!r}: the directory {folder!r} does not exist; "
-                                  "create it first or write elsewhere")
-        if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-            raise TensorprogError(f"{flag} {path!r} is not writable (permissions); write elsewhere")
+        check_file_path(path, f"--{dest} {path!r}", example="out." + _EXT.get(dest, "txt"))
 
 
 _EXT = {"json": "json", "plot": "png", "dot": "dot", "pytorch": "py"}

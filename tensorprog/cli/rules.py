@@ -59,7 +59,8 @@ def parse_optimizer(text: str | None):
 
 def add_arguments(parser):
     """Arguments of ``tensorprog rules``: FILE.py:factory or --example NAME, --optimizer,
-    --convention, --base-width, --json, --pytorch, --eps-scaling, --zero-init."""
+    --convention, --base-width, --json, --pytorch, --eps-scaling, --zero-init, --base-depth,
+    --family."""
     common_arguments(parser)
     for action in parser._actions:
         if action.dest == "optimizer":
@@ -79,7 +80,26 @@ def add_arguments(parser):
                         help="--pytorch code: also emit mup_zero_init_, starting the readout and/or "
                         "the attention query at zero (TP5 App. D.2; as apply_mup(zero_init=...))")
     parser.add_argument("--device", default="cpu", help="cpu, or meta to trace without weights")
+    g = parser.add_argument_group("depth factors (TP6 / CompleteP; as rules(base_depth=...))")
+    g.add_argument("--base-depth", dest="base_depth", type=int, metavar="L0",
+                   help="also give the depth factors as powers of L/L0: the traced model's block "
+                   "count (branch multiplier, block learning rates, Adam eps)")
+    g.add_argument("--family", choices=("completep", "depth_mup"),
+                   help="the depth family of those factors (default completep; needs --base-depth)")
     return parser
+
+
+def _depth_options(args) -> tuple[int | None, str]:
+    """(base_depth, family) from --base-depth / --family, checked before the trace."""
+    base_depth, family = getattr(args, "base_depth", None), getattr(args, "family", None)
+    if base_depth is None:
+        if family is not None:
+            raise TensorprogError("--family sets the depth factors' family: add --base-depth L0 "
+                                  "(the traced model's block count), e.g. --base-depth 2.")
+        return None, "completep"
+    if base_depth < 1:
+        raise TensorprogError(f"--base-depth must be a positive integer, got {base_depth}.")
+    return base_depth, family or "completep"
 
 
 def run(args) -> int:
@@ -91,13 +111,15 @@ def run(args) -> int:
     if getattr(args, "zero_init", None) and not getattr(args, "pytorch", None):
         raise TensorprogError("--zero-init shapes the --pytorch code (mup_zero_init_): add "
                               "--pytorch FILE (or '-'), or drop --zero-init.")
+    base_depth, family = _depth_options(args)
     optimizer = parse_optimizer(args.optimizer)
     args.optimizer = assign_kind(optimizer)  # the zoo builds its examples for "adam" / "sgd"
     t = load_target(args)
     r = rules(t.factory, tuple(args.widths or t.widths), example_inputs=t.example_inputs,
               optimizer=optimizer, convention=args.convention,
               alignment=getattr(args, "alignment", "tp"),
-              base_width=args.base_width, device=getattr(args, "device", "cpu"), label=t.label)
+              base_width=args.base_width, device=getattr(args, "device", "cpu"), label=t.label,
+              base_depth=base_depth, depth_family=family)
     print(r)
     if args.json:
         r.to_json(args.json)

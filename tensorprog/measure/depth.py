@@ -181,6 +181,8 @@ def check_depth(factory, depths=(2, 4, 8, 16), *, width: int = 32, example_input
         add(k, "change", steps, own, change[k], uncapped=v.block_change_uncapped
             if v.block_change_uncapped != own else None)
         r = records[-1]
+        if v.block_change_uncapped != own:  # the plot draws both terms
+            r.predicted_also = sp.nsimplify(v.block_change_uncapped)
         if r.note and r.note.startswith("saturating"):
             r.note = (f"two terms: the block's own update L^{own} and its input's change, up to "
                       f"L^{v.block_change_exp} (L^{v.block_change_uncapped} before a norm "

@@ -64,6 +64,9 @@ class Record:
     values: dict[int, list[float]]  # width -> measured value per seed (nan: not measured)
     blowup: bool = False
     note: str = ""
+    #: a prediction with two terms (a depth block's change: its own update L^predicted and its
+    #: input's change, up to L^predicted_also; ``measure.depth``): the other term's exponent
+    predicted_also: Any = None
 
     @property
     def mean_values(self) -> dict[int, float]:
@@ -85,7 +88,9 @@ class Record:
                    step=r["step"], slope=r["slope"], stderr=r["stderr"], predicted=predicted,
                    status=r["status"], focus=r["focus"],
                    values={int(w): list(v) for w, v in r["values"].items()},
-                   blowup=r.get("blowup", False), note=r.get("note", ""))
+                   blowup=r.get("blowup", False), note=r.get("note", ""),
+                   predicted_also=(read_exponent(r["predicted_also"])
+                                   if r.get("predicted_also") is not None else None))
 
     def to_dict(self) -> dict:
         return {
@@ -94,7 +99,7 @@ class Record:
             "predicted": exp_str(self.predicted), "status": self.status, "focus": self.focus,
             "blowup": self.blowup, "note": self.note,
             "values": {str(w): [json_number(v) for v in vs] for w, vs in self.values.items()},
-        }
+        } | ({} if self.predicted_also is None else {"predicted_also": exp_str(self.predicted_also)})
 
 
 def json_number(x):

@@ -98,7 +98,9 @@ def depth_figure(rep):
     the size at init (mean |x_0|) and the change after the last step (mean |x_T - x_0|), one
     series per measured quantity (the stream and each branch kind, same colour and marker in
     both panels), solid with markers: measured (geometric mean over seeds); dashed: the
-    predicted slope L^e through the first measured point. Returns a matplotlib ``Figure``."""
+    predicted slope L^e through the first measured point; dash-dotted: the second term of a
+    prediction that has two (``Record.predicted_also``: a block's change is its own update plus
+    its input's change). Returns a matplotlib ``Figure``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -117,17 +119,22 @@ def depth_figure(rep):
             if not ok.any():
                 continue
             slope = "?" if r.slope is None else f"{r.slope:+.2f}"
+            also = getattr(r, "predicted_also", None)
+            pred = (f"L^{r.predicted} predicted" if also is None else
+                    f"L^{r.predicted} (own update, --) to L^{also} (input's change, -.) predicted")
             ax.plot(ds[ok], y[ok], "-", marker=marker, color=color, ms=4, lw=1.3,
-                    label=f"{r.node}: L^{slope} measured, L^{r.predicted} predicted ({r.status})")
-            if r.predicted is not None and r.predicted != NEG:
-                i0 = int(np.argmax(ok))
-                ax.plot(ds, y[i0] * (ds / ds[i0]) ** float(r.predicted), "--", color=color, lw=0.9)
+                    label=f"{r.node}: L^{slope} measured, {pred} ({r.status})")
+            i0 = int(np.argmax(ok))
+            for e, style in ((r.predicted, "--"), (also, "-.")):
+                if e is not None and e != NEG:
+                    ax.plot(ds, y[i0] * (ds / ds[i0]) ** float(e), style, color=color, lw=0.9)
         log_log_axis(ax, ds, "depth L (number of residual blocks)", fontsize=8)
         ax.set_title(titles[kind], fontsize=9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6.5, loc="best", frameon=False)
-    fig.suptitle(f"tensorprog depth check at width {rep.width}: {rep.verdict} "
-                 "(solid: measured; dashed: predicted slopes)", fontsize=10)
+    two = any(getattr(r, "predicted_also", None) is not None for r in rep.records)
+    fig.suptitle(f"tensorprog depth check at width {rep.width}: {rep.verdict} (solid: measured; "
+                 f"dashed{', dash-dotted' if two else ''}: predicted slopes)", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -53,7 +53,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import TransferError
-from ..validate import as_int
+from ..validate import as_int, check_file_path
 from .hparams import (NOT_WIDTH_TRANSFERABLE, WIDTH_TRANSFERABLE, TrialPoint, check_base,
                       describe_point)
 from .space import SAMPLERS, check_space, make_sampler
@@ -86,18 +86,9 @@ RECORD_KEYS = {"phase": str, "index": int, "width": int, "seed": int, "hp": dict
 def check_store_path(path) -> None:
     """A store path ``tune`` can write: a str / PathLike of a file (existing or new) in an existing
     folder. Checked before any training, so a typo costs nothing."""
-    if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise TransferError(f"store must be a file path (str), e.g. store='tune.jsonl'; got {path!r}")
-    if os.path.isdir(path):
-        raise TransferError(f"store={str(path)!r} is a folder; pass a file path inside it, e.g. "
-                            f"{os.path.join(str(path), 'tune.jsonl')!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise TransferError(f"store={str(path)!r}: the folder {folder!r} does not exist; create it "
-                            "(a typo here would start a fresh search instead of resuming)")
-    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
-        raise TransferError(f"store={str(path)!r} cannot be read and written; fix its permissions "
-                            "or pass another path")
+    what = f"store={str(path)!r}" if isinstance(path, (str, os.PathLike)) else "store"
+    check_file_path(path, what, TransferError, example="tune.jsonl", read=True,
+                    why="a typo here would start a fresh search instead of resuming")
 
 
 def _check_record(path: str, n: int, rec) -> None:

@@ -16,6 +16,12 @@ attention helpers) are seen alike. Nested hooked modules (a model that calls sdp
 through a submodule) scale each call once: the innermost mode scales it and marks the call
 (a context variable, per thread) so the outer ones pass it through. The mode costs a Python call
 per torch op inside the hooked attention modules only.
+
+torch.compile (tested with the "eager" and "aot_eager" backends, torch 2.13) gives the eager
+outputs and gradients: TorchDynamo cannot trace the ContextVar, so it breaks the graph inside
+the mode at each hooked sdpa call (about three breaks per call) and runs that part eagerly.
+Those breaks are what keeps it right: a flag Dynamo does trace (a thread-local or per-mode
+attribute) put everything in one graph but scaled nested hooked modules' calls twice.
 """
 from __future__ import annotations
 

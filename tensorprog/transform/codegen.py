@@ -9,6 +9,7 @@ import sympy as sp
 from ..exponents import fmt
 from ..exponents import expr_text
 from ..errors import TensorprogError
+from .optspec import owner_labels
 
 __all__ = ["to_pytorch"]
 
@@ -64,24 +65,12 @@ def _eps_exps(r) -> dict:
     return out
 
 
-def _owner_labels(owners: dict) -> dict:
-    """OptSpec key -> a label ("Muon", "AdamW"; "Muon#2" for a second Muon with other kwargs)."""
-    labels: dict = {}
-    for spec in owners.values():
-        if spec.key not in labels:
-            base = spec.name if spec.cls is not None else ("SGD" if spec.step.optimizer == "sgd"
-                                                           else "AdamW")
-            n = sum(1 for v in labels.values() if v.split("#")[0] == base)
-            labels[spec.key] = base if n == 0 else f"{base}#{n + 1}"
-    return labels
-
-
 def _optimizer_section(r, eps_scaling: str) -> list[str]:
     """OWNER (parameter -> optimizer label), OPTIMIZERS (label -> class, kwargs) and
     ``mup_optimizers``, which builds one optimizer per owner (Muon + AdamW: both); with
     eps_scaling "mup" also EPS (label -> base eps of each Adam-family optimizer)."""
     owners = {n: s for n, s in r.owners.items() if n in r.params and r.params[n].trainable}
-    labels = _owner_labels(owners)
+    labels = owner_labels(owners.values())
     specs = {labels[s.key]: s for s in owners.values()}
     imports = sorted({m for s in specs.values() for m in [_class_source(s)[1]] if m})
     out = ["", ""] + [f"import {m}  # noqa: E402" for m in imports]
@@ -162,7 +151,12 @@ def to_pytorch(r, eps_scaling: str = "constant", zero_init=()) -> str:
     ] + ([
         "    # Adam's eps scaled per parameter like its muP gradient (EPS_EXP; eps at the base width):",
         "    opt = torch.optim.AdamW(mup_param_groups(model, lr, width, eps=1e-8))",
-    ] if eps_scaling == "mup" else []) + [
+    ] if eps_scaling == "mup" else []) + ([
+        "",
+        "Depth: this code applies the width rules only. For a model with more blocks than the",
+        "base depth, also apply (apply_mup(..., base_depth=L0) does):",
+        f"{r.depth}.",
+    ] if r.depth is not None else []) + [
         '"""',
         "import math",
         "",

@@ -29,7 +29,9 @@ model is bit for bit the original unless ``zero_init`` zeroes the readout / quer
    n^d_exp; = sqrt(d_base / d_head) when the head dim grows with width): scale ~ 1/d_head (TP5
    Def 4.1). It is a per-thread ``TorchFunctionMode`` (``transform/attention_scale.py``): nothing
    process-wide is patched, so other models and threads are untouched, also after an exception.
-   torch.export (non-strict) runs the hooks, so ``analyze`` sees the scaled attention.
+   torch.export (non-strict) runs the hooks, so ``analyze`` sees the scaled attention, and
+   ``torch.compile`` gives the eager results (with graph breaks at each hooked sdpa call; see
+   ``attention_scale.py``).
    Explicit ``q @ k^T`` attention cannot be rescaled: ``apply_mup`` raises and names the module.
 5. **Optimizer**: ``optimizer_factory(model)`` puts every trainable parameter in a group with
    ``lr * (width/base)^lr_exp`` (Adam-like or SGD-like from ``optimizer_cls``, via
@@ -44,9 +46,15 @@ model is bit for bit the original unless ``zero_init`` zeroes the readout / quer
    Then ``optimizer_factory(model)`` returns a list of optimizers, one per class (``trace`` /
    ``analyze`` / ``check`` accept the list from ``make_optimizer``), and each parameter's LR
    exponent follows the geometry of its own optimizer (Muon "original": constant for hidden
-   matrices; Adafactor: Adam's minus the parameter's RMS exponent). ``optimizer_kwargs`` go to
-   every optimizer whose signature takes them (lr, weight_decay); per-class arguments go in a
-   ``functools.partial`` (``partial(torch.optim.Muon, momentum=0.9)``). Weight decay (``weight_decay_scaling``): "mup" (default)
+   matrices; Adafactor: Adam's minus the parameter's RMS exponent). Each keyword argument
+   (lr, eps, weight_decay...) is one value or a dict keyed by the optimizers' labels, the keys of
+   ``Rules.to_pytorch()``'s OPTIMIZERS and of the generated ``mup_optimizers``' lr ("Muon",
+   "AdamW"; a class works too): ``lr={"Muon": 0.02, "AdamW": 3e-4}, eps={"AdamW": 1e-8}``. One
+   value goes to every optimizer whose signature takes it; a name two of them take with different
+   meanings (``eps``: Muon's Newton-Schulz eps against AdamW's denominator eps; a nonzero
+   ``weight_decay``: Adam's L2 term against a decoupled decay) is refused, naming the dict to
+   pass (``optspec.route_kwargs``). Arguments fixed per class also go in a ``functools.partial``
+   (``partial(torch.optim.Muon, momentum=0.9)``). Weight decay (``weight_decay_scaling``): "mup" (default)
    divides the group's weight_decay by the same factor, so the per-step decay lr * wd is constant
    in width, as the mup package's MuAdam / MuAdamW / MuSGD do; "constant" keeps weight_decay the
    same in every group, so the decay follows each group's muP learning rate.
@@ -68,6 +76,7 @@ from ..rng import preserves_rng
 from ..transform.rules import Rules, rules as derive_rules
 from .attention_scale import AttentionScale
 from .zero_init import check_queries, check_zero_init, zero_init_plan
+from .optspec import route_kwargs
 
 __all__ = ["apply_mup", "MupState"]
 
@@ -148,7 +157,9 @@ def apply_mup(
     which the muP model equals the original bit for bit (and where learning rates are tuned).
     example_inputs: as for ``trace`` (a tuple, a dict, or width -> tuple). optimizer_cls: the
     optimizer class ``optimizer_factory`` builds (Adam-like or SGD-like rules follow from it);
-    optimizer_kwargs (lr, weight_decay, betas...) are its arguments at the base width.
+    optimizer_kwargs (lr, weight_decay, betas...) are its arguments at the base width; with
+    several optimizers, a value may be a dict by optimizer label ({"Muon": 0.02, "AdamW": 3e-4})
+    and a name the classes read differently (eps) must be (module doc, item 5).
     widths: traced widths (default base, 2 base, 4 base). convention: "table8" (default, the mup
     package's form), "table3", "table9" or "unit" (see ``tensorprog.rules``).
     check: build the model at 2 base once and run it on the example inputs, to make sure every
@@ -209,6 +220,8 @@ def apply_mup(
         dplan = depth_plan(factory, base_width, base_depth, depth_family, example_inputs,
                            r.optimizer)
     plan = _Plan.from_rules(r)
+    if len(plan.specs) > 1 or plan.hybrid:
+        route_kwargs(plan.specs, optimizer_kwargs)  # refuse an ambiguous argument now
     if eps_scaling == "mup":
         plan.eps = {n: _fl(p.eps_exp) for n, p in r.params.items() if p.eps_exp is not None}
 
@@ -245,16 +258,12 @@ def apply_mup(
             spec = plan.specs[0]
             return plan.build_optimizer(model, spec, {**spec.kwargs, **kwargs}, weight_decay_scaling)
         opts = []
-        for i, spec in enumerate(plan.specs):
+        for i, (spec, own) in enumerate(zip(plan.specs, route_kwargs(plan.specs, kwargs))):
             names = {n for n, k in plan.owner.items() if k == i}
             if i == 0:  # parameters the trace did not see: with the first optimizer
                 names |= {n for n, _ in model.named_parameters() if n not in plan.owner}
-            opts.append(plan.build_optimizer(model, spec, {**spec.kwargs, **_accepted(spec.cls, kwargs)},
+            opts.append(plan.build_optimizer(model, spec, {**spec.kwargs, **own},
                                              weight_decay_scaling, names))
-        unused = set(kwargs) - {k for spec in plan.specs for k in _accepted(spec.cls, kwargs)}
-        if unused:
-            raise TensorprogError(f"no optimizer takes {sorted(unused)}: pass per-class arguments "
-                                  "with functools.partial(cls, ...).")
         return opts
 
     plan_at_base = plan
@@ -454,14 +463,3 @@ def _default(cls, name):
     except (TypeError, ValueError):
         return None
     return None if p is None else p.default
-
-
-def _accepted(cls, kwargs) -> dict:
-    """The keyword arguments ``cls``'s signature takes."""
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return dict(kwargs)
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return dict(kwargs)
-    return {k: v for k, v in kwargs.items() if k in params}

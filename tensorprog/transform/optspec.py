@@ -151,6 +151,114 @@ def direction_exp(step: Step | None, init_exp, dims) -> Any:
     return sp.nsimplify(step.direction(ZERO, size, ds[0], ds[1]))
 
 
+def owner_labels(specs) -> dict:
+    """OptSpec key -> its label: the class name ("Muon", "AdamW"; "AdamW" for a plain "adam",
+    "SGD" for "sgd"), "Muon#2" for a second Muon with other arguments. The keys of
+    ``Rules.to_pytorch()``'s OPTIMIZERS and of ``apply_mup``'s per-optimizer arguments."""
+    labels: dict = {}
+    for spec in specs:
+        if spec.key not in labels:
+            base = spec.name if spec.cls is not None else ("SGD" if spec.step.optimizer == "sgd"
+                                                           else "AdamW")
+            n = sum(1 for v in labels.values() if v.split("#")[0] == base)
+            labels[spec.key] = base if n == 0 else f"{base}#{n + 1}"
+    return labels
+
+
+#: what ``eps`` is, by the geometry of the step (``graph.optimizers``)
+EPS_MEANING = {
+    "entrywise": "the floor added to the step's denominator sqrt(v) (Adam family)",
+    "parameter-scaled": "the floor of Adafactor's RMS denominator (its eps1)",
+    "orthogonalised": "the Newton-Schulz iteration's normalising eps (Muon)",
+}
+
+
+def kwarg_meaning(spec: OptSpec, name: str, value: Any = None) -> str:
+    """What keyword argument ``name`` (= ``value``) does in ``spec``'s optimizer, where one name
+    means different things in different classes: ``eps`` follows the step's geometry
+    (``EPS_MEANING``); a nonzero ``weight_decay`` is an L2 term added to the gradient (Adam,
+    NAdam, RAdam, RMSprop...) or a decoupled shrink of the weights (AdamW, Muon, Adafactor;
+    Loshchilov & Hutter 2019, arXiv 1711.05101). Any other name: itself (the same meaning in
+    every class)."""
+    from ..graph.optimizers import DECOUPLED
+
+    if name == "eps" and spec.step is not None:
+        return EPS_MEANING.get(spec.step.geometry, f"eps of a {spec.step.geometry} step")
+    if name == "weight_decay" and value == 0:
+        return "no weight decay"
+    if name == "weight_decay" and spec.cls is not None:
+        decoupled = (spec.kwargs.get("decoupled_weight_decay")
+                     or any(k.__name__ in DECOUPLED for k in spec.cls.__mro__))
+        return "decoupled decay of the weights" if decoupled else "an L2 term added to the gradient"
+    return name
+
+
+def accepted(cls, kwargs: dict) -> dict:
+    """The keyword arguments ``cls``'s signature takes (all of them if it takes **kwargs or has
+    no signature)."""
+    import inspect
+
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return dict(kwargs)
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def route_kwargs(specs: list[OptSpec], kwargs: dict) -> list[dict]:
+    """The keyword arguments of each optimizer in ``specs`` (several: a hybrid such as Muon +
+    AdamW), from ``kwargs``, whose values are either
+
+    * a dict keyed by the optimizers' labels (``owner_labels``: "Muon", "AdamW", the keys of
+      ``Rules.to_pytorch()``'s OPTIMIZERS; a class is accepted for its label), as the generated
+      ``mup_optimizers(model, {"Muon": 0.02, "AdamW": 3e-4}, width)`` takes lr: each labelled
+      optimizer gets its value, the others their class default; or
+    * a plain value, shared by every class whose signature takes the name. A name that two
+      classes take with different meanings (``kwarg_meaning``: Muon's Newton-Schulz eps against
+      AdamW's) is refused, never routed.
+
+    A name no optimizer takes is refused too."""
+    labels = owner_labels(specs)
+    names = [labels[s.key] for s in specs]
+    by_class: dict = {}
+    for s, label in zip(specs, names):
+        by_class.setdefault(s.cls, []).append(label)
+    out: list[dict] = [{} for _ in specs]
+    for k, v in kwargs.items():
+        if isinstance(v, dict):
+            for key, val in v.items():
+                label = key if isinstance(key, str) else (by_class.get(key) or [None])[0]
+                if isinstance(key, type) and len(by_class.get(key, [])) > 1:
+                    raise TensorprogError(f"{k}={{{key.__name__}: ...}}: two {key.__name__} optimizers "
+                                          f"differ in their arguments; key them by label {names}.")
+                if label not in names:
+                    raise TensorprogError(f"{k}: key {key!r} is not one of this model's optimizers; "
+                                          f"keys are their labels {names} (as in Rules.to_pytorch()'s "
+                                          "OPTIMIZERS).")
+                i = names.index(label)
+                if k not in accepted(specs[i].cls, {k: val}):
+                    raise TensorprogError(f"{k}={{{label!r}: ...}}: {label} takes no {k!r}.")
+                out[i][k] = val
+            continue
+        takers = [i for i, s in enumerate(specs) if k in accepted(s.cls, {k: v})]
+        if not takers:
+            raise TensorprogError(f"no optimizer takes {k!r} (optimizers: {names}): drop it, or fix "
+                                  "a class's own arguments with functools.partial(cls, ...).")
+        meanings = {kwarg_meaning(specs[i], k, v): names[i] for i in takers}
+        if len(meanings) > 1:
+            what = "; ".join(f"{label}: {m}" for m, label in meanings.items())
+            example = ", ".join(f"{names[i]!r}: ..." for i in takers)
+            raise TensorprogError(
+                f"{k}={v!r} would reach {', '.join(names[i] for i in takers)}, where it means "
+                f"different things ({what}). Say which optimizer it is for: {k}={{{example}}} "
+                "(the others keep their default).")
+        for i in takers:
+            out[i][k] = v
+    return out
+
+
 def spec_to_dict(spec: OptSpec) -> dict:
     """JSON-ready record of an ``OptSpec``: the class by name ("module:qualname"), its keyword
     arguments, and its ``Step``."""
