@@ -356,3 +356,18 @@ def test_str_and_json():
     assert d["drift"] == pytest.approx(-1.0) and d["best_lr"][3] == 2.0 ** -9
     with pytest.raises(TransferError, match="shape"):
         Sweep(widths=W4, lrs=LRS8, losses=np.zeros((3, 8)))
+
+
+def test_at_widths_drops_a_pre_asymptotic_width():
+    """Minima at log2 lr -5 (width 64) then -8 at 128..512: over all widths the optimum drifts,
+    without the narrowest it stays put (drift 0, and the grid argmin -8 at each kept width)."""
+    s = Sweep(widths=W4, lrs=LRS8, losses=parabola_grid([-5, -8, -8, -8]), seeds=(3,))
+    assert s.drift < -0.5
+    t = s.at_widths([128, 256, 512])
+    assert t.widths == (128, 256, 512) and t.seeds == (3,)
+    assert t.best_lr == (2.0 ** -8,) * 3 and t.drift == pytest.approx(0.0)
+    np.testing.assert_array_equal(t.losses, s.losses[1:])
+    with pytest.raises(TransferError, match="two or more"):
+        s.at_widths([128])
+    with pytest.raises(TransferError, match="two or more"):
+        s.at_widths([128, 1000])

@@ -11,7 +11,7 @@ schedule) there is no slope: the sweep reports the best choice per width and whe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -141,6 +141,19 @@ class Sweep(JSONMixin):
             self.histories = np.asarray(self.histories, dtype=float)
         if self.times is not None:
             self.times = np.asarray(self.times, dtype=float)
+
+    def at_widths(self, widths) -> "Sweep":
+        """The same sweep restricted to some of its widths (e.g. without the narrowest, to see
+        whether a drift comes from one pre-asymptotic width); at least two."""
+        keep = [self.widths.index(int(w)) for w in widths if int(w) in self.widths]
+        if len(keep) != len(list(widths)) or len(set(keep)) < 2:
+            raise TransferError(f"at_widths needs two or more of this sweep's widths "
+                                f"{list(self.widths)}; got {list(widths)}")
+        keep = sorted(set(keep))
+        pick = (lambda a: None if a is None else np.asarray(a)[keep])
+        return replace(self, widths=tuple(self.widths[i] for i in keep), losses=self.losses[keep],
+                       histories=pick(self.histories), times=pick(self.times),
+                       pending=pick(self.pending))
 
     # ---- the grid and its minima
     @property
