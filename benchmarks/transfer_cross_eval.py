@@ -1,8 +1,8 @@
 """Why did the proxy-tuned setting lose to direct tuning? Train the candidates at both widths.
 
-Reads a stored ``--mode tune`` result of ``benchmarks/transfer.py`` (default: the muP GPT,
-``benchmarks/results/transfer_tune_gpt.json``) and trains, at the proxy and at the target width,
-over fresh seeds: the proxy search's top ``--top`` settings and the direct search's best. Two
+Reads a stored ``--mode tune`` result of ``benchmarks/transfer.py`` (default: the muP GPT of
+``benchmarks/results/transfer_tune_gpt_nonzero.json``, ``apply_mup`` with a random readout and
+query, 64 -> 256) and trains, at the proxy and at the target width, over fresh seeds: the proxy search's top ``--top`` settings and the direct search's best. Two
 readings (TP5 arXiv 2203.03466 §5 tunes on one proxy seed too):
 
 * the proxy's top settings are equal within the proxy's seed noise but not at the target: the
@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--result", default=os.path.join(HERE, "results", "transfer_tune_gpt.json"))
+    ap.add_argument("--result", default=os.path.join(HERE, "results", "transfer_tune_gpt_nonzero.json"))
     ap.add_argument("--side", default="muP = apply_mup(SP GPT)")
     ap.add_argument("--top", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])

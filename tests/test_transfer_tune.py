@@ -267,3 +267,23 @@ def test_proxy_budget_sizes_the_proxy_search_only(tmp_path):
         tune(MLP, SPACE, proxy_budget=5, store=store, **kw)
     with pytest.raises(TransferError, match="proxy_budget"):
         tune(MLP, SPACE, proxy_budget=0, **kw)
+
+
+@pytest.mark.parametrize("transfer, word", [((2.0, 2.2), "within"), ((1.0, 1.2), "better"),
+                                            ((3.0, 3.2), "worse")])
+def test_comparison_says_better_within_or_worse(transfer, word):
+    """Hand-made losses: direct 2.1 +- 0.1 (seeds 1, 2: 2.0, 2.2); muTransfer's mean 2.1, 1.1 or
+    3.1 with the same spread: combined stderr sqrt(0.1^2 + 0.1^2) = 0.141, bound 0.283."""
+    hp_a, hp_b = {"lr": 0.01}, {"lr": 0.02}
+    rec = lambda phase, i, s, hp, loss: {"phase": phase, "index": i, "width": 16 if phase == "proxy"  # noqa: E731
+                                        else 64, "seed": s, "hp": hp, "loss": loss, "compute": 1}
+    records = [rec("proxy", 0, 0, hp_a, 1.0), rec("direct", 0, 0, hp_b, 1.0),
+               rec("transfer", 0, 1, hp_a, transfer[0]), rec("transfer", 0, 2, hp_a, transfer[1]),
+               rec("direct_eval", 0, 1, hp_b, 2.0), rec("direct_eval", 0, 2, hp_b, 2.2)]
+    r = TuneResult.build(records, budget=1, proxy_width=16, target_width=64, steps=1, seed=0,
+                         final_seeds=(1, 2), space={}, base={}, sampler="random", notes={},
+                         mup="", name="", meta={})
+    assert r.comparison == word
+    assert r.within_noise is (word != "worse")
+    assert {"within": "within the noise", "better": "lower, beyond the noise",
+            "worse": "worse beyond the noise"}[word] in r.summary()

@@ -154,6 +154,16 @@ class TuneResult:
             return None
         return mt - md <= 2.0 * math.sqrt(et ** 2 + ed ** 2)
 
+    @property
+    def comparison(self) -> str | None:
+        """"better" / "worse": muTransfer's target loss is lower / higher than direct tuning's by
+        more than 2 combined standard errors; "within": closer; None: the noise is unknown."""
+        (mt, et), (md, ed) = self.transfer_loss, self.direct_loss
+        if not (math.isfinite(et) and math.isfinite(ed)):
+            return None
+        bound = 2.0 * math.sqrt(et ** 2 + ed ** 2)
+        return "better" if mt < md - bound else "worse" if mt - md > bound else "within"
+
     def curve(self, phase: str = "direct") -> list[tuple[int, float]]:
         """[(cumulative parameter-steps, best loss so far)] over the search trials in index order."""
         out, spent, best = [], 0, math.inf
@@ -199,9 +209,10 @@ class TuneResult:
                       f"  target loss {md:.4f} +- {ed:.4f} over seeds {sorted(self.direct_losses)}; "
                       f"cost {c['direct_search']:.3g} parameter-steps",
                       f"compute ratio muTransfer / direct: {self.compute_ratio:.3f}; "
-                      + {True: "losses within the noise (2 standard errors)",
-                         False: "muTransfer's loss is worse beyond the noise",
-                         None: "noise unknown (give two or more final_seeds besides the search seed)"}[self.within_noise]]
+                      + {"within": "losses within the noise (2 standard errors)",
+                         "better": "muTransfer's loss is lower, beyond the noise",
+                         "worse": "muTransfer's loss is worse beyond the noise",
+                         None: "noise unknown (give two or more final_seeds besides the search seed)"}[self.comparison]]
         return "\n".join(lines)
 
     def __str__(self) -> str:
