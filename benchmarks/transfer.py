@@ -36,7 +36,10 @@ Modes (``--mode``):
   output multiplier and init scale at the proxy width (64), the best setting copied to the target
   width (512), against the same search at the target (its own candidates: ``--direct-seed``);
   target losses over ``--final-seeds`` (default 1 2 3: fresh seeds, not the searches' seed 0)
-  and compute in parameter-steps. muP, and SP (``check_mup='warn'``) for contrast. Trials
+  and compute in parameter-steps; ``--proxy-budget`` gives the proxy search more settings than
+  the direct one (a proxy trial is cheap). muP, and SP (``check_mup='warn'``) for contrast.
+  The GPT figures in README: ``--model gpt --mup zoo --zero-init --widths 64 512 --proxy-budget
+  64 --proxy-seeds 0 4 5`` (about 12 minutes on 2 cores). Trials
   are stored in ``benchmarks/out/transfer_tune_<model>_<side>.jsonl`` as they finish: a killed
   run resumes where it stopped; delete them to start over (other settings are refused).
 * ``along``: TP5 Figure 4: the learning-rate optimum of the muP GPT (zero readout and query, TP5
@@ -133,7 +136,7 @@ def sides(args):
             print(f"tensorprog.transform.mup.apply_mup not importable ({why}); muP side = zoo.GPT(param='mup')",
                   file=sys.stderr)
         zero = dict(readout_zero_init=True, query_zero_init=True) if args.zero_init else {}
-        mup = ("muP (zoo GPT, Table 3" + (", zero readout + query)" if zero else ")"),
+        mup = ("muP (zoo GPT" + (", zero readout + query)" if zero else ", Table 3)"),
                functools.partial(zoo.GPT, param="mup", base_width=args.base_width,
                                  block_size=args.block, n_layer=args.n_layer, n_head=args.n_head,
                                  vocab_size=64, **zero),
